@@ -1,0 +1,1 @@
+"""kan_engine: train Kolmogorov-Arnold Networks fast. No UI imports here."""

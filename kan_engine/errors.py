@@ -1,0 +1,34 @@
+"""Errors the user can act on.
+
+Every error raised towards the user carries where the bad value came from (a file or a CLI option),
+which key, and why, so that the CLI can print one line and the TUI can show it inline.
+"""
+
+from __future__ import annotations
+
+
+class KanError(Exception):
+    """Base of all errors the engine raises on purpose (anything else is a bug)."""
+
+
+class ConfigError(KanError):
+    """A config value (from a preset file, `--set`, an option or the TUI form) is invalid."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+
+
+class PresetError(KanError):
+    """A preset cannot be found, named, saved or deleted."""
+
+
+class DataNotFoundError(KanError):
+    """A data set is not on disk and cannot be fetched; the message lists where we looked."""
+
+
+class RunDirError(KanError):
+    """A run folder is missing files needed to resume or evaluate it."""

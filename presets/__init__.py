@@ -1,0 +1,1 @@
+"""Built-in presets (TOML), installed as kan_engine.presets."""
