@@ -1,0 +1,161 @@
+"""Parameter groups, optimizers and learning-rate schedules.
+
+The schedule is a pure function of the global step (`lr_factor`), so the TUI can draw the LR curve
+of a preset before any training (`lr_curve`) and a resumed run lands on exactly the LR it left off
+at: `Schedule` only stores the step and a scale (halved after a divergence recovery), never a
+history. Each optimizer param group carries its group name (`cnn`, `kan`, `other`), so the LR of a
+group is always `optim.lr * lr_mult[group] * factor * scale`.
+
+Weight decay is applied to the `cnn` and `kan` groups only. The `other` group holds BatchNorm
+weights, biases and learnable scales: decaying those pulls normalisation gains towards zero and
+shifts activations, which costs accuracy and buys no regularisation (the usual practice since
+"Bag of Tricks", Goyal et al. 2017).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kan_engine.config import GROUPS, RunConfig, ScheduleSection
+
+WARMUP_START = 0.01  # warm-up starts at lr / 100
+ONECYCLE_RISE = 0.3  # one-cycle rise share when no warm-up is configured (as torch's OneCycleLR)
+ONECYCLE_FLOOR = 0.01  # one-cycle ends at min_lr_ratio / 100, below the cosine floor
+DECAYED_GROUPS = ("cnn", "kan")
+
+
+def _warmup_steps(schedule: ScheduleSection, total: int, steps_per_epoch: int) -> int:
+    warm = round(schedule.warmup_epochs * steps_per_epoch)
+    if schedule.name == "onecycle" and warm == 0:
+        warm = round(ONECYCLE_RISE * total)
+    return min(warm, total)
+
+
+def _cosine(progress: float, floor: float) -> float:
+    """From 1 at progress 0 to `floor` at progress 1, half a cosine wave."""
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_factor(schedule: ScheduleSection, epochs: int, steps_per_epoch: int, step: int) -> float:
+    """The share of the base LR at 0-based global `step` (stepped per batch).
+
+    Every schedule starts with a linear warm-up from lr/100 to lr over `warmup_epochs` (one-cycle
+    uses 30 % of the run when no warm-up is set). After it: `constant` stays at 1; `step` multiplies
+    by `gamma` every `step_epochs` epochs counted from the start; `cosine` falls to `min_lr_ratio`,
+    reached exactly at the last step; `onecycle` falls the same way to `min_lr_ratio / 100`.
+    """
+    total = max(epochs * steps_per_epoch, 1)
+    warm = _warmup_steps(schedule, total, steps_per_epoch)
+    if step < warm:
+        return WARMUP_START + (1.0 - WARMUP_START) * step / warm
+    if schedule.name == "constant":
+        return 1.0
+    if schedule.name == "step":
+        return schedule.gamma ** ((step // max(steps_per_epoch, 1)) // schedule.step_epochs)
+    span = total - 1 - warm
+    progress = (step - warm) / span if span > 0 else 1.0
+    floor = schedule.min_lr_ratio
+    if schedule.name == "onecycle":
+        floor *= ONECYCLE_FLOOR
+    return _cosine(progress, floor)
+
+
+def group_lrs(config: RunConfig, factor: float) -> dict[str, float]:
+    """LR per group for a schedule factor: base LR x group multiplier x factor."""
+    mult = config.optim.lr_mult
+    return {name: config.optim.lr * getattr(mult, name) * factor for name in GROUPS}
+
+
+def lr_curve(
+    config: RunConfig, steps_per_epoch: int = 100, points: int = 200
+) -> dict[str, list[tuple[float, float]]]:
+    """(epoch, lr) samples per group over the whole run, for the TUI's LR preview."""
+    epochs = config.train.epochs
+    total = epochs * steps_per_epoch
+    count = max(2, min(points, total))
+    steps = sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+    curve: dict[str, list[tuple[float, float]]] = {name: [] for name in GROUPS}
+    for step in steps:
+        lrs = group_lrs(config, lr_factor(config.schedule, epochs, steps_per_epoch, step))
+        for name in GROUPS:
+            curve[name].append((step / steps_per_epoch, lrs[name]))
+    return curve
+
+
+def build_optimizer(
+    config: RunConfig, groups: dict[str, list[nn.Parameter]], device: torch.device
+) -> torch.optim.Optimizer:
+    """One optimizer param group per non-empty model group, tagged with its `name`.
+
+    AdamW uses the fused CUDA kernel on CUDA (one launch for all parameters). The initial LRs are
+    placeholders: `Schedule.apply` sets them before the first step.
+    """
+    opt = config.optim
+    param_groups = [
+        {
+            "params": params,
+            "name": name,
+            "weight_decay": opt.weight_decay if name in DECAYED_GROUPS else 0.0,
+        }
+        for name, params in groups.items()
+        if params
+    ]
+    if not param_groups:
+        raise ValueError("the model has no trainable parameters")
+    if opt.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum)
+    betas = (opt.beta1, opt.beta2)
+    if opt.optimizer == "adam":
+        return torch.optim.Adam(param_groups, lr=opt.lr, betas=betas)
+    return torch.optim.AdamW(param_groups, lr=opt.lr, betas=betas, fused=device.type == "cuda")
+
+
+def reset_state(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> int:
+    """Forget the optimizer state (Adam moments and step, SGD momentum) of `params`.
+
+    Used after a grid update refits spline coefficients: their old moments describe a different
+    basis. The state is dropped and re-created lazily on the next step, exactly as for a new
+    parameter. Returns how many parameters had state.
+    """
+    return sum(optimizer.state.pop(p, None) is not None for p in params)
+
+
+class Schedule:
+    """Per-step LR setter (LambdaLR-like) over the optimizer's named param groups.
+
+    `scale` multiplies every LR (the trainer halves it after restoring from a divergence). The state
+    is two numbers, so it round-trips through `torch.load(weights_only=True)`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int):
+        self.optimizer = optimizer
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.step = 0
+        self.scale = 1.0
+        self.apply(0)
+
+    def lrs(self) -> dict[str, float]:
+        """LR per group (all three groups, present in the model or not) at the current step."""
+        train, schedule = self.config.train, self.config.schedule
+        factor = lr_factor(schedule, train.epochs, self.steps_per_epoch, self.step)
+        return group_lrs(self.config, factor * self.scale)
+
+    def apply(self, step: int) -> dict[str, float]:
+        """Set every param group's LR for 0-based global `step`; returns the LRs."""
+        self.step = step
+        lrs = self.lrs()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lrs[group["name"]]
+        return lrs
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"step": self.step, "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.scale = float(state["scale"])
+        self.apply(int(state["step"]))
