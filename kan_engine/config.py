@@ -158,7 +158,8 @@ def first_error(exc: ValidationError, source: str) -> ConfigError:
         reason = reason[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
         reason = "unknown key"
-    elif "input" in err and err["type"] not in ("missing",) and "(got" not in reason:
+    elif err["loc"] and "input" in err and err["type"] != "missing" and "(got" not in reason:
+        # a whole-config check (empty loc) has the entire config as its input: not worth echoing
         reason = f"{reason} (got {err['input']!r})"
     return ConfigError(source, key, reason)
 
