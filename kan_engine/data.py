@@ -1,0 +1,248 @@
+"""Data sets by name, held whole on the training device and batched there.
+
+Why this shape: the data sets we train on are small (Fashion-MNIST is 47 MB as uint8), so keeping
+them on the device as uint8 and making each batch by indexing is much faster than a DataLoader with
+worker processes, and it is the same code on the CPU. Normalisation (per-channel mean/std of the
+training split) and augmentation (shifts, flips) run per batch on the device.
+
+Determinism: the batch order and the augmentation of an epoch come from a CPU `torch.Generator`
+seeded with (seed, epoch), so CPU and CUDA see the same order, and a run resumed mid-epoch replays
+it exactly (`skip` drops the batches already done). The validation split is carved from the
+training split with a fixed seed, so it is the same for every run.
+
+Where the files are found, and how they are read, is in `kan_engine.datasets`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kan_engine import datasets
+from kan_engine.config import DataSection
+from kan_engine.errors import ConfigError, DataNotFoundError
+
+__all__ = ["DATASETS", "DataBundle", "DataNotFoundError", "InputRange", "Split", "load"]
+
+Split = Literal["train", "val", "test"]
+
+DATASETS: dict[str, str] = {
+    "fashion-mnist": "Fashion-MNIST: 28x28 grey clothing, 10 classes, 60k train / 10k test",
+    "mnist": "MNIST: 28x28 grey handwritten digits, 10 classes, 60k train / 10k test",
+    "cifar10": "CIFAR-10: 32x32 colour photos, 10 classes, 50k train / 10k test",
+    "digits": (
+        "scikit-learn digits: 8x8 grey, 10 classes, 1797 images, works offline; "
+        f"test split: a fixed stratified {datasets.TEST_FRACTION:.0%} (seed {datasets.SPLIT_SEED})"
+    ),
+    "images": (
+        "your images: --data-dir with a folder per class (or train/ and test/ folders of those); "
+        f"else a fixed stratified {datasets.TEST_FRACTION:.0%} test split"
+    ),
+    "csv": (
+        "your table: --data-dir FILE.csv with a header, numeric features, label column --target "
+        f"(default: the last); a fixed stratified {datasets.TEST_FRACTION:.0%} test split"
+    ),
+}
+
+_LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
+    "fashion-mnist": lambda s: datasets.load_idx("fashion-mnist", s.data_dir),
+    "mnist": lambda s: datasets.load_idx("mnist", s.data_dir),
+    "cifar10": lambda s: datasets.load_cifar10(s.data_dir),
+    "digits": lambda s: datasets.load_digits(),
+    "images": lambda s: datasets.load_images(s.data_dir),
+    "csv": lambda s: datasets.load_csv(s.data_dir, s.target),
+}
+
+# Horizontal flips keep the label for clothes and photos, not for digits (a flipped 2 is no digit).
+_FLIPS = frozenset({"fashion-mnist", "cifar10", "images"})
+_MAX_SHIFT = 2  # pixels; 1 for images smaller than 16 px, where 2 px is a quarter of the picture
+
+
+class InputRange(NamedTuple):
+    """Cheap statistics of normalised training inputs, for the trainer to report once."""
+
+    low: float
+    high: float
+    outside: float  # share of values with |x| > bound
+
+
+def _stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 64-bit seed mixing (seed, epoch, stream), so neighbouring epochs/seeds share nothing;
+    stream 0 orders batches, 1 samples `input_range`."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0])
+
+
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (images) or per-feature (tables) mean and std, in float64 over chunks so uint8
+    data is never copied whole to floats. Constant features get std 1 (they normalise to 0)."""
+    dims = (0, 2, 3) if x.dim() == 4 else (0,)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in x.split(4096):
+        chunk = chunk.double()
+        total += chunk.sum(dims)
+        squares += chunk.square().sum(dims)
+    count = x.numel() / x.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def _shift_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None, pad: int) -> Tensor:
+    """Per-sample translation by (dy - pad, dx - pad) with zero fill, and optional horizontal flip,
+    as one gather (no Python loop over the batch). x: (B, C, H, W); dy, dx: (B,) in [0, 2*pad]."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    if flip is not None:
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+
+
+class DataBundle:
+    """Train/val/test splits on one device, with their normalisation; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        splits: dict[str, tuple[Tensor, Tensor]],
+        class_names: list[str],
+        mean: Tensor,
+        std: Tensor,
+        seed: int,
+        source: str,
+    ) -> None:
+        self.name = name
+        self.class_names = class_names
+        self.num_classes = len(class_names)
+        self.source = source
+        self.seed = seed
+        self._splits = splits
+        x_train = splits["train"][0]
+        self.input_shape: tuple[int, ...] = tuple(x_train.shape[1:])
+        self.device = x_train.device
+        self.sizes = {split: len(y) for split, (_, y) in splits.items()}
+        view = (1, -1, 1, 1) if x_train.dim() == 4 else (1, -1)
+        self._mean = mean.to(self.device, torch.float32).view(view)
+        self._inv_std = (1 / std).to(self.device, torch.float32).view(view)
+        self._flips = name in _FLIPS
+
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        if split not in self._splits:
+            raise ValueError(f"unknown split {split!r} (one of: {', '.join(self._splits)})")
+        return self._splits[split]
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Stored values (uint8 pixels or float features) -> float32, zero mean and unit std."""
+        return (x.float() - self._mean) * self._inv_std
+
+    def steps(self, split: Split, batch_size: int) -> int:
+        """Batches per epoch: the last partial batch is kept, except a train batch of one sample
+        (BatchNorm cannot train on it)."""
+        n = len(self._split(split)[1])
+        full, rest = divmod(n, batch_size)
+        keep_rest = rest >= 2 if split == "train" else rest > 0
+        return full + int(keep_rest)
+
+    def batches(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        epoch: int = 0,
+        skip: int = 0,
+        augment: bool = False,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(x normalised float32, y int64) batches on the device; the order (and augmentation) is a
+        pure function of (seed, epoch); the first `skip` batches are left out."""
+        x, y = self._split(split)
+        n = len(y)
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0))
+        order = torch.randperm(n, generator=generator).to(self.device) if shuffle else None
+        shifts = self._augmentation(n, generator) if augment and x.dim() == 4 else None
+        for step in range(skip, self.steps(split, batch_size)):
+            lo, hi = step * batch_size, min((step + 1) * batch_size, n)
+            index = order[lo:hi] if order is not None else slice(lo, hi)
+            xb, yb = x[index], y[index]
+            if shifts is not None:
+                dy, dx, flip, pad = shifts
+                xb = _shift_flip(
+                    xb, dy[lo:hi], dx[lo:hi], None if flip is None else flip[lo:hi], pad
+                )
+            yield self.normalize(xb), yb
+
+    def _augmentation(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor | None, int]:
+        """Offsets and flips for a whole epoch, drawn on the CPU in one go (one copy per epoch),
+        indexed by position in the epoch so that `skip` lands on the same values."""
+        pad = _MAX_SHIFT if min(self.input_shape[1:]) >= 16 else 1
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(self.device)
+        flip = None
+        if self._flips:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        return dy, dx, flip, pad
+
+    def input_range(self, n: int = 1024, bound: float = 2.0) -> InputRange:
+        """Min, max and share outside +-bound of `n` random normalised training values (one
+        read-back from the device: call once, not per step)."""
+        x, _ = self._split("train")
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, 0, 1))
+        index = torch.randperm(len(x), generator=generator)[:n].to(self.device)
+        sample = self.normalize(x[index])
+        stats = torch.stack([sample.min(), sample.max(), (sample.abs() > bound).float().mean()])
+        low, high, outside = stats.tolist()
+        return InputRange(low, high, outside)
+
+    def describe(self) -> str:
+        """One line for logs and the TUI header."""
+        sizes = " / ".join(f"{self.sizes[s]:,} {s}" for s in ("train", "val", "test"))
+        shape = "x".join(str(d) for d in self.input_shape)
+        if len(self.input_shape) == 1:
+            shape = f"{shape} features"
+        return f"{self.name}: {sizes}, {shape}, {self.num_classes} classes, from {self.source}"
+
+
+def load(section: DataSection, *, device: torch.device, seed: int) -> DataBundle:
+    """Read the data set named in `section`, carve the validation split, move it to `device`.
+
+    Raises DataNotFoundError (missing files, with the places looked at) or ConfigError (bad name,
+    bad --target, non-numeric CSV values).
+    """
+    if section.dataset not in _LOADERS:
+        raise ConfigError(
+            "",
+            "data.dataset",
+            f"unknown dataset {section.dataset!r} (known: {', '.join(DATASETS)})",
+        )
+    raw = _LOADERS[section.dataset](section)
+    kept, held = datasets.stratified_split(raw.y_train, section.val_fraction, datasets.SPLIT_SEED)
+    arrays = {
+        "train": (raw.x_train[kept], raw.y_train[kept]),
+        "val": (raw.x_train[held], raw.y_train[held]),
+        "test": (raw.x_test, raw.y_test),
+    }
+    mean, std = _moments(torch.from_numpy(arrays["train"][0]))
+    splits = {
+        split: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        for split, (x, y) in arrays.items()
+    }
+    return DataBundle(
+        name=section.dataset,
+        splits=splits,
+        class_names=raw.class_names,
+        mean=mean,
+        std=std,
+        seed=seed,
+        source=raw.source,
+    )
