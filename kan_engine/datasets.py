@@ -25,7 +25,6 @@ from kan_engine.errors import ConfigError, DataNotFoundError
 # Debian's `dataset-*` packages; tests point this at empty folders to exercise the not-found path.
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
-    "mnist": (Path("/usr/share/datasets/mnist"),),
 }
 
 FASHION_CLASSES = [
@@ -141,13 +140,15 @@ def _not_found(name: str, looked: list[str], download_error: BaseException) -> D
         "put the files in a folder and pass --data-dir DIR (or set KAN_TUI_DATA=DIR)",
         f"or go online once so torchvision downloads them into {cache_dir() / name}",
     ]
-    if name in ("fashion-mnist", "mnist"):
+    if name in SYSTEM_DIRS:
         how.insert(0, f"install Debian's package: sudo apt-get install dataset-{name}")
     places = "\n".join(f"  - {place}" for place in looked)
-    first_line = str(download_error).strip().splitlines()[0] if str(download_error) else ""
+    # torchvision's message ends with the cause ("Tried <mirror>, got: <urlopen error ...>")
+    lines = str(download_error).strip().splitlines()
+    cause = lines[-1] if lines else ""
     return DataNotFoundError(
         f"data set {name!r} not found. Looked in:\n{places}\n"
-        f"  - torchvision download: failed ({type(download_error).__name__}: {first_line})\n"
+        f"  - torchvision download: failed ({type(download_error).__name__}: {cause})\n"
         f"To get it: {'; '.join(how)}.\n"
         "`--dataset digits` works offline (it ships with scikit-learn)."
     )
