@@ -1,0 +1,308 @@
+"""Headless training: print the trainer's events, stop cleanly on signals, return an exit code.
+
+The reporter is the trainer's event sink and is called from the training loop, so every handler is
+cheap: step events (already sampled by the trainer) update a Rich progress display that redraws at
+most four times a second, and grid updates are only counted. On a terminal it shows an epoch bar and
+a batch bar with notices and warnings printed above them; when stdout is a file or a pipe it prints
+one plain line per epoch and per notice instead, so logs stay readable and greppable. Either way the
+run ends with a summary table. Colour is left to Rich, which honours NO_COLOR.
+
+This module never imports textual (a headless run on a server must not need it) and imports torch
+only through the trainer the caller hands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from kan_engine.errors import KanError
+from kan_engine.events import (
+    CheckpointWritten,
+    EarlyStopped,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    GradNormWarning,
+    Notice,
+    RunStarted,
+    StepMetrics,
+)
+
+# summary.json status -> exit code; "stopped" only happens on a signal and exits 128 + its number
+EXIT_CODES = {"finished": 0, "early_stopped": 0, "diverged": 1, "failed": 1}
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+# gradient-norm warnings printed per epoch; the rest are counted in the epoch line
+WARNINGS_PER_EPOCH = 5
+
+
+class Stoppable(Protocol):
+    """The part of the trainer a headless run needs (kan_engine.trainer.Trainer)."""
+
+    def run(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+class HeadlessReporter:
+    """Event sink for headless runs: Rich progress on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, interactive: bool) -> None:
+        self.console = console
+        self.interactive = interactive
+        self.epochs = 0
+        self.batch_size = 1
+        self.run_dir = ""
+        self.summary: dict[str, Any] | None = None
+        self._base_lr_mult = 1.0  # multiplier of the group whose LR is printed as "lr"
+        self._epoch_seconds: list[float] = []
+        self._warnings_this_epoch = 0
+        self._progress: Progress | None = None
+        self._epoch_task = TaskID(0)
+        self._batch_task = TaskID(0)
+
+    def __enter__(self) -> HeadlessReporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (idempotent), so that what follows prints below it."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case StepMetrics():
+                self._step(event)
+            case EpochEnd():
+                self._epoch(event)
+            case GradNormWarning():
+                self._grad_warning(event)
+            case Notice():
+                warning = event.level == "warning"
+                self._line(
+                    f"{'warning' if warning else 'note'}: {event.message}",
+                    "yellow" if warning else "cyan",
+                )
+            case CheckpointWritten(reason="stop" | "manual"):
+                self._line(f"checkpoint ({event.reason}, epoch {event.epoch}): {event.path}")
+            case EarlyStopped():
+                self._line(
+                    f"early stop at epoch {event.epoch}: no better val_acc in {event.patience} "
+                    f"epochs (best {event.best_val_acc:.4f} at epoch {event.best_epoch})",
+                    "yellow",
+                )
+            case RunStarted():
+                self._started(event)
+            case Finished():
+                self.close()
+                self.summary = event.summary
+                summary = {"run_dir": self.run_dir, **event.summary}
+                self.console.print(summary_table(summary, self.interactive))
+            case Failed():
+                self.close()
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        # soft_wrap: a log line is never cut or wrapped at the console width (80 in a pipe)
+        self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    def _started(self, event: RunStarted) -> None:
+        self.run_dir = event.run_dir
+        self.epochs = event.epochs
+        self.batch_size = int(event.config.get("train", {}).get("batch_size", 1))
+        mults = event.config.get("optim", {}).get("lr_mult", {})
+        self._base_lr_mult = float(mults.get("cnn", 1.0))
+        resumed = f", resuming at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
+        self._line(
+            f"run {event.run_dir}: {event.config.get('model', {}).get('name', '?')} "
+            f"({_millions(event.params.get('total', 0))} params) on {event.dataset} "
+            f"(train {event.train_size}, val {event.val_size}, test {event.test_size}), "
+            f"device {event.device}, {event.epochs} epochs{resumed}"
+        )
+        if not self.interactive:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            refresh_per_second=4,
+        )
+        self._epoch_task = self._progress.add_task(
+            "epoch", total=event.epochs, completed=event.start_epoch - 1, info=""
+        )
+        self._batch_task = self._progress.add_task("batch", total=event.steps_per_epoch, info="")
+        self._progress.start()
+
+    def _step(self, event: StepMetrics) -> None:
+        if self._progress is None:
+            return
+        rate = max(event.samples_per_s, 1e-9)
+        epoch_left = (event.steps_per_epoch - event.step) * self.batch_size / rate
+        per_epoch = (
+            sum(self._epoch_seconds) / len(self._epoch_seconds)
+            if self._epoch_seconds
+            else event.steps_per_epoch * self.batch_size / rate
+        )
+        run_left = epoch_left + (self.epochs - event.epoch) * per_epoch
+        self._progress.update(
+            self._batch_task,
+            completed=event.step,
+            info=f"loss {event.loss:.4f}  acc {event.acc:.4f}  lr {self._lr(event.lr):.3g}  "
+            f"{event.samples_per_s:,.0f} samples/s  ETA {_clock(epoch_left)}",
+        )
+        self._progress.update(self._epoch_task, info=f"ETA {_clock(run_left)}")
+
+    def _epoch(self, event: EpochEnd) -> None:
+        self._epoch_seconds.append(event.seconds)
+        self._warnings_this_epoch = 0
+        parts = [
+            f"epoch {event.epoch}/{self.epochs}",
+            f"train_loss {event.train_loss:.3f}",
+            f"train_acc {event.train_acc:.3f}",
+            f"val_loss {event.val_loss:.3f}",
+            f"val_acc {event.val_acc:.3f}",
+        ]
+        if event.test_acc is not None:
+            parts.append(f"test_acc {event.test_acc:.3f}")
+        parts += [f"lr {self._lr(event.lr):.3g}", f"grid_updates {event.grid_updates}"]
+        if event.grad_norm_warnings:
+            parts.append(f"grad_warnings {event.grad_norm_warnings}")
+        if event.skipped_steps:
+            parts.append(f"skipped_steps {event.skipped_steps}")
+        parts.append(f"{event.seconds:.1f}s")
+        self._line("  ".join(parts))
+        if self._progress is not None:
+            best = f"best val_acc {event.best_val_acc:.4f} (epoch {event.best_epoch})"
+            self._progress.update(self._epoch_task, completed=event.epoch, info=best)
+            self._progress.reset(self._batch_task, info="")
+
+    def _grad_warning(self, event: GradNormWarning) -> None:
+        self._warnings_this_epoch += 1
+        if self._warnings_this_epoch > WARNINGS_PER_EPOCH:
+            return
+        layer = f" in {event.layer}" if event.layer else ""
+        more = (
+            " (further warnings this epoch are only counted)"
+            if (self._warnings_this_epoch == WARNINGS_PER_EPOCH)
+            else ""
+        )
+        self._line(
+            f"warning: gradient norm {event.norm:.3g} ({event.reason}{layer}, threshold "
+            f"{event.threshold:.3g}) at step {event.global_step}: {event.action}{more}",
+            "yellow",
+        )
+
+    def _lr(self, lrs: dict[str, float]) -> float:
+        """The base LR times the schedule factor: what `--lr` set, as the schedule moves it."""
+        return lrs.get("cnn", math.nan) / self._base_lr_mult
+
+
+def summary_table(summary: dict[str, Any], interactive: bool) -> Table:
+    """The run's outcome; boxed on a terminal, bare aligned columns in a log."""
+    table = Table(
+        title="summary" if interactive else None,
+        box=box.SIMPLE if interactive else None,
+        show_header=False,
+        pad_edge=False,
+    )
+    table.add_column("key", style="bold" if interactive else None)
+    table.add_column("value")
+    params = summary.get("params")
+    rows = {
+        "status": summary.get("status"),
+        "epochs run": summary.get("epochs_run"),
+        "best epoch": summary.get("best_epoch"),
+        "best val_acc": _fmt(summary.get("best_val_acc")),
+        "test_acc": _fmt(summary.get("test_acc")),
+        "seconds": _fmt(summary.get("seconds"), ".1f"),
+        "params": _millions(params.get("total", 0)) if isinstance(params, dict) else params,
+        "device": summary.get("device"),
+        "run folder": summary.get("run_dir"),
+    }
+    for key, value in rows.items():
+        if value is not None:
+            table.add_row(key, str(value))
+    return table
+
+
+def train(trainer: Stoppable, *, debug: bool = False) -> int:
+    """Run in the foreground and return the exit code; KanError (bad config, no data) propagates.
+
+    The first SIGINT (or a SIGHUP / SIGTERM: a dropped SSH session, a scheduler) asks the trainer to
+    stop after the current step, which writes `last.pt` and marks the run `stopped`; a second
+    Ctrl-C aborts at once.
+    """
+    try:
+        with stop_on_signals(trainer) as caught:
+            summary = trainer.run()
+    except KanError:
+        raise
+    except KeyboardInterrupt:
+        print("error: aborted by a second Ctrl-C; last.pt holds the last epoch", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    status = summary.get("status", "failed")
+    if status == "stopped":
+        return 128 + caught[0] if caught else EXIT_INTERRUPTED
+    return EXIT_CODES.get(status, EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Stoppable) -> Iterator[list[int]]:
+    """Turn SIGINT / SIGHUP / SIGTERM into `trainer.stop()`; yields the signals caught so far."""
+    caught: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        trainer.stop()
+        # os.write, not print: this interrupts the main thread, possibly inside Rich's own printing
+        os.write(2, b"\nstopping after this step, writing a checkpoint (Ctrl-C again to abort)\n")
+
+    handled = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        handled.append(signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in handled}
+    try:
+        yield caught
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str | None:
+    return None if value is None else format(value, spec)
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f} M" if count >= 100_000 else f"{count:,}"
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-:--:--"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
