@@ -1,0 +1,1 @@
+"""The app's screens: setup (presets and the LR strategy form), dashboard (a live run), dialogs."""

@@ -1,0 +1,220 @@
+"""The live training dashboard.
+
+The trainer runs in a thread worker and only appends events to `TrainingRun.events`. A timer drains
+that queue a few times a second on the UI thread, folds the whole batch into `RunState` (so a burst
+of step events costs one redraw) and updates the widgets; plotext is only ever called here. Charts
+are redrawn at most once a second while training: their data changes every `log_every` steps, and
+the budget for the whole dashboard is a few per cent of one core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from kan_engine.config import RunConfig
+from kan_engine.events import Event
+from kan_tui.screens.dialogs import ConfirmDialog
+from kan_tui.screens.run_model import RunState, TrainingRun, memory_in_use
+from kan_tui.widgets.charts import SeriesChart
+from kan_tui.widgets.stats import StatsPanel
+from kan_tui.widgets.warnings import NoticeLog, WarningsList
+
+DRAIN_S = 0.25
+CHART_S = 1.0
+JOIN_TIMEOUT_S = 30.0  # a stop is honoured within a step; this only bounds a wedged thread
+STATUS_STYLE = {
+    "running": "bold green",
+    "paused": "bold yellow",
+    "stopping": "bold yellow",
+    "failed": "bold white on red",
+}
+CHART_TABS = ("tab-loss", "tab-acc", "tab-lr")
+
+
+class DashboardScreen(Screen[None]):
+    BINDINGS = [
+        Binding("p", "pause", "Pause/resume"),
+        Binding("s", "stop", "Stop"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("t", "next_chart", "Next chart"),
+        Binding("n", "new_run", "New run"),
+        Binding("q", "quit_run", "Quit"),
+    ]
+
+    def __init__(
+        self, config: RunConfig, preset_name: str, out_dir: Path, *, start: bool = True
+    ) -> None:
+        super().__init__()
+        self.run = TrainingRun(config, preset_name, out_dir)
+        self.state = RunState(model=config.model.name, dataset=config.data.dataset)
+        self.state.epochs = config.train.epochs
+        self.state.batch_size = config.train.batch_size
+        self.start_on_mount = start
+        self.worker: Worker[dict[str, Any]] | None = None
+        self.quit_when_done = False
+        self._charts_version = 0  # the charts start empty
+        self._charts_at = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-status")
+        yield Static(id="error-panel")
+        with Horizontal(id="dash-main"):
+            with TabbedContent(id="charts"):
+                with TabPane("Loss", id="tab-loss"):
+                    yield SeriesChart(id="chart-loss", log_y=True)
+                with TabPane("Accuracy", id="tab-acc"):
+                    yield SeriesChart(id="chart-acc")
+                with TabPane("LR", id="tab-lr"):
+                    yield SeriesChart(id="chart-lr")
+            yield StatsPanel(id="stats")
+        with Horizontal(id="dash-bottom"):
+            yield WarningsList(id="warnings")
+            yield NoticeLog(id="notices")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#error-panel").display = False
+        self.refresh_view()
+        self.set_interval(DRAIN_S, self.drain)
+        if self.start_on_mount:
+            self.worker = self.run_worker(
+                self.run.work, name="trainer", group="trainer", thread=True, exit_on_error=False
+            )
+
+    # --- events in ----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Timer callback: take what the trainer queued and redraw once (charts at most 1/s)."""
+        self.feed(self.run.drain(), throttle=True)
+
+    def feed(self, events: Iterable[Event], *, throttle: bool = False) -> None:
+        """Apply events and update the widgets (also used by tests to replay a run)."""
+        was_done = self.state.done
+        for event in events:
+            self.state.apply(event)
+        self.refresh_view(throttle=throttle)
+        if self.state.done != was_done:
+            self.refresh_bindings()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.worker or event.state not in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
+            return
+        self.drain()
+        if event.state == WorkerState.ERROR and self.state.status != "failed":
+            error = event.worker.error
+            self.state.fail(f"{type(error).__name__}: {error}")
+        elif self.state.status in ("starting", "running", "paused", "stopping"):
+            self.state.status = "stopped" if event.state == WorkerState.CANCELLED else "finished"
+        self.refresh_view()
+        self.refresh_bindings()
+        if self.quit_when_done:
+            self.app.exit()
+
+    # --- view ---------------------------------------------------------------------------------
+
+    def refresh_view(self, *, throttle: bool = False) -> None:
+        state = self.state
+        self.query_one("#run-status", Static).update(self._status_line())
+        self.query_one(StatsPanel).show(state, memory_in_use(state.device))
+        self.query_one(WarningsList).show(state)
+        self.query_one(NoticeLog).show(state)
+        panel = self.query_one("#error-panel", Static)
+        panel.display = bool(state.error)
+        if state.error:
+            detail = "\n".join(state.error_detail.strip().splitlines()[-4:])
+            message = Text.assemble(("run failed: ", "bold"), state.error, "\n", (detail, "dim"))
+            panel.update(message)
+        now = time.monotonic()
+        due = not throttle or state.done or now - self._charts_at >= CHART_S
+        if state.curves_version != self._charts_version and due:
+            self._charts_version, self._charts_at = state.curves_version, now
+            self.query_one("#chart-loss", SeriesChart).show(
+                {"train": state.train_loss, "val": state.val_loss_curve}
+            )
+            self.query_one("#chart-acc", SeriesChart).show(
+                {"train": state.train_acc, "val": state.val_acc_curve}
+            )
+            self.query_one("#chart-lr", SeriesChart).show(state.lr)
+
+    def _status_line(self) -> Text:
+        state = self.state
+        parts = [self.run.preset_name, state.model, state.dataset]
+        if state.done and state.summary is not None:
+            parts.append(f"test {state.test_acc:.1%}" if state.test_acc is not None else "no test")
+            parts.append("n: new run")
+        return Text.assemble(
+            (f" {state.status} ", STATUS_STYLE.get(state.status, "bold reverse")),
+            " " + " · ".join(p for p in parts if p),
+        )
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause", "stop", "checkpoint"):
+            return not self.state.done and self.worker is not None
+        if action == "new_run":
+            return self.state.done or self.worker is None
+        return True
+
+    def action_pause(self) -> None:
+        paused = self.run.toggle_pause()
+        if paused is not None:
+            self.state.status = "paused" if paused else "running"
+            self.refresh_view()
+
+    def action_stop(self) -> None:
+        self.run.stop()
+        self.state.status = "stopping"
+        self.state.notice("stop requested: writing a checkpoint")
+        self.refresh_view()
+
+    def action_checkpoint(self) -> None:
+        if self.run.request_checkpoint():
+            self.state.notice("checkpoint requested")
+            self.refresh_view()
+
+    def action_next_chart(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        index = CHART_TABS.index(tabs.active) if tabs.active in CHART_TABS else -1
+        tabs.active = CHART_TABS[(index + 1) % len(CHART_TABS)]
+
+    def action_new_run(self) -> None:
+        self.dismiss(None)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def action_quit_run(self) -> None:
+        """Quit; while training, ask first, then stop the trainer and exit once its thread ends."""
+        if not self.running:
+            self.app.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.quit_when_done = True
+                self.action_stop()
+
+        self.app.push_screen(ConfirmDialog("Training is running. Stop it and quit?"), answered)
+
+    def on_unmount(self) -> None:
+        """However the app ends, never leave a training thread behind."""
+        if self.worker is not None and not self.run.done.is_set():
+            self.run.stop()
+            self.run.done.wait(JOIN_TIMEOUT_S)

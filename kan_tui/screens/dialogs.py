@@ -1,0 +1,68 @@
+"""Small modal dialogs: a yes/no question and a name prompt that shows why a name was refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """`y` confirms, `n` or escape declines; the buttons do the same for mouse users."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Yes (y)", id="yes", variant="error", compact=True)
+                yield Button("No (n)", id="no", compact=True)
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+
+class NameDialog(ModalScreen[str | None]):
+    """Asks for a name; `submit(name)` returns why it is refused, or None to close with it."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, submit: Callable[[str], str | None]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.submit = submit
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-question")
+            yield Input(placeholder="name (a-z, 0-9, - or _)", id="name")
+            yield Static("", id="name-error", classes="dialog-error")
+            yield Label("enter saves, escape cancels", classes="dialog-hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        name = event.value.strip()
+        reason = self.submit(name)
+        if reason is None:
+            self.dismiss(name)
+        else:
+            self.query_one("#name-error", Static).update(reason)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

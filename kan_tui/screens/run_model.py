@@ -1,0 +1,335 @@
+"""What the dashboard knows about a run, kept apart from the widgets that show it.
+
+`TrainingRun` is the only object shared between the training thread and the UI thread: the trainer's
+sink appends events to a deque (thread-safe, never blocks, never touches a widget) and the UI drains
+it on a timer. `RunState` folds the drained events into plain numbers and series; it knows nothing
+about Textual, so the dashboard can coalesce a burst of step events into one redraw, and tests and
+snapshots can feed it deterministic events instead of a live run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kan_engine.config import RunConfig
+from kan_engine.events import (
+    CheckpointWritten,
+    EarlyStopped,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    GradNormWarning,
+    GridUpdated,
+    Notice,
+    RunStarted,
+    StepMetrics,
+)
+
+if TYPE_CHECKING:
+    from kan_engine.trainer import Trainer
+
+Point = tuple[float, float]
+GRAD_HISTORY = 120  # grad-norm samples kept for the sparkline
+MAX_WARNINGS = 200
+MAX_NOTICES = 100
+
+
+@dataclass
+class WarningRow:
+    step: int
+    norm: float
+    threshold: float
+    reason: str
+    action: str
+
+
+@dataclass
+class RunState:
+    """Everything the dashboard draws, updated by `apply` one event at a time."""
+
+    # starting, running, paused, stopping, finished, stopped, early-stopped, failed
+    status: str = "starting"
+    run_dir: str = ""
+    device: str = ""
+    dataset: str = ""
+    model: str = ""
+    params: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    batch_size: int = 0
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    samples_per_s: float = 0.0
+    last_loss: float | None = None
+    last_acc: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+    best_val_acc: float | None = None
+    best_epoch: int = 0
+    test_acc: float | None = None
+    grid_total: int = 0
+    grid_per_layer: dict[str, int] = field(default_factory=dict)
+    grid_last_step: int | None = None
+    outside_grid: dict[str, float] = field(default_factory=dict)
+    grad_norms: deque[float] = field(default_factory=lambda: deque(maxlen=GRAD_HISTORY))
+    warnings: list[WarningRow] = field(default_factory=list)
+    warning_total: int = 0
+    notices: list[tuple[str, str]] = field(default_factory=list)  # (level, text)
+    warnings_seen: int = 0  # rows ever appended to `warnings` / `notices` (the lists keep the tail)
+    notices_seen: int = 0
+    train_loss: list[Point] = field(default_factory=list)
+    val_loss_curve: list[Point] = field(default_factory=list)
+    train_acc: list[Point] = field(default_factory=list)
+    val_acc_curve: list[Point] = field(default_factory=list)
+    lr: dict[str, list[Point]] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    error: str = ""
+    error_detail: str = ""
+    curves_version: int = 0  # bumped when a series gains a point, so charts redraw only then
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("finished", "stopped", "early-stopped", "failed")
+
+    def eta_seconds(self) -> float | None:
+        """Remaining training steps at the last measured speed (validation time not included)."""
+        if not (self.samples_per_s > 0 and self.steps_per_epoch and self.batch_size) or self.done:
+            return None
+        per_epoch = self.steps_per_epoch
+        left = (self.epochs - self.epoch) * per_epoch + (per_epoch - self.step)
+        return max(left, 0) * self.batch_size / self.samples_per_s
+
+    def notice(self, text: str, level: str = "info") -> None:
+        self.notices.append((level, text))
+        self.notices_seen += 1
+        del self.notices[:-MAX_NOTICES]
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in. Unknown event types are ignored, so the engine may add new ones."""
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _started(self, event: RunStarted) -> None:
+        config = event.config
+        self.status = "running"
+        self.run_dir = event.run_dir
+        self.device = event.device
+        self.dataset = event.dataset
+        self.model = str(config.get("model", {}).get("name", ""))
+        self.batch_size = int(config.get("train", {}).get("batch_size", 0))
+        self.params = event.params.get("total", 0)
+        self.epochs = event.epochs
+        self.steps_per_epoch = event.steps_per_epoch
+        self.epoch = event.start_epoch
+        resumed = f", resumed at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
+        self.notice(
+            f"{self.model} on {event.dataset} "
+            f"({event.train_size}/{event.val_size}/{event.test_size}), "
+            f"{self.params:,} params, {event.device}{resumed}"
+        )
+
+    def _step(self, event: StepMetrics) -> None:
+        x = event.epoch - 1 + event.step / event.steps_per_epoch
+        self.epoch, self.step, self.global_step = event.epoch, event.step, event.global_step
+        self.steps_per_epoch = event.steps_per_epoch
+        self.samples_per_s = event.samples_per_s
+        self.last_loss, self.last_acc = event.loss, event.acc
+        self.grad_norms.append(event.grad_norm)
+        _add(self.train_loss, x, event.loss)
+        _add(self.train_acc, x, event.acc)
+        for group, value in event.lr.items():
+            _add(self.lr.setdefault(group, []), x, value)
+        self.curves_version += 1
+
+    def _epoch(self, event: EpochEnd) -> None:
+        x = float(event.epoch)
+        self.epoch = event.epoch
+        self.step = self.steps_per_epoch
+        self.val_loss, self.val_acc = event.val_loss, event.val_acc
+        self.best_val_acc, self.best_epoch = event.best_val_acc, event.best_epoch
+        self.samples_per_s = event.samples_per_s or self.samples_per_s
+        self.grid_total = event.grid_updates
+        self.grid_per_layer.update(event.grid_updates_per_layer)
+        self.outside_grid = dict(event.outside_grid)
+        self.warning_total = max(self.warning_total, event.grad_norm_warnings)
+        if event.test_acc is not None:
+            self.test_acc = event.test_acc
+        _add(self.val_loss_curve, x, event.val_loss)
+        _add(self.val_acc_curve, x, event.val_acc)
+        if event.skipped_steps:
+            self.notice(f"epoch {event.epoch}: {event.skipped_steps} steps skipped", "warning")
+        self.curves_version += 1
+
+    def _grid(self, event: GridUpdated) -> None:
+        self.grid_total = event.total
+        self.grid_per_layer[event.layer] = event.count
+        self.grid_last_step = event.global_step
+
+    def _warning(self, event: GradNormWarning) -> None:
+        self.warning_total += 1
+        self.warnings_seen += 1
+        self.warnings.append(
+            WarningRow(event.global_step, event.norm, event.threshold, event.reason, event.action)
+        )
+        del self.warnings[:-MAX_WARNINGS]
+        if event.reason == "non-finite":
+            where = f" in {event.layer}" if event.layer else ""
+            self.notice(
+                f"step {event.global_step}: non-finite gradient{where}: {event.action}", "warning"
+            )
+
+    def _notice(self, event: Notice) -> None:
+        self.notice(event.message, event.level)
+
+    def _checkpoint(self, event: CheckpointWritten) -> None:
+        if event.reason in ("manual", "stop"):
+            self.notice(f"checkpoint ({event.reason}, epoch {event.epoch}): {event.path}")
+
+    def _early_stop(self, event: EarlyStopped) -> None:
+        self.notice(
+            f"early stop at epoch {event.epoch}: no better val acc for {event.patience} epochs "
+            f"(best {event.best_val_acc:.2%} at epoch {event.best_epoch})",
+            "warning",
+        )
+        self.status = "early-stopped"
+
+    def _finished(self, event: Finished) -> None:
+        summary = event.summary
+        self.summary = summary
+        status = summary.get("status")
+        if status in ("stopped", "failed"):
+            self.status = status
+        elif self.status != "early-stopped":
+            self.status = "finished"
+        test = summary.get("test_acc")
+        if isinstance(test, (int, float)):
+            self.test_acc = float(test)
+        if isinstance(summary.get("best_val_acc"), (int, float)):
+            self.best_val_acc = float(summary["best_val_acc"])
+            self.best_epoch = int(summary.get("best_epoch", self.best_epoch))
+        folder = summary.get("run_dir", self.run_dir) or "the run folder"
+        self.notice(f"{self.status}: summary in {folder}")
+
+    def _failed(self, event: Failed) -> None:
+        self.fail(event.error, event.traceback)
+
+    def fail(self, error: str, detail: str = "") -> None:
+        self.status = "failed"
+        self.error = error
+        self.error_detail = detail or self.error_detail
+
+
+def _add(series: list[Point], x: float, y: float) -> None:
+    """Append a point, dropping non-finite values (a diverged step must not break the chart)."""
+    if math.isfinite(y):
+        series.append((x, y))
+
+
+_HANDLERS: dict[type[Event], Any] = {
+    RunStarted: RunState._started,
+    StepMetrics: RunState._step,
+    EpochEnd: RunState._epoch,
+    GridUpdated: RunState._grid,
+    GradNormWarning: RunState._warning,
+    Notice: RunState._notice,
+    CheckpointWritten: RunState._checkpoint,
+    EarlyStopped: RunState._early_stop,
+    Finished: RunState._finished,
+    Failed: RunState._failed,
+}
+
+
+class TrainingRun:
+    """The trainer, its thread and its event queue, as seen from both sides.
+
+    `work` runs in the worker thread; every other method is called from the UI thread. A stop asked
+    for before the trainer exists (torch still importing) is remembered and passed on as soon as
+    it does, so `q` right after starting still ends the run promptly.
+    """
+
+    def __init__(self, config: RunConfig, preset_name: str, out_dir: Path) -> None:
+        self.config = config
+        self.preset_name = preset_name
+        self.out_dir = out_dir
+        self.events: deque[Event] = deque()
+        self.trainer: Trainer | None = None
+        self.done = threading.Event()
+        self._stop_requested = False
+
+    def sink(self, event: Event) -> None:
+        """The trainer's event sink: one O(1) append, safe from any thread."""
+        self.events.append(event)
+
+    def work(self) -> dict[str, Any]:
+        """Build and run the trainer (worker thread). Exceptions propagate to the worker."""
+        try:
+            from kan_engine.trainer import Trainer
+
+            trainer = Trainer(
+                self.config, sink=self.sink, out_dir=self.out_dir, preset_name=self.preset_name
+            )
+            self.trainer = trainer
+            if self._stop_requested:
+                trainer.stop()
+            return trainer.run()
+        finally:
+            self.done.set()
+
+    def drain(self) -> list[Event]:
+        """Take every event queued so far (UI thread)."""
+        taken: list[Event] = []
+        while self.events:
+            taken.append(self.events.popleft())
+        return taken
+
+    def stop(self) -> None:
+        self._stop_requested = True
+        if self.trainer is not None:
+            self.trainer.stop()
+
+    def toggle_pause(self) -> bool | None:
+        """Pause or resume; returns the new paused state, None when there is no trainer yet."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        if trainer.paused:
+            trainer.resume()
+        else:
+            trainer.pause()
+        return trainer.paused
+
+    def request_checkpoint(self) -> bool:
+        if self.trainer is None:
+            return False
+        self.trainer.request_checkpoint()
+        return True
+
+
+def memory_in_use(device: str) -> str:
+    """Device memory held by torch on CUDA, else this process's resident memory.
+
+    Reads host-side counters only (no device sync), so it is cheap enough for the drain timer.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and device.startswith("cuda") and torch.cuda.is_available():
+        allocated = torch.cuda.memory_allocated(device)
+        reserved = torch.cuda.memory_reserved(device)
+        return f"{allocated / 2**30:.2f}/{reserved / 2**30:.2f} GB"
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return f"{pages * os.sysconf('SC_PAGE_SIZE') / 2**20:.0f} MB RSS"
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak"

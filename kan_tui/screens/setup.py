@@ -1,0 +1,223 @@
+"""The setup screen: pick a preset, edit the learning-rate strategy, preview the schedule, start.
+
+The form is the preset's config with the user's edits applied; it is valid exactly when the
+schema accepts it, and only then can a run start or the LR preview be drawn. Presets are saved and
+deleted through `presets_io`, so what this screen saves is what `kan-tui presets show` prints.
+"""
+
+from __future__ import annotations
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Button, Footer, Label, OptionList, Static
+
+from kan_engine import presets_io
+from kan_engine.config import RunConfig
+from kan_engine.errors import KanError, PresetError
+from kan_tui.messages import FormChanged, StartRun
+from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
+from kan_tui.widgets.charts import SeriesChart
+from kan_tui.widgets.form import FIELDS, ConfigField, ConfigForm
+from kan_tui.widgets.presets import PresetList
+
+DEFAULT_PRESET = "lite"
+PREVIEW_DEBOUNCE_S = 0.3
+PREVIEW_STEPS_PER_EPOCH = 100  # the curve's shape in epochs barely depends on it
+
+
+def registry_choices() -> dict[str, tuple[str, ...]]:
+    """Model and data set names from the registries (imported here: they pull in torch)."""
+    from kan_engine.data import DATASETS
+    from kan_engine.models import MODELS
+
+    return {"model.name": tuple(MODELS), "data.dataset": tuple(DATASETS)}
+
+
+class SetupScreen(Screen[None]):
+    BINDINGS = [
+        Binding("r", "start", "Start"),
+        Binding("ctrl+s", "save_as", "Save as"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, config: RunConfig | None = None, preset_name: str | None = None) -> None:
+        super().__init__()
+        self.initial_config = config
+        self.preset_name = preset_name or DEFAULT_PRESET
+        self.config: RunConfig | None = None
+        self.errors: dict[str, str] = {}
+        self._preview_timer: Timer | None = None
+        self._overwrite: str | None = None  # a name whose save waits for "overwrite?"
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="setup-main"):
+            with Vertical(id="presets-pane"):
+                yield Label("Presets", classes="pane-title")
+                yield PresetList(id="presets")
+            yield ConfigForm(registry_choices(), id="form")
+        with Horizontal(id="setup-bottom"):
+            yield SeriesChart(id="lr-preview", empty="LR schedule")
+            with Vertical(id="start-pane"):
+                yield Static(id="form-status")
+                yield Button("Start (r)", id="start", variant="success", compact=True)
+        yield Static(id="hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        base = self._resolve(self.preset_name) or self.initial_config or RunConfig()
+        self.query_one(PresetList).reload(highlight=self.preset_name)
+        self.query_one(ConfigForm).load(base, self.initial_config)
+        self.query_one(PresetList).focus()
+
+    def _resolve(self, name: str) -> RunConfig | None:
+        try:
+            config, _ = presets_io.resolve(name)
+        except KanError as exc:
+            self.notify(str(exc), title="cannot load preset", severity="error")
+            return None
+        return config
+
+    # --- form ---------------------------------------------------------------------------------
+
+    def on_form_changed(self, message: FormChanged) -> None:
+        self.config, self.errors = message.config, message.errors
+        self.query_one("#start", Button).disabled = self.config is None
+        self.query_one("#form-status", Static).update(self._status_text())
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(PREVIEW_DEBOUNCE_S, self.redraw_preview)
+        self.refresh_bindings()
+
+    def _status_text(self) -> str:
+        if self.errors:
+            key, reason = next(iter(self.errors.items()))
+            label = next((f.label for f in FIELDS if f.key == key), key or "form")
+            more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"[b red]cannot start[/]: {label}: {reason}{more}"
+        changed = len(self.query(".field.-changed"))
+        edits = f", {changed} field{'s' * (changed != 1)} changed" if changed else ""
+        return f"[b green]ready[/]: preset {self.preset_name}{edits}"
+
+    def redraw_preview(self) -> None:
+        """The LR of each group over the whole run, epochs on x (debounced after edits)."""
+        chart = self.query_one("#lr-preview", SeriesChart)
+        if self.config is None:
+            chart.empty = "fix the form to see the LR schedule"
+            chart.show({})
+            return
+        from kan_engine.optim import lr_curve
+
+        chart.show(lr_curve(self.config, steps_per_epoch=PREVIEW_STEPS_PER_EPOCH))
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Show the schema's description of the focused field: the help is the schema."""
+        widget: Widget | None = event.widget
+        while widget is not None and not isinstance(widget, ConfigField):
+            widget = widget.parent if isinstance(widget.parent, Widget) else None
+        hint = self.query_one("#hint", Static)
+        if widget is None:
+            hint.update("enter loads a preset · d deletes a user preset · r starts")
+        else:
+            hint.update(f"{widget.spec.key}: {widget.tooltip}")
+
+    # --- presets ------------------------------------------------------------------------------
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        name = event.option.id
+        config = self._resolve(name) if name else None
+        if config is not None and name is not None:
+            self.preset_name = name
+            self.query_one(ConfigForm).load(config)
+            self.notify(f"loaded preset {name!r}")
+
+    def action_save_as(self) -> None:
+        if self.config is None:
+            self.notify("fix the form before saving", severity="warning")
+            return
+        dialog = NameDialog("Save the form as a user preset", self._try_save)
+        self.app.push_screen(dialog, self._saved)
+
+    def _try_save(self, name: str) -> str | None:
+        """Save at once, or return presets_io's reason; an existing user preset asks first."""
+        assert self.config is not None
+        try:
+            presets_io.save(name, self.config)
+        except PresetError as exc:
+            exists = (
+                presets_io.NAME_RE.fullmatch(name)
+                and name not in presets_io.BUILTIN_NAMES
+                and (presets_io.user_dir() / f"{name}.toml").is_file()
+            )
+            if not exists:
+                return str(exc)
+            self._overwrite = name
+        return None
+
+    def _saved(self, name: str | None) -> None:
+        if name is None:
+            return
+        if self._overwrite == name:
+            self._overwrite = None
+            self.app.push_screen(
+                ConfirmDialog(f"User preset {name!r} exists. Overwrite it?"),
+                lambda yes: self._overwrite_confirmed(name) if yes else None,
+            )
+            return
+        self._after_save(name)
+
+    def _overwrite_confirmed(self, name: str) -> None:
+        assert self.config is not None
+        presets_io.save(name, self.config, force=True)
+        self._after_save(name)
+
+    def _after_save(self, name: str) -> None:
+        self.preset_name = name
+        assert self.config is not None
+        self.query_one(ConfigForm).load(self.config)
+        self.query_one(PresetList).reload(highlight=name)
+        self.notify(f"saved user preset {name!r} in {presets_io.user_dir()}")
+
+    def action_delete_preset(self) -> None:
+        presets = self.query_one(PresetList)
+        name = presets.highlighted_name
+        if name is None:
+            return
+        if presets.presets[name].builtin:
+            self.notify(f"{name!r} is a built-in preset and cannot be deleted", severity="warning")
+            return
+        self.app.push_screen(
+            ConfirmDialog(f"Delete user preset {name!r}?"),
+            lambda yes: self._delete(name) if yes else None,
+        )
+
+    def _delete(self, name: str) -> None:
+        try:
+            path = presets_io.delete(name)
+        except PresetError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.query_one(PresetList).reload(highlight=self.preset_name)
+        self.notify(f"deleted {path}")
+
+    # --- start --------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start":
+            return self.config is not None or None
+        return True
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "start":
+            event.stop()
+            self.action_start()
+
+    def action_start(self) -> None:
+        if self.config is None:
+            self.notify("the form has errors: fix the marked fields", severity="error")
+            return
+        self.post_message(StartRun(self.config, self.preset_name))

@@ -1,0 +1,1 @@
+"""Widgets of the app: config form, preset list, plotext charts, stats panel, warnings list."""

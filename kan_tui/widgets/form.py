@@ -1,0 +1,199 @@
+"""The learning-rate strategy form, validated field by field from the config schema.
+
+Nothing here knows a range or a choice list of its own: numbers are checked by applying the typed
+value to the preset's config (`apply_overrides`), choice lists come from the schema's `Literal`
+types and from the model / data set registries, and the reasons shown are the schema's. So the
+form, the preset files and `--set` can never disagree.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Input, Label, Select, Static
+
+from kan_engine.config import RunConfig, apply_overrides, check_names, parse_value, to_data
+from kan_engine.errors import ConfigError
+from kan_tui.messages import FormChanged
+
+SOURCE = "form"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    key: str  # dotted config key, as in `--set`
+    label: str
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("model.name", "model"),
+    FieldSpec("data.dataset", "dataset"),
+    FieldSpec("optim.lr", "base LR"),
+    FieldSpec("optim.lr_mult.cnn", "LR x cnn"),
+    FieldSpec("optim.lr_mult.kan", "LR x kan"),
+    FieldSpec("optim.lr_mult.other", "LR x other"),
+    FieldSpec("optim.optimizer", "optimizer"),
+    FieldSpec("optim.weight_decay", "weight decay"),
+    FieldSpec("schedule.name", "schedule"),
+    FieldSpec("schedule.warmup_epochs", "warm-up epochs"),
+    FieldSpec("train.epochs", "epochs"),
+    FieldSpec("train.batch_size", "batch size"),
+    FieldSpec("train.patience", "patience"),
+    FieldSpec("train.clip_grad_norm", "clip max-norm"),
+    FieldSpec("kan.prob_update_grid", "grid update p"),
+    FieldSpec("train.mixed_precision", "mixed prec."),
+    FieldSpec("train.seed", "seed"),
+)
+
+
+def schema_field(key: str) -> Any:
+    """The pydantic FieldInfo of a dotted key."""
+    model: type[BaseModel] = RunConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation  # type: ignore[assignment]
+    return model.model_fields[name]
+
+
+def schema_choices(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal` field, None for free-form fields."""
+    annotation = schema_field(key).annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(a) for a in typing.get_args(annotation))
+    return None
+
+
+def lookup(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def parse_field(key: str, raw: str, choices: tuple[str, ...] | None) -> Any:
+    """Select values pass through; typed text is read as a TOML value, like `--set key=value`."""
+    return raw if choices is not None else parse_value(raw.strip())
+
+
+def validate_form(
+    base: RunConfig, values: dict[str, Any]
+) -> tuple[RunConfig | None, dict[str, str]]:
+    """The combined config (None if any field is bad) and the reason of each bad field.
+
+    Each field is first applied alone to `base`, so every bad field gets its own reason at once;
+    rules that tie two fields together (warm-up longer than the run) are checked on the combined
+    config and charged to the first field the reason names.
+    """
+    errors: dict[str, str] = {}
+    for key, value in values.items():
+        try:
+            apply_overrides(base, {key: value}, SOURCE)
+        except ConfigError as exc:
+            if exc.key == key:
+                errors[key] = exc.reason
+    if errors:
+        return None, errors
+    try:
+        config = apply_overrides(base, values, SOURCE)
+        check_names(config, SOURCE)
+    except ConfigError as exc:
+        key = exc.key if exc.key in values else next((k for k in values if k in exc.reason), "")
+        return None, {key: exc.reason}
+    return config, {}
+
+
+class ConfigField(Horizontal):
+    """One row: changed marker, label, editor (Input or Select), and the reason when invalid."""
+
+    def __init__(self, spec: FieldSpec, choices: tuple[str, ...] | None) -> None:
+        super().__init__(id=field_id(spec.key), classes="field")
+        self.spec = spec
+        self.choices = choices
+        self.tooltip = schema_field(spec.key).description
+
+    def compose(self) -> ComposeResult:
+        yield Static(" ", classes="field-mark")
+        yield Label(self.spec.label, classes="field-label")
+        if self.choices is None:
+            yield Input(compact=True, classes="field-input")
+        else:
+            options = [(choice, choice) for choice in self.choices]
+            yield Select(options, allow_blank=False, compact=True, classes="field-select")
+        yield Static("", classes="field-reason")
+
+    @property
+    def raw(self) -> str:
+        if self.choices is None:
+            return self.query_one(Input).value
+        return str(self.query_one(Select).value)
+
+    def set_value(self, value: Any) -> None:
+        if self.choices is None:
+            self.query_one(Input).value = str(value)
+            return
+        select: Select[str] = self.query_one(Select)
+        if str(value) not in self.choices:  # a preset naming an unknown model: show it, flag it
+            self.choices = (*self.choices, str(value))
+            select.set_options([(choice, choice) for choice in self.choices])
+        select.value = str(value)
+
+    def mark(self, *, changed: bool, reason: str | None) -> None:
+        self.set_class(changed, "-changed")
+        self.set_class(reason is not None, "-invalid")
+        self.query_one(".field-mark", Static).update("*" if changed else " ")
+        self.query_one(".field-reason", Static).update(reason or "")
+
+
+def field_id(key: str) -> str:
+    return "field-" + key.replace(".", "-")
+
+
+class ConfigForm(VerticalScroll):
+    """All fields; posts `FormChanged` after every edit with the validated config or the errors."""
+
+    def __init__(self, choices: dict[str, tuple[str, ...]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.extra_choices = choices
+        self.base = RunConfig()
+        self.config: RunConfig | None = None
+        self.errors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        for spec in FIELDS:
+            yield ConfigField(spec, self.extra_choices.get(spec.key) or schema_choices(spec.key))
+
+    def fields(self) -> list[ConfigField]:
+        return list(self.query(ConfigField))
+
+    def load(self, base: RunConfig, config: RunConfig | None = None) -> None:
+        """Fill the form with `config` (default: `base`); changes are marked relative to `base`."""
+        self.base = base
+        data = to_data(config or base)
+        for field in self.fields():
+            field.set_value(lookup(data, field.spec.key))
+        self.revalidate()
+
+    def values(self) -> dict[str, Any]:
+        return {f.spec.key: parse_field(f.spec.key, f.raw, f.choices) for f in self.fields()}
+
+    def revalidate(self) -> None:
+        values = self.values()
+        self.config, self.errors = validate_form(self.base, values)
+        base = to_data(self.base)
+        for field in self.fields():
+            key = field.spec.key
+            field.mark(changed=values[key] != lookup(base, key), reason=self.errors.get(key))
+        self.post_message(FormChanged(self.config, dict(self.errors)))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.revalidate()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self.revalidate()
