@@ -1,0 +1,104 @@
+"""Checkpoints that survive kill -9 and full disks, and load with `weights_only=True`.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only (no pickled
+objects), so `torch.load(..., weights_only=True)` reads it and nothing in a run folder is ever
+executed. The trainer puts in it: `model`, `optimizer`, `schedule`, `scaler` state dicts, `rng`
+(`rng_state()`), the position (`epoch`, `step_in_epoch`, `global_step`), the trainer `counters`,
+the resolved `config` as plain data and `metrics_offset`. The KAN grids are buffers, so they are in
+`model`.
+
+Writes go through `atomic.write_with`: the previous file stays whole until the new one is
+complete and fsynced. A failing write (disk full) raises `CheckpointWriteError` naming the file and
+the reason; the previous checkpoint is untouched.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kan_engine import atomic
+from kan_engine.errors import KanError, RunDirError
+
+FORMAT = 1
+
+
+class CheckpointWriteError(KanError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    path = Path(path)
+    try:
+        atomic.write_with(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CheckpointWriteError(
+            f"{path}: cannot write checkpoint: {reason}; the previous checkpoint is unchanged"
+        ) from exc
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely; a missing or unreadable file is a RunDirError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path}: checkpoint missing")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
+        raise RunDirError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RunDirError(f"{path}: unknown checkpoint format")
+    return state
+
+
+def pack_random(state: tuple[Any, ...]) -> dict[str, Any]:
+    """A `random.getstate()` tuple as plain data (lists, not nested tuples)."""
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def unpack_random(state: dict[str, Any]) -> tuple[Any, ...]:
+    return (state["version"], tuple(state["internal"]), state["gauss"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": pack_random(random.getstate()),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(unpack_random(state["python"]))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].cpu().numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

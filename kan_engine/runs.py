@@ -1,0 +1,152 @@
+"""The run folder: one per run, everything a script or a resume needs.
+
+    <out>/<YYYYmmdd-HHMMSS>-<preset>/
+        config.toml        the resolved config, loadable as a preset
+        metrics.jsonl      one event per line (`Event.to_record()`), flushed as written
+        summary.json       status and headline numbers, rewritten atomically
+        checkpoints/last.pt, checkpoints/best.pt
+
+`metrics.jsonl` is append-only while a run lives; every line is flushed (not fsynced: a kill -9
+loses at most the line being written, the OS keeps the rest). A resume truncates it back to the
+byte offset recorded in the checkpoint it continues from, so no epoch row appears twice
+(`truncate_metrics`). Non-finite floats are written as the strings "nan", "inf" and "-inf" (strict
+JSON has no NaN; `float()` reads the strings back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from kan_engine import atomic, presets_io
+from kan_engine.config import RunConfig
+from kan_engine.errors import RunDirError
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+STATUSES = ("running", "finished", "early_stopped", "stopped", "diverged", "failed")
+
+
+def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path:
+    """Make `out_dir/<YYYYmmdd-HHMMSS>-<preset>` (with `-2`, `-3`... if taken) and return it.
+
+    The folder is created with `exist_ok=False`, so two runs started in the same second by two
+    processes still get different folders.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", preset).strip("-") or "custom"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = f"{stamp}-{safe}"
+    for attempt in range(1, 10000):
+        path = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / CHECKPOINTS).mkdir()
+        return path
+    raise RunDirError(f"{out_dir}: cannot find a free run folder name for {base!r}")
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """`which` is "last" or "best"."""
+    if which not in ("last", "best"):
+        raise ValueError(f"checkpoint must be 'last' or 'best' (got {which!r})")
+    return Path(run_dir) / CHECKPOINTS / (LAST if which == "last" else BEST)
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    atomic.write_text(Path(run_dir) / CONFIG, presets_io.render(config))
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a run folder ({CONFIG} missing)")
+    return presets_io.read_file(path)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings, tuples become lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(_plain(record), allow_nan=False)
+
+
+class MetricsLog:
+    """Append-only JSON-lines writer; `offset` is the byte position a checkpoint records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (long-lived)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(dumps(record) + "\n")
+        self._file.flush()
+
+    @property
+    def offset(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def truncate_metrics(run_dir: Path, offset: int) -> None:
+    """Cut `metrics.jsonl` back to `offset` bytes (rewritten atomically).
+
+    Lines after the offset belong to steps the resumed run is about to replay; dropping them keeps
+    every epoch row exactly once. A file shorter than the offset (lost at power failure) is kept,
+    with a partial last line removed.
+    """
+    path = Path(run_dir) / METRICS
+    data = path.read_bytes() if path.exists() else b""
+    kept = data[:offset]
+    if not kept.endswith(b"\n"):
+        kept = kept[: kept.rfind(b"\n") + 1]
+    if kept != data:
+        atomic.write_bytes(path, kept)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records; a partial last line (a run killed mid-write) is ignored."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text("utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise RunDirError(f"{path}:{number}: not a JSON line") from None
+    return records
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic.write_text(Path(run_dir) / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: {SUMMARY} missing")
+    return json.loads(path.read_text("utf-8"))

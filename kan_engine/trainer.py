@@ -1,0 +1,856 @@
+"""The training loop: read `_train` top to bottom; everything else is a named helper.
+
+One `Trainer` is one run folder (`runs.py`). It runs in the caller's thread (headless) or in a
+background thread (the TUI), reports through typed events to a sink, and takes `pause`, `resume`,
+`stop` and `request_checkpoint` from any thread; the flags are read between steps, so a control
+never interrupts a step and the loop never waits on the sink or the screen.
+
+Host syncs. Per-step values (loss, correct count, gradient norm, a finite flag) stay on the device
+in `PendingSteps` and are read back together at most once per `log_every` steps. Skipping a
+non-finite step therefore cannot branch on the host on CUDA: there the optimizer is fused and gets
+the flag as `found_inf` (the mechanism GradScaler uses), so the fused kernel skips the update on
+the device; the flag is looked at on the next read-back. On the CPU (and MPS) the flag is read
+every step: there is no asynchronous device queue to stall, so the read costs nothing. With fp16
+the GradScaler reads its own overflow flag every step anyway. Steps with a grid update read back
+once too, because a refit must not see a non-finite batch (the refit's solve dominates them).
+
+Non-finite policy. A non-finite loss or gradient norm skips the step (counted, with a warning
+naming the first layer whose output or gradient went non-finite: the batch is re-run with hooks,
+only then). MAX_BAD_STREAK skipped steps in a row restore the in-memory copy of the last epoch end
+and halve every LR; after MAX_RESTORES restores the next streak stops the run as `diverged`.
+
+Resume. `last.pt` holds the position (epoch, steps done in it) and the byte offset of
+`metrics.jsonl` when it was written. `from_run_dir` cuts `metrics.jsonl` back to that offset (the
+rows after it belong to steps about to be replayed), reloads every state, and the data order, a
+pure function of (seed, epoch), is replayed with `skip`; so each epoch row appears exactly once and
+the weights equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kan_engine import checkpoint as ckpt
+from kan_engine import data as data_mod
+from kan_engine import models, optim, runs
+from kan_engine.config import RunConfig, check_names, to_data
+from kan_engine.errors import ConfigError, KanError
+from kan_engine.events import (
+    CheckpointWritten,
+    EarlyStopped,
+    EpochEnd,
+    Event,
+    EventSink,
+    Failed,
+    Finished,
+    GradNormWarning,
+    GridUpdated,
+    Notice,
+    RunStarted,
+    StepMetrics,
+)
+from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer, keep_buffers
+
+MAX_BAD_STREAK = 3  # non-finite steps in a row before restoring the last good state
+MAX_RESTORES = 2  # restores (each halving the LR) before the run is declared diverged
+EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
+WIDE_OUTSIDE = 0.05  # share of first-KAN-layer inputs outside the grid worth a warning
+
+
+@dataclass
+class Counters:
+    """Everything the loop counts that a resume must continue from (stored in checkpoints)."""
+
+    global_step: int = 0
+    grid_updates: dict[str, int] = field(default_factory=dict)
+    grad_norm_warnings: int = 0
+    skipped_steps: int = 0
+    bad_streak: int = 0
+    restores: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    epochs_run: int = 0
+    seconds: float = 0.0  # finished epochs
+    # the epoch in progress
+    epoch_loss: float = 0.0  # sum of per-sample losses of applied steps
+    epoch_correct: float = 0.0
+    epoch_samples: int = 0
+    epoch_seconds: float = 0.0
+
+
+@dataclass
+class Window:
+    """Host-side sums over the current logging interval (filled at read-back)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    samples: int = 0
+    norm: float = float("nan")
+    started: float = field(default_factory=time.perf_counter)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA, then MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError("", "train.device", f"{name!r}: this machine has {count} CUDA GPUs")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("", "train.device", "'mps': not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype or None, use a GradScaler, notice or "") for `train.mixed_precision`."""
+    mode = config.train.mixed_precision
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            return None, False, f"train.mixed_precision={mode} needs CUDA: fp32 on {device}"
+        return None, False, ""
+    if mode == "off":
+        return None, False, ""
+    if mode == "fp16":
+        return torch.float16, True, ""
+    return torch.bfloat16, False, ""
+
+
+def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
+    options = {name: getattr(config.kan, name) for name in models.OPTION_NAMES}
+    model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
+    model = model.to(device)
+    if device.type == "cuda" and len(bundle.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def eval_split(
+    model: nn.Module,
+    bundle: data_mod.DataBundle,
+    split: str,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) on a split; sums stay on the device, one read-back at the end."""
+    device = bundle.device
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, device=device)  # (loss sum, correct)
+    with torch.no_grad():
+        for x, y in bundle.batches(split, max(batch_size, EVAL_BATCH), shuffle=False):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)  # (N, classes)
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    loss, correct = sums.tolist()
+    n = bundle.sizes[split]
+    return loss / n, correct / n
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        sink: EventSink,
+        out_dir: Path = Path("runs"),
+        preset_name: str = "custom",
+        run_dir: Path | None = None,
+    ) -> None:
+        """Creates the run folder (with config.toml) unless `run_dir` names an existing one
+        (`from_run_dir` does that). Nothing heavy happens until `setup()` / `run()`."""
+        self.config = config
+        self.sink = sink
+        self.preset_name = preset_name
+        self._fresh = run_dir is None
+        if run_dir is None:
+            run_dir = runs.create_run_dir(Path(out_dir), preset_name)
+            runs.write_config(run_dir, config)
+        self.run_dir = Path(run_dir)
+        self._resume: dict[str, Any] | None = None
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        self._checkpoint_now = threading.Event()
+        self._wake = threading.Event()
+        self._interrupted = False
+        self._consistent = True  # the in-memory state is a position a checkpoint may record
+        self.model: nn.Module | None = None
+        self.epoch = 1
+        self.step_in_epoch = 0
+        self.c = Counters()
+        self.diverged = False
+        self._notices: list[Notice] = []
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, *, sink: EventSink) -> Trainer:
+        """Continue a run from `checkpoints/last.pt`, with the run folder's config.toml."""
+        run_dir = Path(run_dir)
+        config = runs.read_config(run_dir)
+        state = ckpt.load(runs.checkpoint_path(run_dir, "last"))
+        trainer = cls(config, sink=sink, preset_name=str(state["preset"]), run_dir=run_dir)
+        trainer._resume = state
+        return trainer
+
+    # ------------------------------------------------------------------ controls (any thread)
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current step, write last.pt, end with status `stopped`."""
+        self._stop.set()
+        self._wake.set()
+
+    def request_checkpoint(self) -> None:
+        self._checkpoint_now.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end; returns the summary (also in summary.json).
+
+        Raises KanError for bad config or missing data before training starts. A first Ctrl-C
+        (main thread) stops after the current step, then KeyboardInterrupt is re-raised once the
+        checkpoint and summary are written; anything unexpected emits Failed and is re-raised.
+        """
+        try:
+            self.setup()
+        except KanError:
+            if self._fresh:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        if self._resume is not None:
+            runs.truncate_metrics(self.run_dir, int(self._resume["metrics_offset"]))
+        self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
+        try:
+            return self._run_logged()
+        finally:
+            self.metrics.close()
+
+    def _run_logged(self) -> dict[str, Any]:
+        self._emit(self._run_started())
+        for notice in self._notices:
+            self._emit(notice)
+        if self._fresh:
+            self._report_input_range()
+            runs.write_summary(self.run_dir, self._summary("running"))
+        try:
+            with self._sigint_as_stop():
+                status = self._train()
+        except KeyboardInterrupt:
+            self._save_after_interrupt()
+            self._finish("stopped")
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        summary = self._finish(status)
+        if self._interrupted:
+            raise KeyboardInterrupt
+        return summary
+
+    def _train(self) -> str:
+        """The loop. Returns the final status."""
+        train = self.config.train
+        while self.epoch <= train.epochs:
+            if self._patience_exhausted():  # a resumed run that had already stopped early
+                return "early_stopped"
+            self.model.train()
+            batches = self.data.batches(
+                "train",
+                train.batch_size,
+                shuffle=True,
+                epoch=self.epoch,
+                skip=self.step_in_epoch,
+                augment=self.config.data.augment,
+            )
+            self._tick = time.perf_counter()
+            while True:
+                if self._serve_controls():
+                    return "stopped"
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                self._train_step(*batch)
+                if self.diverged:
+                    return "diverged"
+            self._settle()
+            if self.diverged:
+                return "diverged"
+            self._end_epoch()
+            if self._patience_exhausted():
+                c = self.c
+                finished = self.epoch - 1
+                self._emit(EarlyStopped(finished, c.best_epoch, c.best_val_acc, train.patience))
+                return "early_stopped"
+        return "finished"
+
+    def _train_step(self, x: Tensor, y: Tensor) -> None:
+        """Forward, backward, clip, step (skipped on device if non-finite), grid update if due."""
+        self._consistent = False
+        step = self.c.global_step
+        self.schedule.apply(step)
+        grid_due = self._grid_update_due(step)
+        capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})
+        with capture as kan_inputs:
+            objective, loss, correct = self._loss(x, y, eager=grid_due)
+        norm, ok = self._backward_and_step(objective)
+        self.pending.add(step, loss, correct, norm, ok, (x, y))
+        self.c.global_step += 1
+        self.step_in_epoch += 1
+        log_due = self.c.global_step % self.config.train.log_every == 0
+        if log_due or grid_due or not self.deferred:
+            self._settle()
+        if grid_due and self._last_ok:
+            self._update_grids(kan_inputs)
+        if log_due:
+            self._log_step()
+        self._advance_clock()
+        self._consistent = True
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Load data, build model, optimizer and schedule; restore a checkpoint when resuming.
+        Raises KanError on bad config or missing data. Tests call it to reach `model` early."""
+        if self.model is not None:
+            return
+        config = self.config
+        check_names(config)
+        self.device = pick_device(config.train.device)
+        seed_everything(config.train.seed)
+        self.data = data_mod.load(config.data, device=self.device, seed=config.train.seed)
+        self.amp_dtype, use_scaler, message = precision(config, self.device)
+        if message:
+            self._notices.append(Notice(message, "warning"))
+        self.model = build_model(config, self.data, self.device)
+        self.forward_model: nn.Module = self.model
+        if config.train.compile:
+            if self.device.type == "cuda":
+                self.forward_model = torch.compile(self.model)
+            else:
+                self._notices.append(Notice(f"train.compile is CUDA-only: eager on {self.device}"))
+        self.kan = models.kan_layers(self.model)
+        for layer in self.kan.values():  # the layers gather regulariser statistics only if asked
+            layer.track_regularization = config.kan.reg_weight > 0
+        self.c.grid_updates = {name: 0 for name in self.kan}
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = optim.build_optimizer(config, models.param_groups(self.model), self.device)
+        self.steps_per_epoch = self.data.steps("train", config.train.batch_size)
+        self.schedule = optim.Schedule(self.optimizer, config, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # on CUDA the optimizer is fused and skips non-finite steps itself (see module docstring)
+        self.deferred = self.device.type == "cuda" and not use_scaler
+        self.monitor = GradNormMonitor(config.train.clip_grad_norm)
+        self.pending = PendingSteps()
+        self.grid_rng = random.Random(f"kan-tui grid updates {config.train.seed}")
+        self._window = Window()
+        self._last_ok = True
+        if self._resume is not None:
+            self._load_state(self._resume)
+        self._good = self._snapshot()
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.grid_rng.setstate(ckpt.unpack_random(state["grid_rng"]))
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.c = Counters(**state["counters"])
+        ckpt.set_rng_state(state["rng"])  # last: building the model consumed random numbers
+
+    def _run_started(self) -> RunStarted:
+        sizes = self.data.sizes
+        return RunStarted(
+            run_dir=str(self.run_dir),
+            config=to_data(self.config),
+            device=str(self.device),
+            params=models.count_params(self.model),
+            dataset=self.data.name,
+            train_size=sizes["train"],
+            val_size=sizes["val"],
+            test_size=sizes["test"],
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.config.train.epochs,
+            start_epoch=self.epoch,
+        )
+
+    def _report_input_range(self) -> None:
+        """One Notice: the share of the first KAN layer's inputs outside its grid (first batch).
+
+        Runs in training mode (BatchNorm on batch statistics, as in training) and puts the
+        BatchNorm running statistics back afterwards.
+        """
+        if not self.kan:
+            return
+        name = next(iter(self.kan))
+        low, high = self.config.kan.grid_range
+        x, y = next(self.data.batches("train", self.config.train.batch_size, shuffle=False))
+        with keep_buffers(self.model), torch.no_grad(), self._capture_kan_inputs() as inputs:
+            self._loss(x, y, eager=True)
+        seen = inputs[name]  # (N, in)
+        stats = torch.stack([((seen < low) | (seen > high)).float().mean(), seen.min(), seen.max()])
+        outside, smallest, largest = stats.tolist()
+        level = "warning" if outside > WIDE_OUTSIDE else "info"
+        self._emit(
+            Notice(
+                f"inputs to the first KAN layer ({name}): {outside:.1%} outside the grid "
+                f"[{low:g}, {high:g}] (seen {smallest:.2f} to {largest:.2f})",
+                level,
+            )
+        )
+
+    # ------------------------------------------------------------------ one step
+
+    def _loss(self, x: Tensor, y: Tensor, *, eager: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(objective with regulariser, cross-entropy, correct count); `eager` bypasses
+        torch.compile (hooks registered for one step would otherwise force recompiles)."""
+        model = self.model if eager else self.forward_model
+        if self.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)  # (N, classes)
+        loss = F.cross_entropy(logits.float(), y)
+        objective = loss
+        weight = self.config.kan.reg_weight
+        if weight > 0:
+            reg = sum(layer.regularization_loss() for layer in self.kan.values())
+            objective = loss + weight * reg
+        correct = (logits.argmax(1) == y).sum()
+        return objective, loss, correct
+
+    def _backward_and_step(self, objective: Tensor) -> tuple[Tensor, Tensor]:
+        """Backward, clip, optimizer step unless non-finite; returns (grad norm, ok) on device."""
+        self.scaler.scale(objective).backward()
+        self.scaler.unscale_(self.optimizer)  # no-op without fp16
+        norm = self._clip()
+        ok = torch.isfinite(objective)
+        if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business, not divergence
+            ok = ok & torch.isfinite(norm)
+        if self.deferred:
+            self.optimizer.found_inf = (~ok).float()  # the fused kernel skips the update on device
+            self.optimizer.step()
+        elif ok.item():  # CPU / MPS: nothing to stall; fp16: the scaler syncs here anyway
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, ok
+
+    def _clip(self) -> Tensor:
+        max_norm = self.config.train.clip_grad_norm
+        if max_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+
+    # ------------------------------------------------------------------ read-back and health
+
+    def _settle(self) -> None:
+        """Read back pending steps (one sync): sums, norm warnings, the non-finite policy."""
+        finite_norms: list[tuple[int, float]] = []
+        c, w = self.c, self._window
+        for health in self.pending.drain():
+            self._last_ok = health.ok
+            if health.ok:
+                c.bad_streak = 0
+                c.epoch_loss += health.loss * health.n
+                c.epoch_correct += health.correct
+                c.epoch_samples += health.n
+                w.loss += health.loss * health.n
+                w.correct += health.correct
+                w.samples += health.n
+                w.norm = health.norm
+                if math.isfinite(health.norm):
+                    finite_norms.append((health.global_step, health.norm))
+                continue
+            self._non_finite_step(health.global_step, health.norm, health.batch)
+            if self.diverged:
+                self.pending.drain()
+                break
+        for warning in self.monitor.scan(finite_norms):
+            self._warn(warning)
+
+    def _non_finite_step(self, step: int, norm: float, batch: tuple[Tensor, Tensor] | None) -> None:
+        c = self.c
+        c.skipped_steps += 1
+        c.bad_streak += 1
+        layer = self._diagnose(batch) if c.bad_streak == 1 and batch is not None else None
+        self._repair_buffers()
+        action = "skipped step"
+        if c.bad_streak >= MAX_BAD_STREAK:
+            if c.restores >= MAX_RESTORES:
+                self.diverged = True
+                action = f"skipped step; {c.restores} restores did not help: diverged"
+            else:
+                self._restore_good_state()
+                action = "skipped step; restored last good state, lr halved"
+        self._warn(GradNormWarning(step, norm, math.inf, "non-finite", action, layer))
+
+    def _diagnose(self, batch: tuple[Tensor, Tensor]) -> str:
+        x, y = batch
+        return find_nonfinite_layer(self.model, lambda: self._loss(x, y, eager=True)[0])
+
+    def _repair_buffers(self) -> None:
+        """A skipped step's forward may have put NaN into BatchNorm running statistics: take
+        those buffers from the last good state (one check, only after a non-finite step)."""
+        good = self._good["model"]
+        with torch.no_grad():
+            for name, buf in self.model.named_buffers():
+                if buf.is_floating_point() and not torch.isfinite(buf).all():
+                    buf.copy_(good[name])
+
+    def _restore_good_state(self) -> None:
+        c = self.c
+        self.model.load_state_dict(self._good["model"])
+        # a copy: loading may alias the snapshot's tensors, which later steps would then modify
+        self.optimizer.load_state_dict(copy.deepcopy(self._good["optimizer"]))
+        self.schedule.scale *= 0.5
+        self.schedule.apply(c.global_step)
+        c.restores += 1
+        c.bad_streak = 0
+        self._emit(
+            Notice(
+                f"{MAX_BAD_STREAK} non-finite steps in a row: restored the state of the last "
+                f"epoch end, learning rates halved (now x{self.schedule.scale:g} of the schedule)",
+                "warning",
+            )
+        )
+
+    def _snapshot(self) -> dict[str, Any]:
+        """In-memory copy of model and optimizer (the "last good state")."""
+        return copy.deepcopy(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        )
+
+    def _warn(self, warning: GradNormWarning) -> None:
+        self.c.grad_norm_warnings += 1
+        self._emit(warning)
+
+    def _log_step(self) -> None:
+        w = self._window
+        now = time.perf_counter()
+        samples = max(w.samples, 1)
+        self._emit(
+            StepMetrics(
+                epoch=self.epoch,
+                step=self.step_in_epoch,
+                global_step=self.c.global_step,
+                steps_per_epoch=self.steps_per_epoch,
+                loss=w.loss / samples if w.samples else float("nan"),
+                acc=w.correct / samples,
+                lr=self.schedule.lrs(),
+                grad_norm=w.norm,
+                samples_per_s=w.samples / max(now - w.started, 1e-9),
+            )
+        )
+        self._window = Window(started=now)
+
+    # ------------------------------------------------------------------ grid updates
+
+    def _grid_update_due(self, step: int) -> bool:
+        kan = self.config.kan
+        draw = self.grid_rng.random()  # drawn every step: the stream is independent of settings
+        if not self.kan or (kan.grid_update_until and step >= kan.grid_update_until):
+            return False
+        every = kan.grid_update_every
+        return draw < kan.prob_update_grid or (every > 0 and (step + 1) % every == 0)
+
+    @contextlib.contextmanager
+    def _capture_kan_inputs(self) -> Iterator[dict[str, Tensor]]:
+        """Record each KAN layer's input during the forwards inside the block (hooks exist only
+        for that block)."""
+        captured: dict[str, Tensor] = {}
+
+        def hook(name: str, layer: nn.Module):
+            def pre(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+                captured[name] = args[0].detach().reshape(-1, layer.in_features).float()  # (N, in)
+
+            return pre
+
+        handles = [layer.register_forward_pre_hook(hook(n, layer)) for n, layer in self.kan.items()]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _update_grids(self, inputs: dict[str, Tensor]) -> None:
+        """Refit each KAN layer's grid to this step's inputs, in order, and forget the optimizer
+        moments of the refit coefficients (they describe the old basis)."""
+        counts = self.c.grid_updates
+        with torch.no_grad():
+            for name, layer in self.kan.items():
+                layer.update_grid(inputs[name])
+                optim.reset_state(self.optimizer, layer.refit_parameters())
+                counts[name] += 1
+                self._emit(
+                    GridUpdated(self.c.global_step, name, counts[name], sum(counts.values()))
+                )
+
+    # ------------------------------------------------------------------ epochs, checkpoints
+
+    def _end_epoch(self) -> None:
+        """Validate (and test), update best / patience, emit the epoch row, write checkpoints."""
+        self._consistent = False
+        c, train = self.c, self.config.train
+        train_seconds = c.epoch_seconds
+        val_loss, val_acc = eval_split(
+            self.model, self.data, "val", train.batch_size, self.amp_dtype
+        )
+        test_loss = test_acc = None
+        if self.config.data.test_every_epoch:
+            test_loss, test_acc = eval_split(
+                self.model, self.data, "test", train.batch_size, self.amp_dtype
+            )
+        self._advance_clock()
+        improved = val_acc > c.best_val_acc
+        if improved:
+            c.best_val_acc, c.best_epoch, c.stale_epochs = val_acc, self.epoch, 0
+        else:
+            c.stale_epochs += 1
+        samples = max(c.epoch_samples, 1)
+        row = EpochEnd(
+            epoch=self.epoch,
+            train_loss=c.epoch_loss / samples if c.epoch_samples else float("nan"),
+            train_acc=c.epoch_correct / samples,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=self.schedule.lrs(),
+            grid_updates=sum(c.grid_updates.values()),
+            grad_norm_warnings=c.grad_norm_warnings,
+            seconds=c.epoch_seconds,
+            best_epoch=c.best_epoch,
+            best_val_acc=c.best_val_acc,
+            samples_per_s=c.epoch_samples / max(train_seconds, 1e-9),
+            test_acc=test_acc,
+            test_loss=test_loss,
+            outside_grid={name: layer.outside_grid_share() for name, layer in self.kan.items()},
+            grid_updates_per_layer=dict(c.grid_updates),
+            skipped_steps=c.skipped_steps,
+        )
+        finished = self.epoch
+        c.epochs_run = finished
+        c.seconds += c.epoch_seconds
+        c.epoch_loss = c.epoch_correct = c.epoch_seconds = 0.0
+        c.epoch_samples = 0
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._emit(row)
+        if improved:
+            self._save("best", "best", finished)
+        self._save("last", "epoch", finished)
+        self._good = self._snapshot()
+        self._consistent = True
+
+    def _advance_clock(self) -> None:
+        now = time.perf_counter()
+        self.c.epoch_seconds += now - self._tick
+        self._tick = now
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.train.patience
+        return patience > 0 and self.c.stale_epochs >= patience
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "rng": ckpt.rng_state(),
+            "grid_rng": ckpt.pack_random(self.grid_rng.getstate()),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.c.global_step,
+            "counters": dataclasses.asdict(self.c),
+            "config": to_data(self.config),
+            "preset": self.preset_name,
+            "metrics_offset": self.metrics.offset,
+        }
+
+    def _save(self, which: str, reason: str, epoch: int) -> None:
+        path = runs.checkpoint_path(self.run_dir, which)
+        ckpt.save(path, self._checkpoint_state())
+        self._emit(CheckpointWritten(str(path), epoch, reason))
+
+    # ------------------------------------------------------------------ controls, the end
+
+    def _serve_controls(self) -> bool:
+        """Between steps: pause (waiting here), checkpoint requests; True when asked to stop."""
+        if self._pause.is_set() and not self._stop.is_set():
+            self._settle()
+            self._advance_clock()
+            self._emit(Notice(f"paused at epoch {self.epoch}, step {self.step_in_epoch}"))
+            while True:
+                self._wake.clear()  # flags are read after clearing, so no wake-up is lost
+                self._serve_checkpoint_request()
+                if not self._pause.is_set() or self._stop.is_set():
+                    break
+                self._wake.wait()
+            self._tick = self._window.started = time.perf_counter()
+            if not self._stop.is_set():
+                self._emit(Notice("resumed"))
+        self._serve_checkpoint_request()
+        if self._stop.is_set():
+            self._settle()
+            self._save("last", "stop", self.epoch)
+            return True
+        return False
+
+    def _serve_checkpoint_request(self) -> None:
+        if self._checkpoint_now.is_set():
+            self._checkpoint_now.clear()
+            self._settle()
+            self._save("last", "manual", self.epoch)
+
+    @contextlib.contextmanager
+    def _sigint_as_stop(self) -> Iterator[None]:
+        """On the main thread, a first Ctrl-C becomes `stop()` (the step finishes, last.pt is
+        written); a second one raises KeyboardInterrupt at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.stop()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _save_after_interrupt(self) -> None:
+        """A KeyboardInterrupt landed somewhere in the loop: write last.pt if the state is a
+        consistent position, else keep the previous last.pt (a half-done step is abandoned)."""
+        if self._consistent:
+            self._settle()
+            self._save("last", "stop", self.epoch)
+        else:
+            self._emit(Notice("interrupted inside a step: kept the previous last.pt", "warning"))
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        """Test with the best weights (finished / early-stopped runs), write summary.json."""
+        test_loss = test_acc = None
+        best = runs.checkpoint_path(self.run_dir, "best")
+        if status in ("finished", "early_stopped") and best.exists():
+            self.model.load_state_dict(ckpt.load(best, self.device)["model"])
+            test_loss, test_acc = eval_split(
+                self.model, self.data, "test", self.config.train.batch_size, self.amp_dtype
+            )
+        summary = self._summary(status, test_acc, test_loss)
+        runs.write_summary(self.run_dir, summary)
+        if status != "failed":
+            self._emit(Finished(summary))
+        return summary
+
+    def _summary(
+        self, status: str, test_acc: float | None = None, test_loss: float | None = None
+    ) -> dict[str, Any]:
+        c = self.c
+        return {
+            "status": status,
+            "best_epoch": c.best_epoch,
+            "best_val_acc": c.best_val_acc if c.best_epoch else None,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "epochs_run": c.epochs_run,
+            "seconds": c.seconds + c.epoch_seconds,
+            "params": models.count_params(self.model),
+            "device": str(self.device),
+            "run_dir": str(self.run_dir),
+            "preset": self.preset_name,
+            "model": self.config.model.name,
+            "dataset": self.config.data.dataset,
+            "global_step": c.global_step,
+            "grid_updates": sum(c.grid_updates.values()),
+            "grid_updates_per_layer": dict(c.grid_updates),
+            "grad_norm_warnings": c.grad_norm_warnings,
+            "skipped_steps": c.skipped_steps,
+            "restores": c.restores,
+        }
+
+    def _fail(self, exc: BaseException) -> None:
+        """Report an unexpected error; tolerate a log or summary that cannot be written (a full
+        disk is a likely cause)."""
+        event = Failed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        with contextlib.suppress(OSError):
+            self.metrics.write(event.to_record())
+        self.sink(event)
+        with contextlib.suppress(Exception):
+            self._finish("failed")
+
+    def _emit(self, event: Event) -> None:
+        self.metrics.write(event.to_record())
+        self.sink(event)
+
+
+def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
+    """Accuracy and loss of a run's checkpoint on a split: {"acc", "loss", "n", ...}."""
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    device = pick_device(config.train.device)
+    state = ckpt.load(runs.checkpoint_path(run_dir, checkpoint), device)
+    bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
+    model = build_model(config, bundle, device)
+    model.load_state_dict(state["model"])
+    amp_dtype = precision(config, device)[0]
+    loss, acc = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
+    return {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": int(state["counters"]["epochs_run"]),
+        "acc": acc,
+        "loss": loss,
+        "n": bundle.sizes[split],
+    }
