@@ -1,18 +1,278 @@
-"""The B-spline KAN layer (first, reference version; the KAN-layer work replaces its internals).
+"""The exact B-spline KAN layer: basis, fast forward/backward, grid update, monitoring hooks.
 
-Output = scale_base * W_b @ silu(x) + scale_spline * C @ B(x), where B(x) are the B-spline basis
-values of each input on its own grid. Shapes: x (N, in) -> B (N, in, G+k) -> flat (N, in*(G+k)) ->
-one matmul with C (out, in*(G+k)). No (N, in, out, ...) intermediate is ever built.
+Output = scale_base * W_b @ act(x) + scale_spline * C @ B(x), where B(x) are the order-k B-spline
+basis values of each input on its own knot vector (`grid`, G intervals extended by k knots on each
+side). Shapes: x (N, in) -> B (N, in, G+k) -> flat (N, in*(G+k)) -> one matmul with
+C (out, in*(G+k)). No (N, in, out, ...) intermediate is ever built.
+
+Two code paths compute the same function:
+
+* the textbook reference (`fast=False`, and the public `b_splines`): Cox-de Boor recursion over all
+  G+2k intervals to a dense basis, one matmul, plain autograd (which keeps every recursion level
+  alive for backward, O(N * in * (G+k) * k) activation memory);
+* the fast path (default): only the k+1 basis functions that are non-zero at x are evaluated
+  (de Boor's triangular scheme on the interval that holds x), scattered into the dense basis, then
+  one matmul. A custom autograd function keeps only x and recomputes the basis in backward, so
+  activation memory is O(N * in). On a uniform grid the interval index and the fractional position
+  come from one floor (closed form, no knot look-ups); on a non-uniform grid (after `update_grid`)
+  the interval comes from `searchsorted` and the knot differences are gathered, which is still
+  exact, so training never falls back to the slow path. `chunk_size` bounds the transient basis
+  to `chunk_size` rows in forward and backward.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["KANLinear", "reference_basis"]
+
+INITS = ("identity", "noise")
+# E[silu(x)^2] for x ~ N(0, 1) (numerical integral); used to give the base branch a known variance.
+SILU_SECOND_MOMENT = 0.35578
+# Share of the output variance the spline branch carries at step 0, per init (the base branch
+# carries the rest): "identity" makes every edge an honest linear function, "noise" only a ripple.
+SPLINE_VARIANCE_SHARE = {"identity": 0.5, "noise": 0.01}
+
+
+def reference_basis(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """Textbook Cox-de Boor recursion: x (N, in), grid (in, M+1) -> (N, in, M-order).
+
+    Kept as the ground truth: the tests compare it with SciPy and the fast path with it.
+    """
+    x = x.unsqueeze(-1)  # (N, in, 1)
+    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)  # (N, in, M)
+    for k in range(1, order + 1):
+        left = (x - grid[:, : -(k + 1)]) / (grid[:, k:-1] - grid[:, : -(k + 1)])
+        right = (grid[:, k + 1 :] - x) / (grid[:, k + 1 :] - grid[:, 1:-k])
+        bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, in, M-k)
+    return bases  # (N, in, M-order)
+
+
+def _is_uniform(grid: torch.Tensor) -> bool:
+    """True when every row of `grid` (in, M+1) equals t0 + j*h up to rounding of the knot values."""
+    steps = grid.shape[1] - 1
+    t0, h = grid[:, :1], (grid[:, -1:] - grid[:, :1]) / steps
+    ideal = t0 + torch.arange(steps + 1, device=grid.device, dtype=grid.dtype) * h  # (in, M+1)
+    tol = 8 * torch.finfo(grid.dtype).eps * grid.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    return bool(((grid - ideal).abs() <= tol).all())
+
+
+def _local_basis(
+    x: torch.Tensor, grid: torch.Tensor, order: int, uniform: bool, derivative: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The order+1 non-zero basis values at each x, their column indices and derivatives.
+
+    x (N, in) in the working dtype, grid (in, M+1). Returns `cols` (N, in, k+1) long (indices into
+    the G+k basis columns, clamped), `vals` (N, in, k+1) (zero where the column does not exist or x
+    is outside the extended grid) and, with `derivative`, d vals / dx of the same shape.
+
+    On interval i = [t_i, t_{i+1}) the non-zero functions are B_{i-k} .. B_i. de Boor's triangular
+    scheme needs left[j] = x - t_{i+1-j} and right[j] = t_{i+j} - x for j = 1..k; on a uniform grid
+    these are (u + j - 1) h and (j - u) h with u the fractional position, so the scheme runs in
+    units of h with constant denominators.
+    """
+    k = order
+    n_knots = grid.shape[1]  # M + 1
+    n_cols = n_knots - 1 - k  # G + k
+    if uniform:
+        t0 = grid[:, 0]  # (in,)
+        h = (grid[:, -1] - grid[:, 0]) / (n_knots - 1)  # (in,)
+        s = (x - t0) / h  # (N, in)
+        cell = torch.floor(s)
+        u = s - cell  # (N, in) in [0, 1)
+        interval = cell.to(torch.long)  # (N, in)
+        left = [None] + [u + (j - 1) for j in range(1, k + 1)]
+        right = [None] + [j - u for j in range(1, k + 1)]
+    else:
+        sorted_knots = grid.contiguous()
+        interval = torch.searchsorted(sorted_knots, x.t().contiguous(), right=True).t() - 1
+        # Knots t_{i-k+1} .. t_{i+k}, gathered through a flat view; the grid is padded by k
+        # extrapolated knots per side so clamped (invalid) intervals still read finite knots.
+        step_lo = grid[:, 1:2] - grid[:, :1]
+        step_hi = grid[:, -1:] - grid[:, -2:-1]
+        pad = torch.arange(1, k + 1, device=grid.device, dtype=grid.dtype)
+        padded = torch.cat(
+            [grid[:, :1] - step_lo * pad.flip(0), grid, grid[:, -1:] + step_hi * pad], dim=1
+        )  # (in, M+1+2k)
+        width = padded.shape[1]
+        row = torch.arange(grid.shape[0], device=grid.device) * width  # (in,)
+        first = interval.clamp(0, n_knots - 2) + 1 + row  # (N, in) flat index of t_{i-k+1}
+        flat = padded.reshape(-1)
+        window = [flat[first + p] for p in range(2 * k)]  # 2k tensors (N, in): t_{i-k+1+p}
+        left = [None] + [x - window[k - j] for j in range(1, k + 1)]
+        right = [None] + [window[k - 1 + j] - x for j in range(1, k + 1)]
+
+    vals = [torch.ones_like(x)]
+    lower: list[torch.Tensor] = vals
+    for j in range(1, k + 1):
+        saved = torch.zeros_like(x)
+        new = []
+        for r in range(j):
+            den = j if uniform else right[r + 1] + left[j - r]
+            temp = vals[r] / den
+            new.append(saved + right[r + 1] * temp)
+            saved = left[j - r] * temp
+        new.append(saved)
+        lower, vals = vals, new  # `lower` ends as the order k-1 values
+    offsets = torch.arange(-k, 1, device=x.device)  # (k+1,)
+    cols = interval.unsqueeze(-1) + offsets  # (N, in, k+1)
+    valid = (cols >= 0) & (cols < n_cols)
+    value = torch.where(valid, torch.stack(vals, dim=-1), 0.0)  # (N, in, k+1)
+    slope = None
+    if derivative:
+        # B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}); with
+        # j = i-k+r these knot differences are right[r] + left[k-r+1] and right[r+1] + left[k-r].
+        terms = []
+        for r in range(k + 1):
+            d = torch.zeros_like(x)
+            if r >= 1:
+                den = k if uniform else right[r] + left[k - r + 1]
+                d = d + lower[r - 1] * (k / den)
+            if r <= k - 1:
+                den = k if uniform else right[r + 1] + left[k - r]
+                d = d - lower[r] * (k / den)
+            terms.append(d)
+        slope = torch.stack(terms, dim=-1)  # (N, in, k+1)
+        if uniform:
+            slope = slope / h.unsqueeze(-1)
+        slope = torch.where(valid, slope, 0.0)
+    return cols.clamp_(0, n_cols - 1), value, slope
+
+
+def _dense(cols: torch.Tensor, vals: torch.Tensor, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Scatter the k+1 local values into the dense basis (N, in, k+1) -> (N, in*n_cols)."""
+    n, n_in, _ = vals.shape
+    basis = torch.zeros(n, n_in, n_cols, device=vals.device, dtype=dtype)
+    basis.scatter_add_(-1, cols, vals.to(dtype))  # (N, in, n_cols)
+    return basis.view(n, n_in * n_cols)
+
+
+def _chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
+    step = n if chunk_size is None or chunk_size >= n else chunk_size
+    for start in range(0, n, max(step, 1)):
+        yield slice(start, start + step)
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: the autocast dtype when autocast is on for x's device, else the weight's."""
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
+class _SplineLinear(torch.autograd.Function):
+    """out = scale_base * base + scale_spline * B(x) @ C^T, saving only x for backward.
+
+    The basis is rebuilt in backward (it costs a few elementwise passes, far less than keeping
+    N * in * (G+k) values alive between forward and backward). Rows are processed in chunks of
+    `chunk_size`, so the transient basis never exceeds chunk_size * in * (G+k) values. Autocast is
+    handled explicitly: the basis is evaluated in float32 (or float64) and only the matmul operands
+    are cast to the autocast dtype. The second output is the column sum of the basis over the rows
+    (for the regulariser), empty unless `want_sum`.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        weight: torch.Tensor,
+        grid: torch.Tensor,
+        order: int,
+        uniform: bool,
+        scale_base: float,
+        scale_spline: float,
+        chunk_size: int | None,
+        want_sum: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cdt = _compute_dtype(x, weight)
+        work = torch.promote_types(x.dtype, torch.float32)
+        n_cols = grid.shape[1] - 1 - order
+        base_dtype = base.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)  # w (out, in*(G+k))
+            base = base.to(cdt)
+            out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=cdt)  # (N, out)
+            col_sum = torch.zeros(
+                weight.shape[1] if want_sum else 0, device=x.device, dtype=work
+            )  # (in*(G+k),)
+            for rows in _chunks(x.shape[0], chunk_size):
+                cols, vals, _ = _local_basis(xw[rows], gw, order, uniform, derivative=False)
+                basis = _dense(cols, vals, n_cols, cdt)  # (n, in*(G+k))
+                torch.addmm(
+                    base[rows], basis, w.t(), beta=scale_base, alpha=scale_spline, out=out[rows]
+                )
+                if want_sum:
+                    col_sum += basis.sum(0, dtype=work)
+        ctx.save_for_backward(x, weight, grid)
+        ctx.config = (order, uniform, scale_base, scale_spline, chunk_size, cdt, base_dtype)
+        ctx.mark_non_differentiable(col_sum)
+        return out, col_sum
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, _grad_sum: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, weight, grid = ctx.saved_tensors
+        order, uniform, scale_base, scale_spline, chunk_size, cdt, base_dtype = ctx.config
+        need_x, need_base, need_w = ctx.needs_input_grad[:3]
+        work = torch.promote_types(x.dtype, torch.float32)
+        n_cols = grid.shape[1] - 1 - order
+        grad_x = grad_base = grad_w = None
+        with torch.autocast(x.device.type, enabled=False):
+            g = grad_out.to(cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
+            if need_base:
+                grad_base = (g * scale_base).to(base_dtype)
+            if need_x or need_w:
+                xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
+                g_spline = g * scale_spline if scale_spline != 1.0 else g  # (N, out)
+                if need_x:
+                    grad_x = torch.empty_like(x)
+                if need_w:
+                    grad_w = torch.zeros(weight.shape, device=x.device, dtype=work)
+                for rows in _chunks(x.shape[0], chunk_size):
+                    cols, vals, slope = _local_basis(xw[rows], gw, order, uniform, need_x)
+                    if need_w:
+                        basis = _dense(cols, vals, n_cols, cdt)  # (n, in*(G+k))
+                        grad_w += (g_spline[rows].t() @ basis).to(work)  # (out, in*(G+k))
+                    if need_x:
+                        grad_basis = (g_spline[rows] @ w).view(*cols.shape[:2], n_cols)
+                        picked = grad_basis.gather(-1, cols).to(work)  # (n, in, k+1)
+                        grad_x[rows] = (picked * slope).sum(-1).to(x.dtype)  # (n, in)
+                if need_w:
+                    grad_w = grad_w.to(weight.dtype)
+        return grad_x, grad_base, grad_w, None, None, None, None, None, None, None
+
 
 class KANLinear(nn.Module):
+    """A Kolmogorov-Arnold layer: one learnable function phi_ij per edge, on inputs (..., in).
+
+    phi_ij(x) = scale_base * W_b[j, i] * act(x) + scale_spline * sum_g C[j, i, g] B_g(x).
+
+    Initialisation (`init`), chosen so every layer computes a well-scaled, meaningful function at
+    step 0 for inputs of about unit variance inside the grid range (the models normalise into it):
+
+    * "identity" (default): every spline starts as a straight line, C[j, i, g] = w_ij * xi_g with
+      xi_g the Greville abscissae of the knots, so sum_g C B_g(x) = w_ij * x exactly on the grid
+      range (B-splines reproduce linear functions). w is LeCun-scaled and carries half of the
+      output variance; the base branch carries the other half, with W_b divided by scale_base and
+      by sqrt(E[silu^2]) so a strong base (scale_base 2.5) changes how fast the base branch learns,
+      not the size of the output. A stack of such layers starts near a well-conditioned linear +
+      SiLU network, which trains at once, unlike pure-noise splines whose signal first has to grow.
+    * "noise": efficient-kan style; the splines are a small random ripple (1 % of the variance)
+      and the base branch carries the output.
+
+    `fast=False` selects the textbook reference path (kept for tests and benchmarks). `chunk_size`
+    bounds the transient memory of the spline part (see `_SplineLinear`). Set
+    `track_regularization = True` before the forwards whose `regularization_loss()` you want.
+    """
+
     def __init__(
         self,
         in_features: int,
@@ -27,8 +287,22 @@ class KANLinear(nn.Module):
         init: str = "identity",
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        fast: bool = True,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        if grid_size < 1 or spline_order < 1:
+            raise ValueError(
+                f"KANLinear: grid_size and spline_order must be >= 1 "
+                f"(got grid_size={grid_size}, spline_order={spline_order})"
+            )
+        if init not in INITS:
+            raise ValueError(f"KANLinear: init must be one of {INITS} (got {init!r})")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"KANLinear: chunk_size must be >= 1 or None (got {chunk_size})")
+        low, high = grid_range
+        if not low < high:
+            raise ValueError(f"KANLinear: grid_range must have low < high (got {grid_range})")
         kw = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features
@@ -37,8 +311,11 @@ class KANLinear(nn.Module):
         self.scale_base = scale_base
         self.scale_spline = scale_spline
         self.grid_eps = grid_eps
+        self.init = init
+        self.fast = fast
+        self.chunk_size = chunk_size
+        self.track_regularization = False
         self.base_activation = base_activation()
-        low, high = grid_range
         h = (high - low) / grid_size
         knots = torch.arange(-spline_order, grid_size + spline_order + 1, **kw) * h + low
         self.register_buffer("grid", knots.expand(in_features, -1).contiguous())  # (in, G+2k+1)
@@ -46,30 +323,182 @@ class KANLinear(nn.Module):
         self.spline_weight = nn.Parameter(
             torch.empty(out_features, in_features, grid_size + spline_order, **kw)
         )
+        self._uniform = True
+        self._outside: torch.Tensor | None = None  # 0-dim, last training forward
+        self._reg_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._grid_changed())
         self.reset_parameters()
 
+    def _grid_changed(self) -> None:
+        self._uniform = _is_uniform(self.grid)
+
+    def greville(self) -> torch.Tensor:
+        """Greville abscissae (in, G+k): the knot averages at which B-spline coefficients sit."""
+        k = self.spline_order
+        windows = self.grid.unfold(1, k, 1)[:, 1 : self.grid_size + k + 1]  # (in, G+k, k)
+        return windows.mean(-1)
+
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        bound = 1.0 / (self.in_features**0.5)
+        share = SPLINE_VARIANCE_SHARE[self.init]
+        base_std = math.sqrt((1 - share) / (self.in_features * SILU_SECOND_MOMENT))
+        base_std /= max(self.scale_base, 1e-12)
+        bound = math.sqrt(3) * base_std  # uniform(-b, b) has variance b^2 / 3
         nn.init.uniform_(self.base_weight, -bound, bound)
-        with torch.no_grad():
-            nn.init.uniform_(self.spline_weight, -0.1 * bound, 0.1 * bound)
+        spline_std = math.sqrt(share / self.in_features) / max(self.scale_spline, 1e-12)
+        if self.init == "identity":
+            slope = torch.randn_like(self.base_weight) * spline_std  # (out, in)
+            self.spline_weight.copy_(slope.unsqueeze(-1) * self.greville())  # (out, in, G+k)
+        else:
+            # The basis values at a point square-sum to about 1/2, hence the sqrt(2).
+            nn.init.normal_(self.spline_weight, std=spline_std * math.sqrt(2))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
+            f"scale_base={self.scale_base}, scale_spline={self.scale_spline}, init={self.init!r}, "
+            f"fast={self.fast}, chunk_size={self.chunk_size}"
+        )
 
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
-        """Cox-de Boor recursion: x (N, in) -> (N, in, G+k)."""
-        grid = self.grid  # (in, G+2k+1)
-        x = x.unsqueeze(-1)  # (N, in, 1)
-        bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)  # (N, in, G+2k)
-        for k in range(1, self.spline_order + 1):
-            left = (x - grid[:, : -(k + 1)]) / (grid[:, k:-1] - grid[:, : -(k + 1)])
-            right = (grid[:, k + 1 :] - x) / (grid[:, k + 1 :] - grid[:, 1:-k])
-            bases = left * bases[..., :-1] + right * bases[..., 1:]  # (N, in, G+2k-k)
-        return bases  # (N, in, G+k)
+        """Basis values x (N, in) -> (N, in, G+k) by the textbook recursion (the reference)."""
+        return reference_basis(x.reshape(-1, self.in_features), self.grid, self.spline_order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)  # (N, in)
-        base = F.linear(self.base_activation(x), self.base_weight)  # (N, out)
-        basis = self.b_splines(x).reshape(x.shape[0], -1)  # (N, in*(G+k))
-        spline = F.linear(basis, self.spline_weight.reshape(self.out_features, -1))  # (N, out)
-        out = self.scale_base * base + self.scale_spline * spline
+        k, n_cols = self.spline_order, self.grid_size + self.spline_order
+        act = self.base_activation(x)  # (N, in)
+        base = F.linear(act, self.base_weight)  # (N, out)
+        flat_weight = self.spline_weight.view(self.out_features, -1)  # (out, in*(G+k))
+        track = self.track_regularization
+        if self.fast:
+            out, col_sum = _SplineLinear.apply(
+                x, base, flat_weight, self.grid, k, self._uniform,
+                self.scale_base, self.scale_spline, self.chunk_size, track,
+            )  # fmt: skip
+        else:
+            basis = self.b_splines(x)  # (N, in, G+k)
+            spline = F.linear(basis.view(x.shape[0], -1), flat_weight)  # (N, out)
+            out = self.scale_base * base + self.scale_spline * spline
+            col_sum = basis.detach().sum(0).view(-1) if track else None
+        with torch.no_grad():
+            if self.training:
+                low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
+                self._outside = ((x < low) | (x >= high)).float().mean()
+            if track:
+                basis_mean = (col_sum / max(x.shape[0], 1)).view(self.in_features, n_cols)
+                self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
         return out.reshape(*shape[:-1], self.out_features)
+
+    def outside_grid_share(self) -> float:
+        """Share of inputs outside the grid range in the last training forward (0.0 before one).
+
+        Reads back from the device, so call it only when logging.
+        """
+        return 0.0 if self._outside is None else float(self._outside)
+
+    def refit_parameters(self) -> list[nn.Parameter]:
+        """Parameters that `update_grid` overwrites: reset their optimizer moments afterwards.
+
+        The old Adam moments describe coefficients of the old basis; kept, they would push the
+        refit coefficients along stale directions. The base weight is untouched by a grid update.
+        """
+        return [self.spline_weight]
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, margin: float = 0.01) -> None:
+        """Fit the grid to samples x (N, in) and refit the splines so the layer's function is kept.
+
+        The new interior knots are a mix of the sample percentiles (weight 1 - grid_eps) and a
+        uniform grid (weight grid_eps) over [min - margin, max + margin] per input (margin in input
+        units), extended by spline_order uniform steps on each side. Then, per input, the
+        coefficients are refit by least squares on the samples: C_new = argmin ||B_new C - B_old
+        C_old||, solved through the (G+k)^2 normal equations in float64 with a tiny ridge, so no
+        (N, in, out) tensor is formed. The spline coefficients are refit as they are: there is no
+        separate spline scale to divide out and apply again. The base branch is not touched.
+        The trainer must reset the optimizer moments of `refit_parameters()` afterwards.
+        """
+        if margin <= 0:
+            raise ValueError(f"KANLinear.update_grid: margin must be > 0 (got {margin})")
+        x = x.reshape(-1, self.in_features).to(self.grid.dtype)  # (N, in)
+        n, g, k = x.shape[0], self.grid_size, self.spline_order
+        if n < 2:
+            raise ValueError(f"KANLinear.update_grid: need at least 2 samples (got {n})")
+        ordered = x.sort(dim=0).values  # (N, in)
+        picks = torch.linspace(0, n - 1, g + 1, device=x.device).round().long()
+        adaptive = ordered[picks]  # (G+1, in)
+        adaptive[0] -= margin
+        adaptive[-1] += margin
+        step = (ordered[-1] - ordered[0] + 2 * margin) / g  # (in,)
+        ramp = torch.arange(g + 1, device=x.device, dtype=x.dtype).unsqueeze(1)  # (G+1, 1)
+        uniform = ordered[0] - margin + ramp * step  # (G+1, in)
+        interior = self.grid_eps * uniform + (1 - self.grid_eps) * adaptive  # (G+1, in)
+        # Keep the knots strictly increasing even for constant inputs or huge offsets.
+        tiny = torch.maximum(
+            1e-3 * step, 64 * torch.finfo(x.dtype).eps * interior.abs().amax(0).clamp_min(1.0)
+        )  # (in,)
+        gaps = (interior[1:] - interior[:-1]).clamp_min(tiny)  # (G, in)
+        interior = torch.cat([interior[:1], interior[:1] + gaps.cumsum(0)])  # (G+1, in)
+        ext = torch.arange(1, k + 1, device=x.device, dtype=x.dtype).unsqueeze(1) * step  # (k, in)
+        new_grid = torch.cat([interior[:1] - ext.flip(0), interior, interior[-1:] + ext]).t()
+        self._refit(x, new_grid.contiguous())  # grid (in, G+2k+1)
+
+    def _refit(self, x: torch.Tensor, new_grid: torch.Tensor) -> None:
+        """Least-squares refit of spline_weight from the current grid to `new_grid` on samples x."""
+        k, n_cols = self.spline_order, self.grid_size + self.spline_order
+        old = self.spline_weight.to(torch.float64)  # (out, in, G+k)
+        refit = torch.empty_like(old)
+        new_uniform = _is_uniform(new_grid)
+        # Features in blocks, so the float64 bases stay small whatever the batch.
+        block = max(1, 2**22 // max(x.shape[0] * n_cols, 1))
+        for lo in range(0, self.in_features, block):
+            feats = slice(lo, lo + block)
+            xs = x[:, feats].to(torch.float64)  # (N, b)
+            b_old = self._basis(xs, self.grid[feats].to(torch.float64), self._uniform)
+            b_new = self._basis(xs, new_grid[feats].to(torch.float64), new_uniform)
+            a = b_new.permute(1, 2, 0)  # (b, G+k, N)
+            gram = a @ a.transpose(1, 2)  # (b, G+k, G+k)
+            cross = a @ b_old.permute(1, 0, 2)  # (b, G+k, G+k)
+            rhs = cross @ old[:, feats].permute(1, 2, 0)  # (b, G+k, out)
+            ridge = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)  # (b,)
+            eye = torch.eye(n_cols, dtype=torch.float64, device=x.device)
+            solution = torch.linalg.solve(gram + ridge[:, None, None] * eye, rhs)  # (b, G+k, out)
+            refit[:, feats] = solution.permute(2, 0, 1)
+        self.grid.copy_(new_grid)
+        self.spline_weight.copy_(refit)
+        self._grid_changed()
+
+    def _basis(self, x: torch.Tensor, grid: torch.Tensor, uniform: bool) -> torch.Tensor:
+        """Dense basis x (N, b) on `grid` (b, M+1) -> (N, b, G+k) through the fast local scheme."""
+        cols, vals, _ = _local_basis(x, grid, self.spline_order, uniform, derivative=False)
+        n_cols = grid.shape[1] - 1 - self.spline_order
+        return _dense(cols, vals, n_cols, x.dtype).view(*x.shape, n_cols)
+
+    def regularization_loss(
+        self, activation_weight: float = 1.0, entropy_weight: float = 1.0
+    ) -> torch.Tensor:
+        """KAN-paper regulariser of the last forward: L1 of mean |phi_ij| plus their entropy.
+
+        Exact mean |phi_ij(x)| over the batch needs an (N, in, out) tensor; instead we use the
+        triangle-inequality bound scale_base |W_b[j,i]| mean|act(x_i)| + scale_spline
+        sum_g |C[j,i,g]| mean B_g(x_i) (B_g >= 0), which is exact when an edge's terms share a
+        sign on the batch and costs O(in * out * (G+k)). The batch means are taken in the forward
+        (only while `track_regularization` is True) and are constants here: the gradient reaches
+        the weights, the thing the regulariser is meant to shrink, not the inputs.
+        """
+        if self._reg_stats is None:
+            raise RuntimeError(
+                "KANLinear.regularization_loss: no statistics from a forward; set "
+                "layer.track_regularization = True before the forward (the trainer does this "
+                "when its regularisation weight is > 0)"
+            )
+        act_mean, basis_mean = self._reg_stats  # (in,), (in, G+k)
+        base = self.scale_base * self.base_weight.abs() * act_mean  # (out, in)
+        spline = self.scale_spline * (self.spline_weight.abs() * basis_mean).sum(-1)  # (out, in)
+        magnitude = base + spline  # (out, in)
+        total = magnitude.sum()
+        p = magnitude / total.clamp_min(1e-12)
+        entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+        return activation_weight * total + entropy_weight * entropy
