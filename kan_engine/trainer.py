@@ -212,6 +212,7 @@ class Trainer:
         self.step_in_epoch = 0
         self.c = Counters()
         self.diverged = False
+        self.forward_step = 0  # global step of the forward in progress (diagnosis re-runs too)
         self._notices: list[Notice] = []
 
     @classmethod
@@ -330,7 +331,7 @@ class Trainer:
     def _train_step(self, x: Tensor, y: Tensor) -> None:
         """Forward, backward, clip, step (skipped on device if non-finite), grid update if due."""
         self._consistent = False
-        step = self.c.global_step
+        step = self.forward_step = self.c.global_step
         self.schedule.apply(step)
         grid_due = self._grid_update_due(step)
         capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})
@@ -345,10 +346,10 @@ class Trainer:
             self._settle()
         if grid_due and self._last_ok:
             self._update_grids(kan_inputs)
-        if log_due:
-            self._log_step()
         self._advance_clock()
         self._consistent = True
+        if log_due:
+            self._log_step()
 
     # ------------------------------------------------------------------ setup
 
@@ -520,7 +521,7 @@ class Trainer:
         c = self.c
         c.skipped_steps += 1
         c.bad_streak += 1
-        layer = self._diagnose(batch) if c.bad_streak == 1 and batch is not None else None
+        layer = self._diagnose(step, batch) if c.bad_streak == 1 and batch is not None else None
         self._repair_buffers()
         action = "skipped step"
         if c.bad_streak >= MAX_BAD_STREAK:
@@ -532,8 +533,9 @@ class Trainer:
                 action = "skipped step; restored last good state, lr halved"
         self._warn(GradNormWarning(step, norm, math.inf, "non-finite", action, layer))
 
-    def _diagnose(self, batch: tuple[Tensor, Tensor]) -> str:
+    def _diagnose(self, step: int, batch: tuple[Tensor, Tensor]) -> str:
         x, y = batch
+        self.forward_step = step
         return find_nonfinite_layer(self.model, lambda: self._loss(x, y, eager=True)[0])
 
     def _repair_buffers(self) -> None:

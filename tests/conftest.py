@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny digits config, run folders under tmp, and an event recorder."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.events import Event
+
+torch.set_num_threads(1)  # the test machine's cores are shared
+
+TINY: dict[str, Any] = {
+    "model.name": "kan",
+    "data.dataset": "digits",
+    "train.epochs": 2,
+    "train.batch_size": 64,
+    "train.log_every": 5,
+    "train.device": "cpu",
+    "train.patience": 0,
+    "schedule.warmup_epochs": 0.5,
+    "kan.prob_update_grid": 0.2,
+}
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., RunConfig]:
+    """`tiny_config(**{"train.epochs": 3})`: the kan baseline on digits, CPU, ~20 steps/epoch."""
+
+    def make(**overrides: Any) -> RunConfig:
+        return apply_overrides(RunConfig(), {**TINY, **overrides}, source="test")
+
+    return make
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+class Recorder:
+    """An event sink that keeps every event and lets a test wait for one (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._waits: list[tuple[Callable[[Event], bool], threading.Event]] = []
+        self._lock = threading.Lock()
+        self.hooks: list[Callable[[Event], None]] = []
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+            waits = list(self._waits)
+        for predicate, flag in waits:
+            if predicate(event):
+                flag.set()
+        for hook in self.hooks:
+            hook(event)
+
+    def when(self, predicate: Callable[[Event], bool]) -> threading.Event:
+        """A threading.Event set the first time an event matching `predicate` arrives."""
+        flag = threading.Event()
+        with self._lock:
+            self._waits.append((predicate, flag))
+            if any(predicate(e) for e in self.events):
+                flag.set()
+        return flag
+
+    def of(self, name: str) -> list[Any]:
+        return [e for e in self.events if e.event == name]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
