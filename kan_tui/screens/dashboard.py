@@ -10,7 +10,7 @@ the budget for the whole dashboard is a few per cent of one core.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,18 @@ class DashboardScreen(Screen[None]):
     ]
 
     def __init__(
-        self, config: RunConfig, preset_name: str, out_dir: Path, *, start: bool = True
+        self,
+        config: RunConfig,
+        preset_name: str,
+        out_dir: Path,
+        *,
+        start: bool = True,
+        memory: Callable[[str], str] = memory_in_use,
     ) -> None:
+        """`start=False` shows an idle dashboard for `feed` (replays, snapshots); `memory` reads
+        the memory in use of a device (replaceable so that snapshots are stable)."""
         super().__init__()
+        self.memory = memory
         self.run = TrainingRun(config, preset_name, out_dir)
         self.state = RunState(model=config.model.name, dataset=config.data.dataset)
         self.state.epochs = config.train.epochs
@@ -130,7 +139,7 @@ class DashboardScreen(Screen[None]):
     def refresh_view(self, *, throttle: bool = False) -> None:
         state = self.state
         self.query_one("#run-status", Static).update(self._status_line())
-        self.query_one(StatsPanel).show(state, memory_in_use(state.device))
+        self.query_one(StatsPanel).show(state, self.memory(state.device))
         self.query_one(WarningsList).show(state)
         self.query_one(NoticeLog).show(state)
         panel = self.query_one("#error-panel", Static)

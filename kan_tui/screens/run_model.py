@@ -40,6 +40,7 @@ Point = tuple[float, float]
 GRAD_HISTORY = 120  # grad-norm samples kept for the sparkline
 MAX_WARNINGS = 200
 MAX_NOTICES = 100
+FINAL_STATUSES = ("finished", "early_stopped", "stopped", "failed")
 
 
 @dataclass
@@ -55,7 +56,8 @@ class WarningRow:
 class RunState:
     """Everything the dashboard draws, updated by `apply` one event at a time."""
 
-    # starting, running, paused, stopping, finished, stopped, early-stopped, failed
+    # starting, running, paused, stopping, then (as summary.json) finished, early_stopped,
+    # stopped or failed
     status: str = "starting"
     run_dir: str = ""
     device: str = ""
@@ -98,7 +100,7 @@ class RunState:
 
     @property
     def done(self) -> bool:
-        return self.status in ("finished", "stopped", "early-stopped", "failed")
+        return self.status in FINAL_STATUSES
 
     def eta_seconds(self) -> float | None:
         """Remaining training steps at the last measured speed (validation time not included)."""
@@ -201,16 +203,12 @@ class RunState:
             f"(best {event.best_val_acc:.2%} at epoch {event.best_epoch})",
             "warning",
         )
-        self.status = "early-stopped"
 
     def _finished(self, event: Finished) -> None:
         summary = event.summary
         self.summary = summary
         status = summary.get("status")
-        if status in ("stopped", "failed"):
-            self.status = status
-        elif self.status != "early-stopped":
-            self.status = "finished"
+        self.status = status if status in FINAL_STATUSES else "finished"
         test = summary.get("test_acc")
         if isinstance(test, (int, float)):
             self.test_acc = float(test)

@@ -102,7 +102,8 @@ def validate_form(
         config = apply_overrides(base, values, SOURCE)
         check_names(config, SOURCE)
     except ConfigError as exc:
-        key = exc.key if exc.key in values else next((k for k in values if k in exc.reason), "")
+        named = [k for k in values if k in exc.reason]
+        key = exc.key if exc.key in values else min(named, key=exc.reason.find, default="")
         return None, {key: exc.reason}
     return config, {}
 
@@ -115,6 +116,7 @@ class ConfigField(Horizontal):
         self.spec = spec
         self.choices = choices
         self.tooltip = schema_field(spec.key).description
+        self._marks: tuple[bool, str | None] = (False, None)
 
     def compose(self) -> ComposeResult:
         yield Static(" ", classes="field-mark")
@@ -143,6 +145,11 @@ class ConfigField(Horizontal):
         select.value = str(value)
 
     def mark(self, *, changed: bool, reason: str | None) -> None:
+        """Mark as changed from the preset and / or invalid; a no-op when nothing differs (each
+        update of a Static costs a layout pass, and every edit re-marks all fields)."""
+        if (changed, reason) == self._marks:
+            return
+        self._marks = (changed, reason)
         self.set_class(changed, "-changed")
         self.set_class(reason is not None, "-invalid")
         self.query_one(".field-mark", Static).update("*" if changed else " ")

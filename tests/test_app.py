@@ -1,0 +1,276 @@
+"""The Textual app, driven through Textual's Pilot at 80x24 (the smallest size we promise).
+
+Runs are real (digits, the small `kan` baseline, two epochs) so that the thread worker, the event
+queue and the drain timer are exercised end to end; waits are condition loops on app state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+import pytest
+import torch
+from textual.pilot import Pilot
+from textual.widgets import Button, Input, Select, Static
+
+from kan_engine import presets_io
+from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
+from kan_tui.app import create_app
+from kan_tui.screens.dashboard import DashboardScreen
+from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
+from kan_tui.screens.run_model import RunState
+from kan_tui.screens.setup import SetupScreen
+from kan_tui.widgets.charts import SeriesChart, thin
+from kan_tui.widgets.form import ConfigForm, validate_form
+from kan_tui.widgets.presets import PresetList
+
+SIZE = (80, 24)
+TINY = {
+    "model.name": "kan",
+    "data.dataset": "digits",
+    "train.epochs": 2,
+    "schedule.warmup_epochs": 1,
+    "train.log_every": 5,
+    "train.device": "cpu",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """User presets in a temporary folder; one torch thread (the machine is shared)."""
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+    torch.set_num_threads(1)
+
+
+def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
+    """Run an async Pilot test without an async pytest plugin (none is a project dependency)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+async def wait_until(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
+    """Let the app run until `condition` holds (bounded, so a hang fails instead of blocking)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def type_into(pilot: Pilot, key: str, text: str) -> None:
+    """Replace a form field's text by typing, as a user would."""
+    field = pilot.app.screen.query_one(f"#field-{key.replace('.', '-')} Input", Input)
+    field.focus()
+    field.value = ""
+    await pilot.press(*text)
+    await pilot.pause()
+
+
+def field_reason(app: object, key: str) -> str:
+    screen = app.screen  # type: ignore[attr-defined]
+    return str(screen.query_one(f"#field-{key.replace('.', '-')} .field-reason", Static).content)
+
+
+# --- form validation (no UI) ------------------------------------------------------------------
+
+
+def test_cross_field_error_is_charged_to_the_field_it_names() -> None:
+    config, errors = validate_form(RunConfig(), {"train.epochs": 3, "schedule.warmup_epochs": 5})
+    assert config is None
+    assert list(errors) == ["schedule.warmup_epochs"]
+    assert "exceeds train.epochs" in errors["schedule.warmup_epochs"]
+
+
+def test_every_bad_field_gets_its_own_reason() -> None:
+    _, errors = validate_form(RunConfig(), {"optim.lr": -1, "train.batch_size": 2.5})
+    assert set(errors) == {"optim.lr", "train.batch_size"}
+    assert "greater than 0" in errors["optim.lr"]
+
+
+def test_unknown_model_is_refused_with_the_registry() -> None:
+    _, errors = validate_form(RunConfig(), {"model.name": "nope"})
+    assert "unknown model 'nope'" in errors["model.name"]
+
+
+# --- run state (no UI) ------------------------------------------------------------------------
+
+
+def test_run_state_folds_events_and_drops_non_finite_points() -> None:
+    state = RunState()
+    state.apply(
+        RunStarted(
+            "r",
+            {"model": {"name": "kan"}, "train": {"batch_size": 10}},
+            "cpu",
+            {"total": 5},
+            "digits",
+            100,
+            10,
+            10,
+            10,
+            2,
+        )
+    )
+    for step, loss in ((5, 1.0), (10, math.nan)):
+        state.apply(StepMetrics(1, step, step, 10, loss, 0.5, {"kan": 0.1}, 0.3, 100.0))
+    state.apply(GradNormWarning(10, math.inf, 2.0, "non-finite", "skipped step", "kan.0"))
+    state.apply(EpochEnd(1, 0.9, 0.6, 0.8, 0.7, {"kan": 0.1}, 4, 1, 1.0, 1, 0.7, 100.0))
+    assert state.train_loss == [(0.5, 1.0)]  # the NaN step is not plotted
+    assert state.val_acc_curve == [(1.0, 0.7)]
+    assert (state.grid_total, state.best_epoch, state.warnings_seen) == (4, 1, 1)
+    assert any("non-finite" in text for _, text in state.notices)
+    assert state.eta_seconds() == pytest.approx(10 * 10 / 100.0)  # one epoch of 10 steps left
+
+
+def test_thin_keeps_the_newest_point() -> None:
+    points = [(float(i), float(i)) for i in range(1000)]
+    kept = thin(points, 100)
+    assert len(kept) == 100 and kept[-1] == points[-1] and kept[0] == points[0]
+
+
+# --- setup screen -----------------------------------------------------------------------------
+
+
+@sync
+async def test_invalid_lr_blocks_start_and_shows_the_reason(tmp_path: Path) -> None:
+    app = create_app(out_dir=tmp_path / "runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        await type_into(pilot, "optim.lr", "-1")
+        assert "greater than 0" in field_reason(app, "optim.lr")
+        assert app.screen.query_one("#start", Button).disabled
+        app.screen.query_one(PresetList).focus()
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, SetupScreen)
+        assert "cannot start" in str(app.screen.query_one("#form-status", Static).content)
+        await type_into(pilot, "optim.lr", "0.002")
+        assert field_reason(app, "optim.lr") == ""
+        assert not app.screen.query_one("#start", Button).disabled
+        assert app.screen.query_one("#field-optim-lr").has_class("-changed")
+    assert not (tmp_path / "runs").exists()
+
+
+@sync
+async def test_save_list_load_round_trip_of_a_user_preset() -> None:
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        setup = app.screen
+        await type_into(pilot, "optim.lr", "0.002")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, NameDialog), "name dialog")
+        await pilot.press(*"lite", "enter")  # a built-in name is refused with presets_io's reason
+        await pilot.pause()
+        assert isinstance(app.screen, NameDialog)
+        assert "built-in" in str(app.screen.query_one("#name-error", Static).content)
+        app.screen.query_one(Input).value = ""
+        await pilot.press(*"mine", "enter")
+        await wait_until(pilot, lambda: app.screen is setup, "back on setup")
+        presets = setup.query_one(PresetList)
+        assert "mine" in presets.presets and not presets.presets["mine"].builtin
+        assert presets_io.resolve("mine")[0].optim.lr == 0.002  # what `presets show` prints
+
+        presets.focus()
+        presets.highlighted = presets.get_option_index("lite")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: setup.preset_name == "lite", "lite loaded")
+        await pilot.pause()
+        assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.004
+
+        presets.highlighted = presets.get_option_index("mine")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: setup.preset_name == "mine", "mine loaded")
+        await pilot.pause()
+        assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.002
+        assert not setup.query(".field.-changed")  # loaded preset is the new reference
+
+        await type_into(pilot, "train.seed", "7")  # saving over a user preset asks first
+        await pilot.press("ctrl+s", *"mine", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "overwrite?")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: app.screen is setup, "back on setup")
+        assert presets_io.resolve("mine")[0].train.seed == 7
+
+        presets.focus()
+        presets.highlighted = presets.get_option_index("mine")
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "delete?")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: "mine" not in presets.presets, "preset deleted")
+    assert not (presets_io.user_dir() / "mine.toml").exists()
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def run_summary(out_dir: Path) -> dict[str, object]:
+    (run_dir,) = out_dir.iterdir()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@sync
+async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None:
+    app = create_app(out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        setup = app.screen
+        for key in ("model.name", "data.dataset"):
+            setup.query_one(f"#field-{key.replace('.', '-')} Select", Select).value = TINY[key]
+        await type_into(pilot, "train.epochs", "2")
+        await type_into(pilot, "schedule.warmup_epochs", "1")
+        await pilot.click("#start")
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.done, "the run to end")
+        await pilot.pause()
+        assert dash.state.status == "finished", dash.state.error
+        assert dash.state.grid_total > 0 and sum(dash.state.grid_per_layer.values()) > 0
+        assert dash.state.test_acc is not None
+        for chart in ("#chart-loss", "#chart-acc", "#chart-lr"):
+            assert dash.query_one(chart, SeriesChart).points_drawn > 0, chart
+        await pilot.press("n")
+        await wait_until(pilot, lambda: app.screen is setup, "back to setup")
+    assert run_summary(tmp_path)["status"] == "finished"
+
+
+@sync
+async def test_quit_during_a_run_stops_it_with_a_checkpoint(tmp_path: Path) -> None:
+    config = apply_overrides(RunConfig(), {**TINY, "train.epochs": 200})
+    app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
+        await pilot.press("q")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "quit?")
+        await pilot.press("y")
+        await wait_until(pilot, dash.run.done.is_set, "the training thread to end")
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert run_summary(tmp_path)["status"] == "stopped"
+    assert app.return_code == 0
+
+
+@sync
+async def test_an_error_in_the_run_shows_a_panel_and_the_app_stays_usable(tmp_path: Path) -> None:
+    config = apply_overrides(RunConfig(), {**TINY, "data.dataset": "csv"})  # no data_dir: fails
+    app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.status == "failed", "the failure")
+        panel = dash.query_one("#error-panel", Static)
+        assert panel.display and "csv" in str(panel.content).lower()
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "back to setup")
