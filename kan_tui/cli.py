@@ -25,9 +25,9 @@ from kan_engine.errors import ConfigError, KanError
 from kan_tui.options import OPTION_KEYS, describe, flags
 
 if TYPE_CHECKING:
-    from kan_engine.trainer import Trainer
     from rich.console import Console
 
+    from kan_engine.trainer import Trainer
     from kan_tui.headless import HeadlessReporter
 
 EXIT_USAGE = 2
@@ -185,6 +185,9 @@ def resume(
 ) -> None:
     """Continue a stopped or crashed run from its last checkpoint, in the same folder."""
     from kan_engine.trainer import Trainer
+
+    if not headless:
+        print("note: the TUI cannot resume a run yet; resuming here", file=sys.stderr)
 
     reporter = _reporter()
     _finish(Trainer.from_run_dir(run_dir, sink=reporter), reporter, debug)

@@ -113,8 +113,7 @@ class HeadlessReporter:
             case Finished():
                 self.close()
                 self.summary = event.summary
-                summary = {"run_dir": self.run_dir, **event.summary}
-                self.console.print(summary_table(summary, self.interactive))
+                self._summary(summary_rows({"run_dir": self.run_dir, **event.summary}))
             case Failed():
                 self.close()
 
@@ -139,7 +138,7 @@ class HeadlessReporter:
             return
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=12),  # the whole batch row fits 80 columns
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
@@ -165,8 +164,8 @@ class HeadlessReporter:
         self._progress.update(
             self._batch_task,
             completed=event.step,
-            info=f"loss {event.loss:.4f}  acc {event.acc:.4f}  lr {self._lr(event.lr):.3g}  "
-            f"{event.samples_per_s:,.0f} samples/s  ETA {_clock(epoch_left)}",
+            info=f"loss {event.loss:.3f} acc {event.acc:.3f} lr {self._lr(event.lr):.2g} "
+            f"{event.samples_per_s:,.0f}/s ETA {_clock(epoch_left)}",
         )
         self._progress.update(self._epoch_task, info=f"ETA {_clock(run_left)}")
 
@@ -210,21 +209,27 @@ class HeadlessReporter:
             "yellow",
         )
 
+    def _summary(self, rows: dict[str, str]) -> None:
+        """A boxed table on a terminal; aligned `label  value` lines in a log (no box)."""
+        if not self.interactive:
+            width = max(map(len, rows)) + 2
+            for label, value in rows.items():
+                self._line(f"{label:<{width}}{value}")
+            return
+        table = Table(title="summary", box=box.SIMPLE, show_header=False)
+        table.add_column("label", style="bold")
+        table.add_column("value")
+        for label, value in rows.items():
+            table.add_row(label, value)
+        self.console.print(table)
+
     def _lr(self, lrs: dict[str, float]) -> float:
         """The base LR times the schedule factor: what `--lr` set, as the schedule moves it."""
         return lrs.get("cnn", math.nan) / self._base_lr_mult
 
 
-def summary_table(summary: dict[str, Any], interactive: bool) -> Table:
-    """The run's outcome; boxed on a terminal, bare aligned columns in a log."""
-    table = Table(
-        title="summary" if interactive else None,
-        box=box.SIMPLE if interactive else None,
-        show_header=False,
-        pad_edge=False,
-    )
-    table.add_column("key", style="bold" if interactive else None)
-    table.add_column("value")
+def summary_rows(summary: dict[str, Any]) -> dict[str, str]:
+    """The run's outcome as label -> text, for the table at the end (missing entries left out)."""
     params = summary.get("params")
     rows = {
         "status": summary.get("status"),
@@ -237,18 +242,16 @@ def summary_table(summary: dict[str, Any], interactive: bool) -> Table:
         "device": summary.get("device"),
         "run folder": summary.get("run_dir"),
     }
-    for key, value in rows.items():
-        if value is not None:
-            table.add_row(key, str(value))
-    return table
+    return {label: str(value) for label, value in rows.items() if value is not None}
 
 
 def train(trainer: Stoppable, *, debug: bool = False) -> int:
     """Run in the foreground and return the exit code; KanError (bad config, no data) propagates.
 
-    The first SIGINT (or a SIGHUP / SIGTERM: a dropped SSH session, a scheduler) asks the trainer to
-    stop after the current step, which writes `last.pt` and marks the run `stopped`; a second
-    Ctrl-C aborts at once.
+    Ctrl-C is the trainer's own business (the first one finishes the step, writes `last.pt` and
+    the `stopped` summary, then raises KeyboardInterrupt; a second one raises at once): here it
+    only becomes exit code 130. SIGHUP (a dropped SSH session) and SIGTERM (a scheduler, torchrun)
+    get the same clean stop, and exit 128 + their number.
     """
     try:
         with stop_on_signals(trainer) as caught:
@@ -256,8 +259,8 @@ def train(trainer: Stoppable, *, debug: bool = False) -> int:
     except KanError:
         raise
     except KeyboardInterrupt:
-        print("error: aborted by a second Ctrl-C; last.pt holds the last epoch", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print("interrupted: the run can continue with `kan-tui resume`", file=sys.stderr)
+        return 128 + caught[0] if caught else EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             traceback.print_exc()
@@ -271,20 +274,19 @@ def train(trainer: Stoppable, *, debug: bool = False) -> int:
 
 @contextlib.contextmanager
 def stop_on_signals(trainer: Stoppable) -> Iterator[list[int]]:
-    """Turn SIGINT / SIGHUP / SIGTERM into `trainer.stop()`; yields the signals caught so far."""
+    """SIGHUP / SIGTERM: `trainer.stop()`, a second one: KeyboardInterrupt. Yields those caught."""
     caught: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        if caught and signum == signal.SIGINT:
+        if caught:
             raise KeyboardInterrupt
         caught.append(signum)
         trainer.stop()
         # os.write, not print: this interrupts the main thread, possibly inside Rich's own printing
-        os.write(2, b"\nstopping after this step, writing a checkpoint (Ctrl-C again to abort)\n")
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step\n".encode())
 
-    handled = [signal.SIGINT, signal.SIGTERM]
-    if hasattr(signal, "SIGHUP"):  # not on Windows
-        handled.append(signal.SIGHUP)
+    # SIGHUP does not exist on Windows
+    handled = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     previous = {signum: signal.signal(signum, handler) for signum in handled}
     try:
         yield caught
