@@ -14,12 +14,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 import pytest
-import torch
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Select, Static
 
 from kan_engine import presets_io
-from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.config import RunConfig
 from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
 from kan_tui.screens.dashboard import DashboardScreen
@@ -31,21 +30,12 @@ from kan_tui.widgets.form import ConfigForm, validate_form
 from kan_tui.widgets.presets import PresetList
 
 SIZE = (80, 24)
-TINY = {
-    "model.name": "kan",
-    "data.dataset": "digits",
-    "train.epochs": 2,
-    "schedule.warmup_epochs": 1,
-    "train.log_every": 5,
-    "train.device": "cpu",
-}
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """User presets in a temporary folder; one torch thread (the machine is shared)."""
+    """User presets in a temporary folder, never the user's own."""
     monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    torch.set_num_threads(1)
 
 
 def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
@@ -225,8 +215,8 @@ async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
         setup = app.screen
-        for key in ("model.name", "data.dataset"):
-            setup.query_one(f"#field-{key.replace('.', '-')} Select", Select).value = TINY[key]
+        for key, value in (("model-name", "kan"), ("data-dataset", "digits")):
+            setup.query_one(f"#field-{key} Select", Select).value = value
         await type_into(pilot, "train.epochs", "2")
         await type_into(pilot, "schedule.warmup_epochs", "1")
         await pilot.click("#start")
@@ -245,8 +235,10 @@ async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None
 
 
 @sync
-async def test_quit_during_a_run_stops_it_with_a_checkpoint(tmp_path: Path) -> None:
-    config = apply_overrides(RunConfig(), {**TINY, "train.epochs": 200})
+async def test_quit_during_a_run_stops_it_with_a_checkpoint(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig]
+) -> None:
+    config = tiny_config(**{"train.epochs": 200})
     app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
@@ -263,8 +255,10 @@ async def test_quit_during_a_run_stops_it_with_a_checkpoint(tmp_path: Path) -> N
 
 
 @sync
-async def test_an_error_in_the_run_shows_a_panel_and_the_app_stays_usable(tmp_path: Path) -> None:
-    config = apply_overrides(RunConfig(), {**TINY, "data.dataset": "csv"})  # no data_dir: fails
+async def test_an_error_in_the_run_shows_a_panel_and_the_app_stays_usable(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig]
+) -> None:
+    config = tiny_config(**{"data.dataset": "csv"})  # no data_dir: fails before training
     app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")

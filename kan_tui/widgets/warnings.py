@@ -20,7 +20,9 @@ class WarningsList(DataTable[str | Text]):
         self.shown = 0
 
     def on_mount(self) -> None:
-        self.add_columns("step", "norm", "thresh", "reason", "action")
+        for label, width in (("step", 5), ("norm", 7), ("limit", 5), ("reason", 10)):
+            self.add_column(label, width=width)
+        self.add_column("action")
 
     def show(self, state: RunState) -> None:
         fresh = min(state.warnings_seen - self.shown, len(state.warnings))

@@ -1,0 +1,143 @@
+"""Snapshots of the setup screen and the dashboard at 80x24 (the promise) and 120x40.
+
+The dashboard is fed a fixed, made-up event sequence instead of a live run, and its memory
+reading is fixed, so the picture only changes when the layout or the widgets do. Regenerate with
+`pytest tests/test_app_snapshots.py --snapshot-update` and look at the SVGs before committing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from kan_engine.config import RunConfig
+from kan_engine.events import (
+    CheckpointWritten,
+    EarlyStopped,
+    EpochEnd,
+    Event,
+    GradNormWarning,
+    GridUpdated,
+    Notice,
+    RunStarted,
+    StepMetrics,
+)
+from kan_tui.app import create_app
+from kan_tui.screens.dashboard import DashboardScreen
+from kan_tui.widgets.charts import SeriesChart
+
+SIZES = [(80, 24), (120, 40)]
+STEPS_PER_EPOCH = 40
+LOG_EVERY = 4
+
+
+@pytest.fixture(autouse=True)
+def no_user_presets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+
+
+def replay_events(epochs: int = 4) -> list[Event]:
+    """A plausible run: falling loss, rising accuracy, warm-up then cosine, grid updates, two
+    gradient-norm warnings (one non-finite), a checkpoint and an early-stop notice."""
+    spe = STEPS_PER_EPOCH
+    events: list[Event] = [
+        RunStarted(
+            run_dir="runs/20250101-120000-lite",
+            config={"model": {"name": "rapid_kan_lite"}, "train": {"batch_size": 64}},
+            device="cuda:0",
+            params={"cnn": 120_000, "kan": 8_100_000, "other": 4_000, "total": 8_224_000},
+            dataset="fashion-mnist",
+            train_size=54_000,
+            val_size=6_000,
+            test_size=10_000,
+            steps_per_epoch=spe,
+            epochs=10,
+        ),
+        Notice("input range: 98.7 % of KAN inputs inside [-2, 2]"),
+    ]
+    grid = 0
+    for epoch in range(1, epochs + 1):
+        for step in range(1, spe + 1):
+            g = (epoch - 1) * spe + step
+            warm = min(1.0, g / spe)
+            if g % 9 == 0:
+                grid += 1
+                layer = f"kan.{grid % 2}"
+                events.append(GridUpdated(g, layer, (grid + 1) // 2, grid))
+            if step % LOG_EVERY == 0:
+                loss = 1.8 * math.exp(-g / 50) + 0.25 + 0.03 * math.sin(g)
+                lr = {"cnn": 0.004 * warm, "kan": 0.012 * warm, "other": 0.006 * warm}
+                grad = 0.6 + 0.25 * math.sin(g / 6)
+                events.append(
+                    StepMetrics(epoch, step, g, spe, loss, 1 - loss / 2.2, lr, grad, 2150.0)
+                )
+        val = 1.8 * math.exp(-epoch * spe / 50) + 0.3
+        events.append(
+            EpochEnd(
+                epoch=epoch,
+                train_loss=val - 0.05,
+                train_acc=1 - val / 2.3,
+                val_loss=val,
+                val_acc=1 - val / 2.1,
+                lr={"cnn": 0.004, "kan": 0.012, "other": 0.006},
+                grid_updates=grid,
+                grad_norm_warnings=min(epoch, 2),
+                seconds=1.2,
+                best_epoch=epoch,
+                best_val_acc=1 - val / 2.1,
+                samples_per_s=2150.0,
+                outside_grid={"kan.0": 0.011, "kan.1": 0.004},
+                grid_updates_per_layer={"kan.0": (grid + 1) // 2, "kan.1": grid // 2},
+            )
+        )
+        if epoch == 1:
+            events.append(GradNormWarning(spe, 4.1, 2.5, "spike", "clipped"))
+        if epoch == 2:
+            events.append(GradNormWarning(2 * spe, math.inf, 2.5, "non-finite", "skipped step"))
+            events.append(
+                CheckpointWritten("runs/20250101-120000-lite/checkpoints/last.pt", 2, "manual")
+            )
+    events.append(EarlyStopped(epochs, epochs - 1, 0.9, 3))
+    return events
+
+
+def show_dashboard(tab: str) -> Callable[[Pilot], object]:
+    async def run_before(pilot: Pilot) -> None:
+        screen = DashboardScreen(
+            RunConfig(), "lite", Path("runs"), start=False, memory=lambda device: "1.25/2.00 GB"
+        )
+        await pilot.app.push_screen(screen)
+        screen.feed(replay_events())
+        screen.query_one("#charts").active = tab
+        await pilot.pause()
+
+    return run_before
+
+
+async def wait_for_preview(pilot: Pilot) -> None:
+    """The LR preview is drawn after a debounce: wait for it rather than for a fixed time."""
+    chart = pilot.app.screen.query_one("#lr-preview", SeriesChart)
+    for _ in range(500):
+        if chart.points_drawn:
+            break
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_setup_screen(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    assert snap_compare(create_app(), terminal_size=size, run_before=wait_for_preview)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dashboard(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    app = create_app()
+    assert snap_compare(app, terminal_size=size, run_before=show_dashboard("tab-loss"))
+
+
+def test_dashboard_lr_tab(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=show_dashboard("tab-lr"))
