@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["KANLinear", "reference_basis"]
+__all__ = ["KANLinear", "TensorMemoryPeak", "reference_basis"]
 
 INITS = ("identity", "noise")
 # E[silu(x)^2] for x ~ N(0, 1) (numerical integral); used to give the base branch a known variance.
@@ -62,104 +66,122 @@ def _is_uniform(grid: torch.Tensor) -> bool:
     return bool(((grid - ideal).abs() <= tol).all())
 
 
+class _Local(NamedTuple):
+    """The k+1 non-zero basis values at each input, from `_local_basis`."""
+
+    start: torch.Tensor  # (N, 1, in) long: padded basis column of the first value (= interval)
+    vals: list[torch.Tensor]  # k+1 x (N, in): value_scale * B_{i-k+r}(x), r = 0..k
+    slopes: list[torch.Tensor] | None  # k+1 x (N, in): slope_scale * d/dx of the same functions
+    value_scale: float
+    slope_scale: torch.Tensor | float  # (in,) on a uniform grid
+
+
 def _local_basis(
     x: torch.Tensor, grid: torch.Tensor, order: int, uniform: bool, derivative: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The order+1 non-zero basis values at each x, their column indices and derivatives.
+) -> _Local:
+    """The order+1 basis functions that are non-zero at each x (N, in), on grid (in, M+1).
 
-    x (N, in) in the working dtype, grid (in, M+1). Returns `cols` (N, in, k+1) long (indices into
-    the G+k basis columns, clamped), `vals` (N, in, k+1) (zero where the column does not exist or x
-    is outside the extended grid) and, with `derivative`, d vals / dx of the same shape.
-
-    On interval i = [t_i, t_{i+1}) the non-zero functions are B_{i-k} .. B_i. de Boor's triangular
-    scheme needs left[j] = x - t_{i+1-j} and right[j] = t_{i+j} - x for j = 1..k; on a uniform grid
-    these are (u + j - 1) h and (j - u) h with u the fractional position, so the scheme runs in
-    units of h with constant denominators.
+    On interval i = [t_i, t_{i+1}) of the extended grid the non-zero functions are B_{i-k}..B_i.
+    de Boor's triangular scheme evaluates them from left[j] = x - t_{i+1-j} and right[j] =
+    t_{i+j} - x, j = 1..k. On a uniform grid these are (u + j - 1) h and (j - u) h with u the
+    fractional position: the scheme runs in units of h without divisions and yields k! B (hence
+    `value_scale` 1/k!). Some of the k+1 functions do not exist near the ends of the extended grid
+    (j < 0 or j >= G+k): their values land in k padding columns on each side of the dense basis
+    (see `_dense`), which is cheaper than masking them. Inputs outside the extended grid get all
+    zeros (the first value starts as the inside mask and every value is linear in it).
     """
     k = order
-    n_knots = grid.shape[1]  # M + 1
-    n_cols = n_knots - 1 - k  # G + k
+    n_intervals = grid.shape[1] - 1  # M = G + 2k
     if uniform:
         t0 = grid[:, 0]  # (in,)
-        h = (grid[:, -1] - grid[:, 0]) / (n_knots - 1)  # (in,)
+        h = (grid[:, -1] - t0) / n_intervals  # (in,)
         s = (x - t0) / h  # (N, in)
-        cell = torch.floor(s)
-        u = s - cell  # (N, in) in [0, 1)
-        interval = cell.to(torch.long)  # (N, in)
-        left = [None] + [u + (j - 1) for j in range(1, k + 1)]
-        right = [None] + [j - u for j in range(1, k + 1)]
+        inside = (s >= 0) & (s < n_intervals)
+        cell = torch.floor(s).clamp_(0, n_intervals - 1)
+        u = (s - cell).clamp_(0, 1)  # (N, in) fractional position
+        start = cell.to(torch.long)
+        left = [None, u, *(u + (j - 1) for j in range(2, k + 1))]
+        right = [None, *(j - u for j in range(1, k + 1))]
     else:
-        sorted_knots = grid.contiguous()
-        interval = torch.searchsorted(sorted_knots, x.t().contiguous(), right=True).t() - 1
-        # Knots t_{i-k+1} .. t_{i+k}, gathered through a flat view; the grid is padded by k
-        # extrapolated knots per side so clamped (invalid) intervals still read finite knots.
-        step_lo = grid[:, 1:2] - grid[:, :1]
-        step_hi = grid[:, -1:] - grid[:, -2:-1]
+        interval = torch.searchsorted(grid, x.t().contiguous(), right=True).t() - 1  # (N, in)
+        inside = (interval >= 0) & (interval < n_intervals)
+        start = interval.clamp_(0, n_intervals - 1)
+        # Knots t_{i-k+1} .. t_{i+k} through a flat view of the grid padded with k extrapolated
+        # knots per side (finite, increasing), so every window read is in bounds.
         pad = torch.arange(1, k + 1, device=grid.device, dtype=grid.dtype)
         padded = torch.cat(
-            [grid[:, :1] - step_lo * pad.flip(0), grid, grid[:, -1:] + step_hi * pad], dim=1
+            [
+                grid[:, :1] - (grid[:, 1:2] - grid[:, :1]) * pad.flip(0),
+                grid,
+                grid[:, -1:] + (grid[:, -1:] - grid[:, -2:-1]) * pad,
+            ],
+            dim=1,
         )  # (in, M+1+2k)
-        width = padded.shape[1]
-        row = torch.arange(grid.shape[0], device=grid.device) * width  # (in,)
-        first = interval.clamp(0, n_knots - 2) + 1 + row  # (N, in) flat index of t_{i-k+1}
+        row = torch.arange(grid.shape[0], device=grid.device) * padded.shape[1]  # (in,)
+        first = start + 1 + row  # (N, in) flat index of t_{i-k+1}
         flat = padded.reshape(-1)
-        window = [flat[first + p] for p in range(2 * k)]  # 2k tensors (N, in): t_{i-k+1+p}
-        left = [None] + [x - window[k - j] for j in range(1, k + 1)]
-        right = [None] + [window[k - 1 + j] - x for j in range(1, k + 1)]
+        window = [flat[first + p] for p in range(2 * k)]  # 2k x (N, in): t_{i-k+1+p}
+        left = [None, *(x - window[k - j] for j in range(1, k + 1))]
+        right = [None, *(window[k - 1 + j] - x for j in range(1, k + 1))]
 
-    vals = [torch.ones_like(x)]
-    lower: list[torch.Tensor] = vals
+    vals = [inside.to(x.dtype)]
+    lower = vals
     for j in range(1, k + 1):
-        saved = torch.zeros_like(x)
         new = []
+        saved = None
         for r in range(j):
-            den = j if uniform else right[r + 1] + left[j - r]
-            temp = vals[r] / den
-            new.append(saved + right[r + 1] * temp)
+            temp = vals[r] if uniform else vals[r] / (right[r + 1] + left[j - r])
+            term = right[r + 1] * temp
+            new.append(term if saved is None else saved + term)
             saved = left[j - r] * temp
         new.append(saved)
         lower, vals = vals, new  # `lower` ends as the order k-1 values
-    offsets = torch.arange(-k, 1, device=x.device)  # (k+1,)
-    cols = interval.unsqueeze(-1) + offsets  # (N, in, k+1)
-    valid = (cols >= 0) & (cols < n_cols)
-    value = torch.where(valid, torch.stack(vals, dim=-1), 0.0)  # (N, in, k+1)
-    slope = None
+    value_scale = 1.0 / math.factorial(k) if uniform else 1.0
+    slopes = None
+    slope_scale: torch.Tensor | float = 1.0
     if derivative:
         # B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}); with
-        # j = i-k+r these knot differences are right[r] + left[k-r+1] and right[r+1] + left[k-r].
-        terms = []
-        for r in range(k + 1):
-            d = torch.zeros_like(x)
-            if r >= 1:
-                den = k if uniform else right[r] + left[k - r + 1]
-                d = d + lower[r - 1] * (k / den)
-            if r <= k - 1:
-                den = k if uniform else right[r + 1] + left[k - r]
-                d = d - lower[r] * (k / den)
-            terms.append(d)
-        slope = torch.stack(terms, dim=-1)  # (N, in, k+1)
+        # j = i-k+r these knot differences are right[r] + left[k-r+1] and right[r+1] + left[k-r]
+        # (k h on a uniform grid, where the k/(k! h) factor goes into `slope_scale`).
+        ups = [lower[r - 1] for r in range(1, k + 1)]  # the B_{j,k-1} term of r = 1..k
+        downs = [lower[r] for r in range(k)]  # the B_{j+1,k-1} term of r = 0..k-1
+        if not uniform:
+            ups = [v * (k / (right[r] + left[k - r + 1])) for r, v in enumerate(ups, 1)]
+            downs = [v * (k / (right[r + 1] + left[k - r])) for r, v in enumerate(downs)]
+        terms = [-downs[0], *(ups[r - 1] - downs[r] for r in range(1, k)), ups[k - 1]]
+        slopes = terms
         if uniform:
-            slope = slope / h.unsqueeze(-1)
-        slope = torch.where(valid, slope, 0.0)
-    return cols.clamp_(0, n_cols - 1), value, slope
+            slope_scale = 1.0 / (math.factorial(k - 1) * h)  # (in,)
+    return _Local(start.unsqueeze(1), vals, slopes, value_scale, slope_scale)
 
 
-def _dense(cols: torch.Tensor, vals: torch.Tensor, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """Scatter the k+1 local values into the dense basis (N, in, k+1) -> (N, in*n_cols)."""
-    n, n_in, _ = vals.shape
-    basis = torch.zeros(n, n_in, n_cols, device=vals.device, dtype=dtype)
-    basis.scatter_add_(-1, cols, vals.to(dtype))  # (N, in, n_cols)
-    return basis.view(n, n_in * n_cols)
+def _dense(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Write the local values into a padded dense basis (N, G+3k, in).
+
+    k padding slabs sit on each side of the G+k real ones and take the values of functions that
+    do not exist near the ends of the extended grid; only the real slabs are zeroed first (the
+    padding is never read as basis). The real basis is `buffer[:, k:k+G+k].flatten(1)`, an
+    (N, (G+k)*in) view whose rows are strided: matmuls read it in place (leading dimension
+    (G+3k)*in), no copy. Columns are ordered (basis function, input), matching the (out, G+k, in)
+    layout of `spline_weight`.
+    """
+    order = len(local.vals) - 1
+    n, n_in = local.vals[0].shape
+    buffer = torch.empty(n, n_cols + 2 * order, n_in, device=local.start.device, dtype=dtype)
+    buffer[:, order : order + n_cols].zero_()
+    for r, value in enumerate(local.vals):
+        buffer.scatter_(1, local.start + r, value.unsqueeze(1).to(dtype))
+    return buffer
 
 
 def _chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
-    step = n if chunk_size is None or chunk_size >= n else chunk_size
+    step = n if chunk_size is None else chunk_size
     for start in range(0, n, max(step, 1)):
         yield slice(start, start + step)
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: the autocast dtype when autocast is on for x's device, else the weight's."""
+    """The matmul dtype: the autocast dtype when autocast is on for x's device, else weight's."""
     kind = x.device.type
     if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
@@ -169,12 +191,12 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 class _SplineLinear(torch.autograd.Function):
     """out = scale_base * base + scale_spline * B(x) @ C^T, saving only x for backward.
 
-    The basis is rebuilt in backward (it costs a few elementwise passes, far less than keeping
-    N * in * (G+k) values alive between forward and backward). Rows are processed in chunks of
-    `chunk_size`, so the transient basis never exceeds chunk_size * in * (G+k) values. Autocast is
-    handled explicitly: the basis is evaluated in float32 (or float64) and only the matmul operands
-    are cast to the autocast dtype. The second output is the column sum of the basis over the rows
-    (for the regulariser), empty unless `want_sum`.
+    The basis is rebuilt in backward (a few elementwise passes over (N, in), far less than
+    keeping N * in * (G+k) values alive between forward and backward). Rows are processed in
+    chunks of `chunk_size`, so the transient basis never exceeds chunk_size * in * (G+3k) values.
+    Autocast is handled explicitly: the basis is evaluated in float32 (or float64) and only the
+    matmul operands are cast to the autocast dtype. The second output is the column sum of the
+    basis over the rows, (G+k)*in values (for the regulariser), empty unless `want_sum`.
     """
 
     @staticmethod
@@ -196,20 +218,18 @@ class _SplineLinear(torch.autograd.Function):
         n_cols = grid.shape[1] - 1 - order
         base_dtype = base.dtype
         with torch.autocast(x.device.type, enabled=False):
-            xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)  # w (out, in*(G+k))
+            xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)  # w (out, (G+k)*in)
             base = base.to(cdt)
             out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=cdt)  # (N, out)
-            col_sum = torch.zeros(
-                weight.shape[1] if want_sum else 0, device=x.device, dtype=work
-            )  # (in*(G+k),)
+            col_sum = torch.zeros(weight.shape[1] if want_sum else 0, device=x.device, dtype=work)
             for rows in _chunks(x.shape[0], chunk_size):
-                cols, vals, _ = _local_basis(xw[rows], gw, order, uniform, derivative=False)
-                basis = _dense(cols, vals, n_cols, cdt)  # (n, in*(G+k))
-                torch.addmm(
-                    base[rows], basis, w.t(), beta=scale_base, alpha=scale_spline, out=out[rows]
-                )
+                local = _local_basis(xw[rows], gw, order, uniform, derivative=False)
+                buffer = _dense(local, n_cols, cdt)  # (n, G+3k, in)
+                basis = buffer[:, order : order + n_cols].flatten(1)  # (n, (G+k)*in)
+                alpha = scale_spline * local.value_scale
+                torch.addmm(base[rows], basis, w.t(), beta=scale_base, alpha=alpha, out=out[rows])
                 if want_sum:
-                    col_sum += basis.sum(0, dtype=work)
+                    col_sum += basis.sum(0, dtype=work) * local.value_scale
         ctx.save_for_backward(x, weight, grid)
         ctx.config = (order, uniform, scale_base, scale_spline, chunk_size, cdt, base_dtype)
         ctx.mark_non_differentiable(col_sum)
@@ -224,6 +244,7 @@ class _SplineLinear(torch.autograd.Function):
         need_x, need_base, need_w = ctx.needs_input_grad[:3]
         work = torch.promote_types(x.dtype, torch.float32)
         n_cols = grid.shape[1] - 1 - order
+        real = slice(order, order + n_cols)  # the real slabs of the padded basis
         grad_x = grad_base = grad_w = None
         with torch.autocast(x.device.type, enabled=False):
             g = grad_out.to(cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
@@ -231,23 +252,56 @@ class _SplineLinear(torch.autograd.Function):
                 grad_base = (g * scale_base).to(base_dtype)
             if need_x or need_w:
                 xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
-                g_spline = g * scale_spline if scale_spline != 1.0 else g  # (N, out)
+                g_x = g * scale_spline if scale_spline != 1.0 else g  # (N, out)
                 if need_x:
                     grad_x = torch.empty_like(x)
-                if need_w:
-                    grad_w = torch.zeros(weight.shape, device=x.device, dtype=work)
                 for rows in _chunks(x.shape[0], chunk_size):
-                    cols, vals, slope = _local_basis(xw[rows], gw, order, uniform, need_x)
+                    local = _local_basis(xw[rows], gw, order, uniform, need_x)
+                    buffer = _dense(local, n_cols, cdt)  # (n, G+3k, in)
                     if need_w:
-                        basis = _dense(cols, vals, n_cols, cdt)  # (n, in*(G+k))
-                        grad_w += (g_spline[rows].t() @ basis).to(work)  # (out, in*(G+k))
+                        g_w = g[rows] * (scale_spline * local.value_scale)  # (n, out)
+                        part = g_w.t() @ buffer[:, real].flatten(1)  # (out, (G+k)*in)
+                        grad_w = part.to(work) if grad_w is None else grad_w.add_(part)
                     if need_x:
-                        grad_basis = (g_spline[rows] @ w).view(*cols.shape[:2], n_cols)
-                        picked = grad_basis.gather(-1, cols).to(work)  # (n, in, k+1)
-                        grad_x[rows] = (picked * slope).sum(-1).to(x.dtype)  # (n, in)
+                        # Reuse the buffer for dL/dB; the padding slabs must read as zero.
+                        buffer[:, :order].zero_()
+                        buffer[:, order + n_cols :].zero_()
+                        torch.mm(g_x[rows], w, out=buffer[:, real].flatten(1))  # dL/dB
+                        total = torch.zeros_like(xw[rows])  # (n, in)
+                        for r, slope in enumerate(local.slopes):
+                            picked = buffer.gather(1, local.start + r).squeeze(1)  # (n, in)
+                            total.addcmul_(picked.to(work), slope)
+                        grad_x[rows] = (total * local.slope_scale).to(x.dtype)
                 if need_w:
                     grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_base, grad_w, None, None, None, None, None, None, None
+
+
+class TensorMemoryPeak(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the `with` block and alive at the same time.
+
+    Works on every device, the CPU included (where PyTorch keeps no allocator statistics), so
+    tests and benchmarks can check memory claims such as "the spline part's transient memory is
+    bounded by the chunk". Every op's outputs are recorded with a weak reference to their storage;
+    the live total is summed after each op. Backward ops run inside the block are seen too.
+    Tensors that existed before the block are not counted. Slow: for measurement only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self._live = {key: v for key, v in self._live.items() if not v[0].expired()}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                self._live.setdefault(ref.cdata, (ref, storage.nbytes()))
+        self.peak = max(self.peak, sum(size for _, size in self._live.values()))
+        return out
 
 
 class KANLinear(nn.Module):
@@ -320,8 +374,10 @@ class KANLinear(nn.Module):
         knots = torch.arange(-spline_order, grid_size + spline_order + 1, **kw) * h + low
         self.register_buffer("grid", knots.expand(in_features, -1).contiguous())  # (in, G+2k+1)
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        # Stored (out, G+k, in), so that the fast path's basis columns (basis function, input) need
+        # no transpose of either matmul operand: spline_weight[j, g, i] weighs B_g on edge i -> j.
         self.spline_weight = nn.Parameter(
-            torch.empty(out_features, in_features, grid_size + spline_order, **kw)
+            torch.empty(out_features, grid_size + spline_order, in_features, **kw)
         )
         self._uniform = True
         self._outside: torch.Tensor | None = None  # 0-dim, last training forward
@@ -348,7 +404,7 @@ class KANLinear(nn.Module):
         spline_std = math.sqrt(share / self.in_features) / max(self.scale_spline, 1e-12)
         if self.init == "identity":
             slope = torch.randn_like(self.base_weight) * spline_std  # (out, in)
-            self.spline_weight.copy_(slope.unsqueeze(-1) * self.greville())  # (out, in, G+k)
+            self.spline_weight.copy_(slope.unsqueeze(1) * self.greville().t())  # (out, G+k, in)
         else:
             # The basis values at a point square-sum to about 1/2, hence the sqrt(2).
             nn.init.normal_(self.spline_weight, std=spline_std * math.sqrt(2))
@@ -371,24 +427,25 @@ class KANLinear(nn.Module):
         k, n_cols = self.spline_order, self.grid_size + self.spline_order
         act = self.base_activation(x)  # (N, in)
         base = F.linear(act, self.base_weight)  # (N, out)
-        flat_weight = self.spline_weight.view(self.out_features, -1)  # (out, in*(G+k))
         track = self.track_regularization
         if self.fast:
+            flat_weight = self.spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
             out, col_sum = _SplineLinear.apply(
                 x, base, flat_weight, self.grid, k, self._uniform,
                 self.scale_base, self.scale_spline, self.chunk_size, track,
             )  # fmt: skip
         else:
             basis = self.b_splines(x)  # (N, in, G+k)
-            spline = F.linear(basis.view(x.shape[0], -1), flat_weight)  # (N, out)
+            weight = self.spline_weight.transpose(1, 2).reshape(self.out_features, -1)
+            spline = F.linear(basis.view(x.shape[0], -1), weight)  # (N, out)
             out = self.scale_base * base + self.scale_spline * spline
-            col_sum = basis.detach().sum(0).view(-1) if track else None
+            col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
         with torch.no_grad():
             if self.training:
                 low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
                 self._outside = ((x < low) | (x >= high)).float().mean()
             if track:
-                basis_mean = (col_sum / max(x.shape[0], 1)).view(self.in_features, n_cols)
+                basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
         return out.reshape(*shape[:-1], self.out_features)
 
@@ -447,8 +504,8 @@ class KANLinear(nn.Module):
 
     def _refit(self, x: torch.Tensor, new_grid: torch.Tensor) -> None:
         """Least-squares refit of spline_weight from the current grid to `new_grid` on samples x."""
-        k, n_cols = self.spline_order, self.grid_size + self.spline_order
-        old = self.spline_weight.to(torch.float64)  # (out, in, G+k)
+        n_cols = self.grid_size + self.spline_order
+        old = self.spline_weight.transpose(1, 2).to(torch.float64)  # (out, in, G+k)
         refit = torch.empty_like(old)
         new_uniform = _is_uniform(new_grid)
         # Features in blocks, so the float64 bases stay small whatever the batch.
@@ -467,14 +524,15 @@ class KANLinear(nn.Module):
             solution = torch.linalg.solve(gram + ridge[:, None, None] * eye, rhs)  # (b, G+k, out)
             refit[:, feats] = solution.permute(2, 0, 1)
         self.grid.copy_(new_grid)
-        self.spline_weight.copy_(refit)
+        self.spline_weight.copy_(refit.transpose(1, 2))
         self._grid_changed()
 
     def _basis(self, x: torch.Tensor, grid: torch.Tensor, uniform: bool) -> torch.Tensor:
         """Dense basis x (N, b) on `grid` (b, M+1) -> (N, b, G+k) through the fast local scheme."""
-        cols, vals, _ = _local_basis(x, grid, self.spline_order, uniform, derivative=False)
-        n_cols = grid.shape[1] - 1 - self.spline_order
-        return _dense(cols, vals, n_cols, x.dtype).view(*x.shape, n_cols)
+        k, n_cols = self.spline_order, grid.shape[1] - 1 - self.spline_order
+        local = _local_basis(x, grid, k, uniform, derivative=False)
+        buffer = _dense(local, n_cols, x.dtype)  # (N, G+3k, b)
+        return buffer[:, k : k + n_cols].transpose(1, 2) * local.value_scale  # (N, b, G+k)
 
     def regularization_loss(
         self, activation_weight: float = 1.0, entropy_weight: float = 1.0
@@ -494,9 +552,9 @@ class KANLinear(nn.Module):
                 "layer.track_regularization = True before the forward (the trainer does this "
                 "when its regularisation weight is > 0)"
             )
-        act_mean, basis_mean = self._reg_stats  # (in,), (in, G+k)
+        act_mean, basis_mean = self._reg_stats  # (in,), (G+k, in)
         base = self.scale_base * self.base_weight.abs() * act_mean  # (out, in)
-        spline = self.scale_spline * (self.spline_weight.abs() * basis_mean).sum(-1)  # (out, in)
+        spline = self.scale_spline * (self.spline_weight.abs() * basis_mean).sum(1)  # (out, in)
         magnitude = base + spline  # (out, in)
         total = magnitude.sum()
         p = magnitude / total.clamp_min(1e-12)

@@ -1,0 +1,221 @@
+"""How fast and how lean is our KAN layer? Against the textbook reference, nn.Linear and a GEMM floor.
+
+For each shape (batch, in -> out) and precision, times forward and forward+backward (median of
+interleaved repetitions, so background load hits every variant alike) and measures the peak extra
+memory of one forward+backward, then prints a table with ratios to the textbook reference
+measured in the same run:
+
+* ours: `KANLinear` (fast path: local basis, recompute-in-backward), optionally `--chunk-size`;
+* reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
+* linear: `nn.Linear(in, out)`, what a plain MLP layer costs;
+* gemm floor: one matmul (N, in*(G+k)) x (in*(G+k), out) with gradients for both operands, the
+  cost of the spline matmuls alone, without the basis.
+
+Peak memory: CUDA uses torch.cuda.max_memory_allocated minus what was allocated before; the CPU
+has no allocator statistics, so there it is the peak of live tensor storages created during the
+step (`kan_engine.kan.TensorMemoryPeak`), which counts the same things.
+
+    python bench/kan_layer.py --device cpu
+    python bench/kan_layer.py --device cuda --json bench-kan-layer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from kan_engine.kan import KANLinear, TensorMemoryPeak
+
+SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
+CPU_SHAPES = ("1024x784x256", "256x1024x1024")
+VARIANTS = ("ours", "reference", "linear", "gemm floor")
+
+
+@dataclass
+class Row:
+    shape: str
+    precision: str
+    variant: str
+    fwd_ms: float
+    fwd_bwd_ms: float
+    peak_mib: float
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'1024x784x256' -> (batch, in, out)."""
+    try:
+        n, i, o = (int(part) for part in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--shapes: {text!r} is not BATCHxINxOUT") from exc
+    return n, i, o
+
+
+def build(
+    variant: str, n: int, i: int, o: int, args: argparse.Namespace, device: torch.device
+) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
+    """The forward callable of a variant and the leaves whose .grad a step creates."""
+    k1 = args.grid_size + args.spline_order
+    if variant == "gemm floor":
+        a = torch.rand(n, i * k1, device=device, requires_grad=True)  # (N, in*(G+k))
+        w = torch.randn(i * k1, o, device=device, requires_grad=True)  # (in*(G+k), out)
+        return lambda: a @ w, [a, w]
+    x = (torch.rand(n, i, device=device) * 2 - 1).requires_grad_(True)  # inside the grid
+    if variant == "linear":
+        layer: nn.Module = nn.Linear(i, o, device=device)
+    else:
+        layer = KANLinear(
+            i,
+            o,
+            grid_size=args.grid_size,
+            spline_order=args.spline_order,
+            device=device,
+            fast=variant == "ours",
+            chunk_size=args.chunk_size if variant == "ours" else None,
+        )
+    return lambda: layer(x), [x, *layer.parameters()]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(
+    forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor], grad: torch.Tensor | None
+):
+    """One forward (and backward when `grad` is given), gradients cleared first."""
+    for leaf in leaves:
+        leaf.grad = None
+    out = forward()
+    if grad is not None:
+        out.backward(grad)
+
+
+def peak_mib(forward, leaves, grad, device: torch.device) -> float:
+    step(forward, leaves, grad)  # gradients allocated once, as in training
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step(forward, leaves, grad)
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with TensorMemoryPeak() as meter:
+        step(forward, leaves, grad)
+    return meter.peak / 2**20
+
+
+def measure_shape(
+    shape: str, precision: str, args: argparse.Namespace, device: torch.device
+) -> list[Row]:
+    n, i, o = parse_shape(shape)
+    # One CPU thread on a shared machine: CPU time of the process is immune to time slices lost
+    # to other processes (page faults still count, as system time). Otherwise wall time.
+    cpu_time = device.type == "cpu" and args.threads == 1
+    clock = time.process_time if cpu_time else time.perf_counter
+    amp = precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    cases = {v: build(v, n, i, o, args, device) for v in VARIANTS}
+    grad = torch.randn(n, o, device=device)
+    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in VARIANTS for m in ("f", "fb")}
+    with autocast:
+        for rep in range(args.warmup + args.reps):
+            for variant, (forward, leaves) in cases.items():
+                for mode, g in (("f", None), ("fb", grad)):
+                    sync(device)
+                    start = clock()
+                    if g is None:
+                        with torch.no_grad():
+                            step(forward, leaves, None)
+                    else:
+                        step(forward, leaves, g)
+                    sync(device)
+                    if rep >= args.warmup:
+                        times[(variant, mode)].append((clock() - start) * 1e3)
+        peaks = {v: peak_mib(*cases[v], grad, device) for v in VARIANTS}
+    return [
+        Row(
+            shape,
+            precision,
+            v,
+            statistics.median(times[(v, "f")]),
+            statistics.median(times[(v, "fb")]),
+            peaks[v],
+        )
+        for v in VARIANTS
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
+    head = (
+        f"{'shape':>15} {'prec':>4} {'variant':>10} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+        f"{'peak MiB':>9} {'fwd/ref':>8} {'f+b/ref':>8} {'mem/ref':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    ref = {(r.shape, r.precision): r for r in rows if r.variant == "reference"}
+    for r in rows:
+        b = ref[(r.shape, r.precision)]
+        print(
+            f"{r.shape:>15} {r.precision:>4} {r.variant:>10} {r.fwd_ms:9.2f} {r.fwd_bwd_ms:11.2f} "
+            f"{r.peak_mib:9.1f} {r.fwd_ms / b.fwd_ms:8.2f} {r.fwd_bwd_ms / b.fwd_bwd_ms:8.2f} "
+            f"{r.peak_mib / max(b.peak_mib, 1e-9):8.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help=f"comma-separated BATCHxINxOUT (default: cuda {','.join(SHAPES)}; "
+        f"cpu {','.join(CPU_SHAPES)}; 'all' for every shape)",
+    )
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (cpu 5, cuda 50)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed first rounds (1 / 10)")
+    parser.add_argument("--grid-size", type=int, default=5)
+    parser.add_argument("--spline-order", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=None, help="chunk_size of 'ours'")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable)")
+    parser.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.set_num_threads(args.threads)
+    if args.shapes in (None, "all"):
+        shapes = list(SHAPES if cuda or args.shapes == "all" else CPU_SHAPES)
+    else:
+        shapes = args.shapes.split(",")
+    for shape in shapes:
+        parse_shape(shape)
+    args.reps = args.reps or (50 if cuda else 5)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    precisions = ("fp32", "bf16") if cuda else ("fp32",)
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu, {args.threads} thread(s)"
+    print(
+        f"KAN layer benchmark on {name}; G={args.grid_size} k={args.spline_order} "
+        f"chunk={args.chunk_size}; median of {args.reps} (warm-up {args.warmup}); "
+        f"{'CPU time' if device.type == 'cpu' and args.threads == 1 else 'wall time'}; torch "
+        f"{torch.__version__}"
+    )
+    rows = [r for s in shapes for p in precisions for r in measure_shape(s, p, args, device)]
+    print_table(rows)
+    if args.json:
+        meta = {"device": name, "torch": torch.__version__, "args": vars(args)}
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
