@@ -91,8 +91,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """One optimizer param group per non-empty model group, tagged with its `name`.
 
-    AdamW uses the fused CUDA kernel on CUDA (one launch for all parameters). The initial LRs are
-    placeholders: `Schedule.apply` sets them before the first step.
+    On CUDA every optimizer is fused (one launch for all parameters, and the kernels honour a
+    device-side `found_inf` flag, which the trainer uses to skip non-finite steps without a host
+    sync). The initial LRs are placeholders: `Schedule.apply` sets them before the first step.
     """
     opt = config.optim
     param_groups = [
@@ -106,22 +107,33 @@ def build_optimizer(
     ]
     if not param_groups:
         raise ValueError("the model has no trainable parameters")
+    fused = device.type == "cuda" or None  # None: torch's default (foreach) elsewhere
     if opt.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum)
+        return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=fused)
     betas = (opt.beta1, opt.beta2)
-    if opt.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=opt.lr, betas=betas)
-    return torch.optim.AdamW(param_groups, lr=opt.lr, betas=betas, fused=device.type == "cuda")
+    kind = torch.optim.Adam if opt.optimizer == "adam" else torch.optim.AdamW
+    return kind(param_groups, lr=opt.lr, betas=betas, fused=fused)
 
 
 def reset_state(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> int:
-    """Forget the optimizer state (Adam moments and step, SGD momentum) of `params`.
+    """Restart the optimizer state (Adam moments and step, SGD momentum) of `params` from zero.
 
     Used after a grid update refits spline coefficients: their old moments describe a different
-    basis. The state is dropped and re-created lazily on the next step, exactly as for a new
-    parameter. Returns how many parameters had state.
+    basis. Zeroing in place equals a fresh start (Adam's step 0 gives the bias correction of a
+    first step; SGD's zero buffer takes the gradient as is) and keeps every parameter's state
+    present, which fused kernels need when some parameters have state and others not.
+    Returns how many parameters had state.
     """
-    return sum(optimizer.state.pop(p, None) is not None for p in params)
+    reset = 0
+    for param in params:
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+        reset += 1
+    return reset
 
 
 class Schedule:

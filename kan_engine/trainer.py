@@ -383,7 +383,7 @@ class Trainer:
         self.schedule = optim.Schedule(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # on CUDA the optimizer is fused and skips non-finite steps itself (see module docstring)
-        self.deferred = self.device.type == "cuda" and not use_scaler
+        self.deferred = bool(self.optimizer.defaults.get("fused")) and not use_scaler
         self.monitor = GradNormMonitor(config.train.clip_grad_norm)
         self.pending = PendingSteps()
         self.grid_rng = random.Random(f"kan-tui grid updates {config.train.seed}")
