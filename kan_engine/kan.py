@@ -87,7 +87,7 @@ def _local_basis(
     fractional position: the scheme runs in units of h without divisions and yields k! B (hence
     `value_scale` 1/k!). Some of the k+1 functions do not exist near the ends of the extended grid
     (j < 0 or j >= G+k): their values land in k padding columns on each side of the dense basis
-    (see `_dense`), which is cheaper than masking them. Inputs outside the extended grid get all
+    (see `_padded_basis`), which is cheaper than masking them. Inputs outside the extended grid get all
     zeros (the first value starts as the inside mask and every value is linear in it).
     """
     k = order
@@ -136,7 +136,7 @@ def _local_basis(
             saved = left[j - r] * temp
         new.append(saved)
         lower, vals = vals, new  # `lower` ends as the order k-1 values
-    value_scale = 1.0 / math.factorial(k) if uniform else 1.0
+    value_scale = _value_scale(k, uniform)
     slopes = None
     slope_scale: torch.Tensor | float = 1.0
     if derivative:
@@ -155,15 +155,15 @@ def _local_basis(
     return _Local(start.unsqueeze(1), vals, slopes, value_scale, slope_scale)
 
 
-def _dense(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """Write the local values into a padded dense basis (N, G+3k, in).
+def _padded_basis(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Write the local values into a padded dense basis buffer (N, G+3k, in).
 
     k padding slabs sit on each side of the G+k real ones and take the values of functions that
     do not exist near the ends of the extended grid; only the real slabs are zeroed first (the
     padding is never read as basis). The real basis is `buffer[:, k:k+G+k].flatten(1)`, an
     (N, (G+k)*in) view whose rows are strided: matmuls read it in place (leading dimension
     (G+3k)*in), no copy. Columns are ordered (basis function, input), matching the (out, G+k, in)
-    layout of `spline_weight`.
+    layout of `spline_weight`. Values carry the factor `_value_scale`.
     """
     order = len(local.vals) - 1
     n, n_in = local.vals[0].shape
@@ -172,6 +172,20 @@ def _dense(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
     for r, value in enumerate(local.vals):
         buffer.scatter_(1, local.start + r, value.unsqueeze(1).to(dtype))
     return buffer
+
+
+def _input_grad(grad_basis: torch.Tensor, local: _Local) -> torch.Tensor:
+    """dL/dx (N, in) from dL/dB in a padded buffer (N, G+3k, in) whose padding slabs are zero."""
+    total = torch.zeros_like(local.vals[0])  # (N, in)
+    for r, slope in enumerate(local.slopes or ()):
+        picked = grad_basis.gather(1, local.start + r).squeeze(1)  # (N, in)
+        total.addcmul_(picked.to(total.dtype), slope)
+    return total * local.slope_scale
+
+
+def _value_scale(order: int, uniform: bool) -> float:
+    """The factor between `_local_basis` values and the true basis (1/k! on a uniform grid)."""
+    return 1.0 / math.factorial(order) if uniform else 1.0
 
 
 def _chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
@@ -222,14 +236,15 @@ class _SplineLinear(torch.autograd.Function):
             base = base.to(cdt)
             out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=cdt)  # (N, out)
             col_sum = torch.zeros(weight.shape[1] if want_sum else 0, device=x.device, dtype=work)
+            scale = _value_scale(order, uniform)
             for rows in _chunks(x.shape[0], chunk_size):
                 local = _local_basis(xw[rows], gw, order, uniform, derivative=False)
-                buffer = _dense(local, n_cols, cdt)  # (n, G+3k, in)
+                buffer = _padded_basis(local, n_cols, cdt)  # (n, G+3k, in)
                 basis = buffer[:, order : order + n_cols].flatten(1)  # (n, (G+k)*in)
-                alpha = scale_spline * local.value_scale
+                alpha = scale_spline * scale
                 torch.addmm(base[rows], basis, w.t(), beta=scale_base, alpha=alpha, out=out[rows])
                 if want_sum:
-                    col_sum += basis.sum(0, dtype=work) * local.value_scale
+                    col_sum += basis.sum(0, dtype=work) * scale
         ctx.save_for_backward(x, weight, grid)
         ctx.config = (order, uniform, scale_base, scale_spline, chunk_size, cdt, base_dtype)
         ctx.mark_non_differentiable(col_sum)
@@ -255,23 +270,19 @@ class _SplineLinear(torch.autograd.Function):
                 g_x = g * scale_spline if scale_spline != 1.0 else g  # (N, out)
                 if need_x:
                     grad_x = torch.empty_like(x)
+                g_w = g * (scale_spline * _value_scale(order, uniform))  # (N, out)
                 for rows in _chunks(x.shape[0], chunk_size):
-                    local = _local_basis(xw[rows], gw, order, uniform, need_x)
-                    buffer = _dense(local, n_cols, cdt)  # (n, G+3k, in)
+                    local = _local_basis(xw[rows], gw, order, uniform, derivative=need_x)
+                    buffer = _padded_basis(local, n_cols, cdt)  # (n, G+3k, in)
                     if need_w:
-                        g_w = g[rows] * (scale_spline * local.value_scale)  # (n, out)
-                        part = g_w.t() @ buffer[:, real].flatten(1)  # (out, (G+k)*in)
+                        part = g_w[rows].t() @ buffer[:, real].flatten(1)  # (out, (G+k)*in)
                         grad_w = part.to(work) if grad_w is None else grad_w.add_(part)
                     if need_x:
                         # Reuse the buffer for dL/dB; the padding slabs must read as zero.
                         buffer[:, :order].zero_()
                         buffer[:, order + n_cols :].zero_()
                         torch.mm(g_x[rows], w, out=buffer[:, real].flatten(1))  # dL/dB
-                        total = torch.zeros_like(xw[rows])  # (n, in)
-                        for r, slope in enumerate(local.slopes):
-                            picked = buffer.gather(1, local.start + r).squeeze(1)  # (n, in)
-                            total.addcmul_(picked.to(work), slope)
-                        grad_x[rows] = (total * local.slope_scale).to(x.dtype)
+                        grad_x[rows] = _input_grad(buffer, local).to(x.dtype)
                 if need_w:
                     grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_base, grad_w, None, None, None, None, None, None, None
@@ -531,8 +542,8 @@ class KANLinear(nn.Module):
         """Dense basis x (N, b) on `grid` (b, M+1) -> (N, b, G+k) through the fast local scheme."""
         k, n_cols = self.spline_order, grid.shape[1] - 1 - self.spline_order
         local = _local_basis(x, grid, k, uniform, derivative=False)
-        buffer = _dense(local, n_cols, x.dtype)  # (N, G+3k, b)
-        return buffer[:, k : k + n_cols].transpose(1, 2) * local.value_scale  # (N, b, G+k)
+        buffer = _padded_basis(local, n_cols, x.dtype)  # (N, G+3k, b)
+        return buffer[:, k : k + n_cols].transpose(1, 2) * _value_scale(k, uniform)  # (N, b, G+k)
 
     def regularization_loss(
         self, activation_weight: float = 1.0, entropy_weight: float = 1.0
