@@ -85,10 +85,10 @@ def _local_basis(
     de Boor's triangular scheme evaluates them from left[j] = x - t_{i+1-j} and right[j] =
     t_{i+j} - x, j = 1..k. On a uniform grid these are (u + j - 1) h and (j - u) h with u the
     fractional position: the scheme runs in units of h without divisions and yields k! B (hence
-    `value_scale` 1/k!). Some of the k+1 functions do not exist near the ends of the extended grid
-    (j < 0 or j >= G+k): their values land in k padding columns on each side of the dense basis
-    (see `_padded_basis`), which is cheaper than masking them. Inputs outside the extended grid get all
-    zeros (the first value starts as the inside mask and every value is linear in it).
+    `value_scale` 1/k!). Some of the k+1 functions do not exist near the ends of the extended
+    grid (j < 0 or j >= G+k): their values land in k padding columns on each side of the dense
+    basis (see `_padded_basis`), which is cheaper than masking them. Inputs outside the extended
+    grid get all zeros (the first value starts as the inside mask; every value is linear in it).
     """
     k = order
     n_intervals = grid.shape[1] - 1  # M = G + 2k
