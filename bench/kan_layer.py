@@ -1,4 +1,4 @@
-"""How fast and how lean is our KAN layer? Against the textbook reference, nn.Linear and a GEMM floor.
+"""How fast and lean is our KAN layer, against the textbook reference, nn.Linear and a GEMM floor.
 
 For each shape (batch, in -> out) and precision, times forward and forward+backward (median of
 interleaved repetitions, so background load hits every variant alike) and measures the peak extra
