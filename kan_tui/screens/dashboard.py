@@ -74,6 +74,7 @@ class DashboardScreen(Screen[None]):
         self.quit_when_done = False
         self._charts_version = 0  # the charts start empty
         self._charts_at = 0.0
+        self._status_shown = Text()
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-status")
@@ -138,7 +139,10 @@ class DashboardScreen(Screen[None]):
 
     def refresh_view(self, *, throttle: bool = False) -> None:
         state = self.state
-        self.query_one("#run-status", Static).update(self._status_line())
+        status = self._status_line()
+        if status != self._status_shown:
+            self._status_shown = status
+            self.query_one("#run-status", Static).update(status, layout=False)
         self.query_one(StatsPanel).show(state, self.memory(state.device))
         self.query_one(WarningsList).show(state)
         self.query_one(NoticeLog).show(state)

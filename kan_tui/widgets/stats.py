@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from kan_tui.screens.run_model import RunState
+
+LABEL_WIDTH = 9
 
 
 def pct(value: float | None) -> str:
@@ -31,35 +32,55 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def stats_table(state: RunState) -> Table:
-    """Two columns, label and value; every row fits in 34 columns."""
-    table = Table.grid(padding=(0, 1))
-    table.add_column(style="dim", no_wrap=True)
-    table.add_column(overflow="fold")
+def stats_rows(state: RunState) -> list[tuple[str, str]]:
+    """Label and value rows; every row fits in 34 columns. Plain strings, so that an unchanged
+    panel is detected by comparison and not redrawn."""
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else "-"
     steps = f"{state.step}/{state.steps_per_epoch}" if state.steps_per_epoch else "-"
-    table.add_row("epoch", f"{epochs}  step {steps}")
-    table.add_row("speed", f"{state.samples_per_s:,.0f} samples/s")
-    table.add_row("ETA", duration(state.eta_seconds()))
-    table.add_row("train", f"loss {num(state.last_loss)}  acc {pct(state.last_acc)}")
-    table.add_row("val", f"loss {num(state.val_loss)}  acc {pct(state.val_acc)}")
     best = f"{pct(state.best_val_acc)} @ epoch {state.best_epoch}" if state.best_epoch else "-"
-    table.add_row("best val", best)
-    table.add_row("test acc", Text(pct(state.test_acc), style="bold" if state.test_acc else ""))
     last = f", last @ {state.grid_last_step}" if state.grid_last_step is not None else ""
-    table.add_row("grid upd", f"{state.grid_total}{last}")
-    if state.grid_per_layer:
-        layers = "  ".join(f"{name} {count}" for name, count in state.grid_per_layer.items())
-        table.add_row("", layers)
     outside = max(state.outside_grid.values(), default=None)
-    table.add_row("off grid", f"{pct(outside)} max of layers" if outside is not None else "-")
     grad = state.grad_norms[-1] if state.grad_norms else None
-    table.add_row("grad norm", f"{num(grad)}  warnings {state.warning_total}")
-    return table
+    rows = [
+        ("epoch", f"{epochs}  step {steps}"),
+        ("speed", f"{state.samples_per_s:,.0f} samples/s"),
+        ("ETA", duration(state.eta_seconds())),
+        ("train", f"loss {num(state.last_loss)}  acc {pct(state.last_acc)}"),
+        ("val", f"loss {num(state.val_loss)}  acc {pct(state.val_acc)}"),
+        ("best val", best),
+        ("test acc", pct(state.test_acc)),
+        ("grid upd", f"{state.grid_total}{last}"),
+    ]
+    if state.grid_per_layer:
+        rows.append(("", "  ".join(f"{name} {n}" for name, n in state.grid_per_layer.items())))
+    rows.append(("off grid", f"{pct(outside)} max of layers" if outside is not None else "-"))
+    rows.append(("grad norm", f"{num(grad)}  warnings {state.warning_total}"))
+    return rows
+
+
+def stats_text(rows: list[tuple[str, str]]) -> Text:
+    """Rows as one Text with aligned, dimmed labels (much cheaper to render than a rich Table,
+    which measures its columns on every draw)."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for index, (label, value) in enumerate(rows):
+        if index:
+            text.append("\n")
+        text.append(f"{label:<{LABEL_WIDTH}} ", style="dim")
+        text.append(value)
+    return text
 
 
 class StatsPanel(Vertical):
-    """The numbers table, the grad-norm sparkline under it, and the device line."""
+    """The numbers table, the grad-norm sparkline under it, and the device line.
+
+    Its parts have fixed heights (app.tcss), so updates skip the layout pass; and a part whose
+    content did not change is not updated at all. While training, this keeps the UI thread's
+    share of the GIL small.
+    """
+
+    def __init__(self, **kwargs: str) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple[object, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats-table")
@@ -67,10 +88,13 @@ class StatsPanel(Vertical):
         yield Static(id="stats-device")
 
     def show(self, state: RunState, memory: str) -> None:
-        self.query_one("#stats-table", Static).update(stats_table(state))
-        finite = [g for g in state.grad_norms if math.isfinite(g)]
-        self.query_one(Sparkline).data = finite
-        device = state.device or "-"
+        rows = stats_rows(state)
+        device = f"{state.device or '-'}  mem {memory}"
+        if (rows, device) == self._shown:
+            return
+        self._shown = (rows, device)
+        self.query_one("#stats-table", Static).update(stats_text(rows), layout=False)
+        self.query_one(Sparkline).data = [g for g in state.grad_norms if math.isfinite(g)]
         self.query_one("#stats-device", Static).update(
-            Text.assemble(("device ", "dim"), device, ("  mem ", "dim"), memory)
+            Text.assemble(("device ", "dim"), device), layout=False
         )

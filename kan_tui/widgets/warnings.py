@@ -5,40 +5,55 @@ Both append only what arrived since the last drain, so a long run never re-rende
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
-from textual.widgets import DataTable, RichLog
+from textual.widgets import RichLog, Static
 
 from kan_tui.screens.run_model import RunState
 from kan_tui.widgets.stats import num
 
 
-class WarningsList(DataTable[str | Text]):
-    """One row per gradient-norm warning: step, norm, threshold, reason, action."""
+class WarningsList(Static):
+    """The newest gradient-norm warnings, one row each: step, norm, threshold, reason, action.
+
+    A plain table of the rows that fit, redrawn only when a warning arrives and without a layout
+    pass (its size is fixed by app.tcss): a diverging run can warn every few steps, and a
+    scrolling DataTable re-laid out the whole screen for each new row. The stats panel carries
+    the total; metrics.jsonl has them all.
+    """
 
     def __init__(self, **kwargs: str) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
-        self.shown = 0
+        super().__init__(**kwargs)
+        self.shown = -1
 
     def on_mount(self) -> None:
-        for label, width in (("step", 5), ("norm", 7), ("limit", 5), ("reason", 10)):
-            self.add_column(label, width=width)
-        self.add_column("action")
+        self.show(RunState())
+
+    def on_resize(self) -> None:
+        self.shown = -1  # the number of rows that fit changed
 
     def show(self, state: RunState) -> None:
-        fresh = min(state.warnings_seen - self.shown, len(state.warnings))
-        if fresh <= 0:
+        if state.warnings_seen == self.shown:
             return
-        for row in state.warnings[-fresh:]:
-            style = "bold red" if row.reason == "non-finite" else ""
-            self.add_row(
+        self.shown = state.warnings_seen
+        fit = max(self.size.height - 1, 1)  # one line for the header
+        table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
+        table.add_column("step", justify="right", no_wrap=True)
+        table.add_column("norm", justify="right", no_wrap=True)
+        table.add_column("limit", justify="right", no_wrap=True)
+        table.add_column("reason", no_wrap=True)
+        table.add_column("action", no_wrap=True, overflow="ellipsis", ratio=1)
+        for row in state.warnings[-fit:]:
+            table.add_row(
                 str(row.step),
-                Text(num(row.norm), style=style),
+                Text(num(row.norm), style="bold red" if row.reason == "non-finite" else ""),
                 num(row.threshold),
                 row.reason,
                 row.action,
             )
-        self.shown = state.warnings_seen
-        self.move_cursor(row=self.row_count - 1)
+        if not state.warnings:
+            table.add_row("", "", "", Text("no gradient-norm warnings", style="dim"), "")
+        self.update(table, layout=False)
 
 
 class NoticeLog(RichLog):
