@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from kan_engine.atomic import write_text
 from kan_engine.kan import KANLinear, TensorMemoryPeak
 
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
@@ -171,6 +173,54 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def exactness(device: torch.device) -> list[str]:
+    """Fast path vs reference on `device`: outputs and gradients, uniform and updated grids.
+
+    Float64 must agree to 1e-10, float32 to 1e-5 relative (the tests check the CPU; this checks
+    the device's code path). Under bf16 autocast the error against the float32 reference is
+    printed, not judged. Returns the failures.
+    """
+    failures = []
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        for grid in ("uniform", "updated"):
+            torch.manual_seed(0)
+            layer = KANLinear(48, 24, scale_base=2.5, device=device, dtype=dtype)
+            with torch.no_grad():
+                layer.spline_weight.normal_()
+            if grid == "updated":
+                layer.update_grid(torch.rand(512, 48, device=device, dtype=dtype) ** 3 * 2 - 1)
+            x = torch.randn(300, 48, device=device, dtype=dtype) * 1.5
+            results = []
+            for fast in (True, False):
+                layer.fast = fast
+                layer.zero_grad(set_to_none=True)
+                xg = x.clone().requires_grad_(True)
+                y = layer(xg)
+                y.backward(torch.ones_like(y))
+                grads = (xg.grad, layer.base_weight.grad, layer.spline_weight.grad)
+                results.append((y.detach(), *grads))
+            worst = max(
+                float((a - b).abs().max() / (b.abs().max() if dtype == torch.float32 else 1))
+                for a, b in zip(*results, strict=True)
+            )
+            verdict = "ok" if worst <= tol else "FAIL"
+            print(
+                f"exactness {device.type} {str(dtype)[6:]} {grid}: max error {worst:.2e} {verdict}"
+            )
+            if worst > tol:
+                failures.append(name)
+    torch.manual_seed(0)
+    layer = KANLinear(48, 24, device=device)
+    x = torch.rand(300, 48, device=device) * 2 - 1
+    exact = layer(x).detach()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        approx = layer(x.requires_grad_(True))
+        approx.float().sum().backward()
+    error = float((approx.float() - exact).norm() / exact.norm())
+    print(f"bf16 autocast {device.type}: relative error {error:.2e}, output {approx.dtype}")
+    return failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -209,12 +259,15 @@ def main() -> None:
         f"{'CPU time' if device.type == 'cpu' and args.threads == 1 else 'wall time'}; torch "
         f"{torch.__version__}"
     )
+    failures = exactness(device)
     rows = [r for s in shapes for p in precisions for r in measure_shape(s, p, args, device)]
     print_table(rows)
     if args.json:
         meta = {"device": name, "torch": torch.__version__, "args": vars(args)}
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, fh, indent=1)
+        report = {"meta": meta, "failures": failures, "rows": [asdict(r) for r in rows]}
+        write_text(Path(args.json), json.dumps(report, indent=1))
+    if failures:
+        raise SystemExit(f"fast path differs from the reference: {', '.join(failures)}")
 
 
 if __name__ == "__main__":
