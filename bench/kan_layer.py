@@ -204,9 +204,8 @@ def exactness(device: torch.device) -> list[str]:
                 for a, b in zip(*results, strict=True)
             )
             verdict = "ok" if worst <= tol else "FAIL"
-            print(
-                f"exactness {device.type} {str(dtype)[6:]} {grid}: max error {worst:.2e} {verdict}"
-            )
+            name = f"{device.type} {str(dtype)[6:]} {grid}"
+            print(f"exactness {name}: max error {worst:.2e} {verdict}")
             if worst > tol:
                 failures.append(name)
     torch.manual_seed(0)
