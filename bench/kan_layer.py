@@ -215,7 +215,7 @@ def exactness(device: torch.device) -> list[str]:
     with torch.autocast(device.type, dtype=torch.bfloat16):
         approx = layer(x.requires_grad_(True))
         approx.float().sum().backward()
-    error = float((approx.float() - exact).norm() / exact.norm())
+    error = float((approx.detach().float() - exact).norm() / exact.norm())
     print(f"bf16 autocast {device.type}: relative error {error:.2e}, output {approx.dtype}")
     return failures
 
