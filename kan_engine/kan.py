@@ -69,7 +69,7 @@ def _is_uniform(grid: torch.Tensor) -> bool:
 class _Local(NamedTuple):
     """The k+1 non-zero basis values at each input, from `_local_basis`."""
 
-    start: torch.Tensor  # (N, 1, in) long: padded basis column of the first value (= interval)
+    columns: list[torch.Tensor]  # k+1 x (N, 1, in) long: padded basis column of each value
     vals: list[torch.Tensor]  # k+1 x (N, in): value_scale * B_{i-k+r}(x), r = 0..k
     slopes: list[torch.Tensor] | None  # k+1 x (N, in): slope_scale * d/dx of the same functions
     value_scale: float
@@ -131,8 +131,10 @@ def _local_basis(
         saved = None
         for r in range(j):
             temp = vals[r] if uniform else vals[r] / (right[r + 1] + left[j - r])
-            term = right[r + 1] * temp
-            new.append(term if saved is None else saved + term)
+            if saved is None:
+                new.append(right[r + 1] * temp)
+            else:
+                new.append(torch.addcmul(saved, right[r + 1], temp))
             saved = left[j - r] * temp
         new.append(saved)
         lower, vals = vals, new  # `lower` ends as the order k-1 values
@@ -152,7 +154,9 @@ def _local_basis(
         slopes = terms
         if uniform:
             slope_scale = 1.0 / (math.factorial(k - 1) * h)  # (in,)
-    return _Local(start.unsqueeze(1), vals, slopes, value_scale, slope_scale)
+    first_column = start.unsqueeze(1)  # (N, 1, in); padded column = interval index + r
+    columns = [first_column + r for r in range(k + 1)]
+    return _Local(columns, vals, slopes, value_scale, slope_scale)
 
 
 def _padded_basis(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
@@ -167,18 +171,18 @@ def _padded_basis(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tenso
     """
     order = len(local.vals) - 1
     n, n_in = local.vals[0].shape
-    buffer = torch.empty(n, n_cols + 2 * order, n_in, device=local.start.device, dtype=dtype)
+    buffer = torch.empty(n, n_cols + 2 * order, n_in, device=local.vals[0].device, dtype=dtype)
     buffer[:, order : order + n_cols].zero_()
-    for r, value in enumerate(local.vals):
-        buffer.scatter_(1, local.start + r, value.unsqueeze(1).to(dtype))
+    for column, value in zip(local.columns, local.vals, strict=True):
+        buffer.scatter_(1, column, value.unsqueeze(1).to(dtype))
     return buffer
 
 
 def _input_grad(grad_basis: torch.Tensor, local: _Local) -> torch.Tensor:
     """dL/dx (N, in) from dL/dB in a padded buffer (N, G+3k, in) whose padding slabs are zero."""
     total = torch.zeros_like(local.vals[0])  # (N, in)
-    for r, slope in enumerate(local.slopes or ()):
-        picked = grad_basis.gather(1, local.start + r).squeeze(1)  # (N, in)
+    for column, slope in zip(local.columns, local.slopes or (), strict=False):
+        picked = grad_basis.gather(1, column).squeeze(1)  # (N, in)
         total.addcmul_(picked.to(total.dtype), slope)
     return total * local.slope_scale
 
