@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+TEMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` beside their target
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file object; on clean exit it replaces `path`, on error it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -46,3 +48,13 @@ def write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
     """For writers that take a file object, such as `torch.save`."""
     with atomic_open(path) as handle:
         writer(handle)
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete temporary files that a killed process left in `folder` (a kill -9 runs no cleanup).
+
+    Only for folders that no other process is writing to at the same time.
+    """
+    for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -14,9 +14,12 @@ the reason; the previous checkpoint is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
+import warnings
 import zipfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,13 @@ import numpy as np
 import torch
 
 from kan_engine import atomic
-from kan_engine.errors import KanError, RunDirError
+from kan_engine.errors import RunDirError
+from kan_engine.runs import RunWriteError
 
 FORMAT = 1
 
 
-class CheckpointWriteError(KanError):
+class CheckpointWriteError(RunWriteError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
 
@@ -44,18 +48,59 @@ def save(path: Path, state: dict[str, Any]) -> None:
         ) from exc
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely; a missing or unreadable file is a RunDirError naming it."""
+def load(
+    path: Path, device: torch.device | str = "cpu", *, keys: Collection[str] = ("model",)
+) -> dict[str, Any]:
+    """Read a checkpoint safely; a missing, unreadable or foreign file, or one without `keys`,
+    is a one-line RunDirError naming it.
+
+    Only `weights_only=True`: a file holding any other pickled object (which could run code when
+    unpickled) is refused, and the message says so instead of torch's advice to load it unsafely.
+    """
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"{path}: checkpoint missing")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        raise RunDirError(f"{path}: not a readable checkpoint ({exc})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RunDirError(
+            f"{path}: refused: not plain tensors and data ({_unpickling_detail(exc)}); "
+            "checkpoints are only loaded with weights_only=True, nothing in it was run"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError) as exc:
+        reason = _one_line(exc) or "empty file"
+        raise RunDirError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {reason})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{path}: unknown checkpoint format")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise RunDirError(f"{path}: not a kan-tui checkpoint (missing {', '.join(missing)})")
     return state
+
+
+@contextlib.contextmanager
+def fitting(path: Path, against: str) -> Iterator[None]:
+    """Loading a checkpoint's states into the model and optimizer built from `against` (a
+    config.toml): a mismatch (an edited config, a foreign file) becomes one RunDirError line."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise RunDirError(f"{path}: does not fit {against}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpickling_detail(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's long message that says what was refused (e.g. `GLOBAL posix.system`)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return next((line for line in lines if "nsupported" in line), "unsupported content")
 
 
 def pack_random(state: tuple[Any, ...]) -> dict[str, Any]:

@@ -6,25 +6,28 @@
         summary.json       status and headline numbers, rewritten atomically
         checkpoints/last.pt, checkpoints/best.pt
 
-`metrics.jsonl` is append-only while a run lives; every line is flushed (not fsynced: a kill -9
-loses at most the line being written, the OS keeps the rest). A resume truncates it back to the
-byte offset recorded in the checkpoint it continues from, so no epoch row appears twice
-(`truncate_metrics`). Non-finite floats are written as the strings "nan", "inf" and "-inf" (strict
-JSON has no NaN; `float()` reads the strings back).
+`metrics.jsonl` is append-only while a run lives; every line goes to the OS in one write (not
+fsynced: a kill -9 loses at most the line being written, the OS keeps the rest), and a write that
+fails (a full disk) is cut off again, so the file never holds half a line before a whole one. A
+resume truncates it back to the byte offset recorded in the checkpoint it continues from, so no
+epoch row appears twice (`truncate_metrics`). Non-finite floats are written as the strings "nan",
+"inf" and "-inf" (strict JSON has no NaN; `float()` reads the strings back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kan_engine import atomic, presets_io
 from kan_engine.config import RunConfig
-from kan_engine.errors import RunDirError
+from kan_engine.errors import KanError, RunDirError
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -33,6 +36,25 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 STATUSES = ("running", "finished", "early_stopped", "stopped", "diverged", "failed")
+
+
+class RunWriteError(KanError):
+    """A file of the run folder could not be written (full disk, permissions).
+
+    What was written before is intact. Raised once a run exists, so it is a failed run (exit 1),
+    not bad input (exit 2)."""
+
+
+def write_error(path: Path, exc: OSError) -> RunWriteError:
+    reason = exc.strerror or str(exc)
+    return RunWriteError(f"{path}: cannot write: {reason}; what was written before is unchanged")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic.write_bytes(path, data)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path:
@@ -57,6 +79,18 @@ def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path
     raise RunDirError(f"{out_dir}: cannot find a free run folder name for {base!r}")
 
 
+def preset_of(run_dir: Path) -> str:
+    """The preset part of a run folder's name (`create_run_dir`'s `<stamp>-<preset>[-N]`)."""
+    match = re.fullmatch(r"\d{8}-\d{6}-(.+?)(?:-\d+)?", Path(run_dir).name)
+    return match.group(1) if match else "custom"
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a kill cut short (they are never read)."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        atomic.remove_leftovers(folder)
+
+
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     """`which` is "last" or "best"."""
     if which not in ("last", "best"):
@@ -65,7 +99,7 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
 
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
-    atomic.write_text(Path(run_dir) / CONFIG, presets_io.render(config))
+    _write(Path(run_dir) / CONFIG, presets_io.render(config).encode("utf-8"))
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -91,22 +125,36 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 class MetricsLog:
-    """Append-only JSON-lines writer; `offset` is the byte position a checkpoint records."""
+    """Append-only JSON-lines writer; `offset` is the byte position a checkpoint records.
+
+    Each line is one `os.write` on an O_APPEND descriptor: no user-space buffer that a kill would
+    lose or that a later flush would replay after a failure. A failed write is cut back to the
+    last whole line and raises RunWriteError naming the file.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (long-lived)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(dumps(record) + "\n")
-        self._file.flush()
+        data = (dumps(record) + "\n").encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:  # a full disk may take part of the line before it fails
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # shrinking a file needs no space
+                os.ftruncate(self._fd, self._size)
+            raise write_error(self.path, exc) from exc
+        self._size += len(data)
 
     @property
     def offset(self) -> int:
-        return self._file.tell()
+        return self._size
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def truncate_metrics(run_dir: Path, offset: int) -> None:
@@ -122,7 +170,7 @@ def truncate_metrics(run_dir: Path, offset: int) -> None:
     if not kept.endswith(b"\n"):
         kept = kept[: kept.rfind(b"\n") + 1]
     if kept != data:
-        atomic.write_bytes(path, kept)
+        _write(path, kept)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -142,7 +190,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    atomic.write_text(Path(run_dir) / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+    text = json.dumps(_plain(summary), indent=2) + "\n"
+    _write(Path(run_dir) / SUMMARY, text.encode("utf-8"))
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

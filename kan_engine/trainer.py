@@ -74,6 +74,11 @@ MAX_BAD_STREAK = 3  # non-finite steps in a row before restoring the last good s
 MAX_RESTORES = 2  # restores (each halving the LR) before the run is declared diverged
 EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
 WIDE_OUTSIDE = 0.05  # share of first-KAN-layer inputs outside the grid worth a warning
+# what `_checkpoint_state` writes and a resume reads: a last.pt without one of them is refused
+RESUME_KEYS = (
+    "model", "optimizer", "schedule", "scaler", "monitor", "rng", "grid_rng", "epoch",
+    "step_in_epoch", "global_step", "counters", "config", "preset", "metrics_offset",
+)  # fmt: skip
 
 
 @dataclass
@@ -201,6 +206,7 @@ class Trainer:
             runs.write_config(run_dir, config)
         self.run_dir = Path(run_dir)
         self._resume: dict[str, Any] | None = None
+        self._metrics_offset: int | None = None  # where a resume cuts metrics.jsonl back to
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._checkpoint_now = threading.Event()
@@ -217,12 +223,27 @@ class Trainer:
 
     @classmethod
     def from_run_dir(cls, run_dir: Path, *, sink: EventSink) -> Trainer:
-        """Continue a run from `checkpoints/last.pt`, with the run folder's config.toml."""
+        """Continue a run from `checkpoints/last.pt`, with the run folder's config.toml.
+
+        A run killed before its first `last.pt` (at most one epoch row, which the start-over
+        replays) starts over in the same folder. Temporary files of writes a kill cut short are
+        deleted.
+        """
         run_dir = Path(run_dir)
         config = runs.read_config(run_dir)
-        state = ckpt.load(runs.checkpoint_path(run_dir, "last"))
-        trainer = cls(config, sink=sink, preset_name=str(state["preset"]), run_dir=run_dir)
-        trainer._resume = state
+        last = runs.checkpoint_path(run_dir, "last")
+        epochs = sum(r.get("event") == "epoch" for r in runs.read_metrics(run_dir))
+        if not last.exists() and epochs <= 1:
+            trainer = cls(config, sink=sink, preset_name=runs.preset_of(run_dir), run_dir=run_dir)
+            trainer._metrics_offset = 0
+            message = f"{last} not written yet (killed in the first epoch): starting over"
+            trainer._notices.append(Notice(message, "warning"))
+        else:
+            state = ckpt.load(last, keys=RESUME_KEYS)
+            trainer = cls(config, sink=sink, preset_name=str(state["preset"]), run_dir=run_dir)
+            trainer._resume = state
+            trainer._metrics_offset = int(state["metrics_offset"])
+        runs.remove_leftovers(run_dir)
         return trainer
 
     # ------------------------------------------------------------------ controls (any thread)
@@ -262,8 +283,8 @@ class Trainer:
             if self._fresh:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
-        if self._resume is not None:
-            runs.truncate_metrics(self.run_dir, int(self._resume["metrics_offset"]))
+        if self._metrics_offset is not None:
+            runs.truncate_metrics(self.run_dir, self._metrics_offset)
         self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
         try:
             return self._run_logged()
@@ -394,17 +415,19 @@ class Trainer:
         self._good = self._snapshot()
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.monitor.load_state_dict(state["monitor"])
-        self.grid_rng.setstate(ckpt.unpack_random(state["grid_rng"]))
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.c = Counters(**state["counters"])
-        ckpt.set_rng_state(state["rng"])  # last: building the model consumed random numbers
+        path = runs.checkpoint_path(self.run_dir, "last")
+        with ckpt.fitting(path, str(self.run_dir / runs.CONFIG)):
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.monitor.load_state_dict(state["monitor"])
+            self.grid_rng.setstate(ckpt.unpack_random(state["grid_rng"]))
+            self.epoch = int(state["epoch"])
+            self.step_in_epoch = int(state["step_in_epoch"])
+            self.c = Counters(**state["counters"])
+            ckpt.set_rng_state(state["rng"])  # last: building the model consumed random numbers
 
     def _run_started(self) -> RunStarted:
         sizes = self.data.sizes
@@ -826,7 +849,7 @@ class Trainer:
         """Report an unexpected error; tolerate a log or summary that cannot be written (a full
         disk is a likely cause)."""
         event = Failed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(KanError):  # runs.RunWriteError: the log cannot be written
             self.metrics.write(event.to_record())
         self.sink(event)
         with contextlib.suppress(Exception):
@@ -842,10 +865,12 @@ def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> di
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
     device = pick_device(config.train.device)
-    state = ckpt.load(runs.checkpoint_path(run_dir, checkpoint), device)
+    path = runs.checkpoint_path(run_dir, checkpoint)
+    state = ckpt.load(path, device, keys=("model", "counters"))
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
     model = build_model(config, bundle, device)
-    model.load_state_dict(state["model"])
+    with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
+        model.load_state_dict(state["model"])
     amp_dtype = precision(config, device)[0]
     loss, acc = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
     return {

@@ -40,6 +40,7 @@ from kan_engine.events import (
     RunStarted,
     StepMetrics,
 )
+from kan_engine.runs import RunWriteError
 
 # summary.json status -> exit code; "stopped" only happens on a signal and exits 128 + its number
 EXIT_CODES = {"finished": 0, "early_stopped": 0, "diverged": 1, "failed": 1}
@@ -246,7 +247,8 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def train(trainer: Stoppable, *, debug: bool = False) -> int:
-    """Run in the foreground and return the exit code; KanError (bad config, no data) propagates.
+    """Run in the foreground and return the exit code; KanError (bad config, no data) propagates,
+    except a file of the run that cannot be written (a full disk): that is a failed run, exit 1.
 
     Ctrl-C is the trainer's own business (the first one finishes the step, writes `last.pt` and
     the `stopped` summary, then raises KeyboardInterrupt; a second one raises at once): here it
@@ -256,6 +258,11 @@ def train(trainer: Stoppable, *, debug: bool = False) -> int:
     try:
         with stop_on_signals(trainer) as caught:
             summary = trainer.run()
+    except RunWriteError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: training failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KanError:
         raise
     except KeyboardInterrupt:
