@@ -10,6 +10,12 @@ seeded with (seed, epoch), so CPU and CUDA see the same order, and a run resumed
 it exactly (`skip` drops the batches already done). The validation split is carved from the
 training split with a fixed seed, so it is the same for every run.
 
+Many processes (torchrun): `batch_size` is the global batch; `rank` and `world` pick this process's
+contiguous part of each global batch (`_shard`), so the ranks' parts of a step, in rank order, are
+exactly the batch one process would see. Every rank holds the whole (small) data set on its device
+and indexes its share of each epoch's permutation, which keeps the order a pure function of
+(seed, epoch) whatever the number of processes.
+
 Where the files are found, and how they are read, is in `kan_engine.datasets`.
 """
 
@@ -93,6 +99,14 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
+def _shard(lo: int, hi: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s part of positions [lo, hi) cut in `world` contiguous parts whose sizes differ
+    by at most one (the first parts take the extra samples)."""
+    size, extra = divmod(hi - lo, world)
+    start = lo + rank * size + min(rank, extra)
+    return start, start + size + int(rank < extra)
+
+
 def _shift_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None, pad: int) -> Tensor:
     """Per-sample translation by (dy - pad, dx - pad) with zero fill, and optional horizontal flip,
     as one gather (no Python loop over the batch). x: (B, C, H, W); dy, dx: (B,) in [0, 2*pad]."""
@@ -145,12 +159,12 @@ class DataBundle:
         """Stored values (uint8 pixels or float features) -> float32, zero mean and unit std."""
         return (x.float() - self._mean) * self._inv_std
 
-    def steps(self, split: Split, batch_size: int) -> int:
-        """Batches per epoch: the last partial batch is kept, except a train batch of one sample
-        (BatchNorm cannot train on it)."""
+    def steps(self, split: Split, batch_size: int, *, world: int = 1) -> int:
+        """Batches per epoch: the last partial batch is kept, except a train batch that would give
+        one of the `world` processes a single sample (BatchNorm cannot train on it)."""
         n = len(self._split(split)[1])
         full, rest = divmod(n, batch_size)
-        keep_rest = rest >= 2 if split == "train" else rest > 0
+        keep_rest = rest >= 2 * world if split == "train" else rest > 0
         return full + int(keep_rest)
 
     def batches(
@@ -162,16 +176,24 @@ class DataBundle:
         epoch: int = 0,
         skip: int = 0,
         augment: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(x normalised float32, y int64) batches on the device; the order (and augmentation) is a
-        pure function of (seed, epoch); the first `skip` batches are left out."""
+        pure function of (seed, epoch); the first `skip` batches are left out. With `world` > 1,
+        `batch_size` is the global batch and this yields rank `rank`'s part of each (a rank whose
+        part of the last evaluation batch is empty gets no batch there)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}) (got {rank})")
         x, y = self._split(split)
         n = len(y)
         generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0))
         order = torch.randperm(n, generator=generator).to(self.device) if shuffle else None
         shifts = self._augmentation(n, generator) if augment and x.dim() == 4 else None
-        for step in range(skip, self.steps(split, batch_size)):
-            lo, hi = step * batch_size, min((step + 1) * batch_size, n)
+        for step in range(skip, self.steps(split, batch_size, world=world)):
+            lo, hi = _shard(step * batch_size, min((step + 1) * batch_size, n), rank, world)
+            if lo == hi:
+                continue
             index = order[lo:hi] if order is not None else slice(lo, hi)
             xb, yb = x[index], y[index]
             if shifts is not None:
