@@ -482,7 +482,9 @@ class KANLinear(nn.Module):
         """Parameters that `update_grid` overwrites: reset their optimizer moments afterwards.
 
         The old Adam moments describe coefficients of the old basis; kept, they would push the
-        refit coefficients along stale directions. The base weight is untouched by a grid update.
+        refit coefficients along stale directions. With torch optimizers
+        `optimizer.state.pop(p, None)` for each p resets them (the state is rebuilt lazily on the
+        next step). The base weight is untouched by a grid update.
         """
         return [self.spline_weight]
 
