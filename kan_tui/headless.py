@@ -195,9 +195,12 @@ class HeadlessReporter:
             self._progress.reset(self._batch_task, info="")
 
     def _grad_warning(self, event: GradNormWarning) -> None:
-        self._warnings_this_epoch += 1
-        if self._warnings_this_epoch > WARNINGS_PER_EPOCH:
-            return
+        """Printed up to the cap per epoch; a warning naming the layer that went non-finite (the
+        first of a streak) is always printed and not counted, so spikes cannot hide it."""
+        if not event.layer:
+            self._warnings_this_epoch += 1
+            if self._warnings_this_epoch > WARNINGS_PER_EPOCH:
+                return
         layer = f" in {event.layer}" if event.layer else ""
         more = (
             " (further warnings this epoch are only counted)"
