@@ -202,6 +202,9 @@ class Dist:
             buf.div_(self.world)
 
 
+SINGLE = Dist()  # one process: every collective is a no-op
+
+
 def current() -> Dist:
     """This process's Dist: from the initialised process group, else a single process."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -24,6 +24,16 @@ Resume. `last.pt` holds the position (epoch, steps done in it) and the byte offs
 rows after it belong to steps about to be replayed), reloads every state, and the data order, a
 pure function of (seed, epoch), is replayed with `skip`; so each epoch row appears exactly once and
 the weights equal those of an uninterrupted run.
+
+Many processes (torchrun, see `distributed.py`). The model is wrapped in DistributedDataParallel
+with broadcast_buffers=False: the KAN grids are buffers, and rank 0's copy broadcast into every
+forward would be wasted traffic at best; they stay identical because every rank makes the same grid
+update decision (the seeded `grid_rng`) on the same samples (the step's inputs gathered from every
+rank). BatchNorm running statistics, the only buffers that drift apart, are averaged at each epoch
+end. Whether a step is skipped is all-reduced, the stop flag is agreed on at logging steps and epoch
+starts, and the train, validation and test sums are all-reduced, so every rank takes the same
+branches and reaches the same collectives. Rank 0 alone writes the run folder and emits events;
+checkpoints hold the unwrapped model, so they resume in one process or in many.
 """
 
 from __future__ import annotations
@@ -48,10 +58,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from kan_engine import checkpoint as ckpt
 from kan_engine import data as data_mod
-from kan_engine import models, optim, runs
+from kan_engine import distributed, models, optim, runs
 from kan_engine.config import RunConfig, check_names, to_data
 from kan_engine.errors import ConfigError, KanError
 from kan_engine.events import (
@@ -167,20 +178,26 @@ def eval_split(
     split: str,
     batch_size: int,
     amp_dtype: torch.dtype | None,
+    dist: distributed.Dist = distributed.SINGLE,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) on a split; sums stay on the device, one read-back at the end."""
+    """(mean loss, accuracy) on a split; sums stay on the device, one read-back at the end.
+    Under torchrun each rank evaluates its share and the sums are all-reduced: every rank gets
+    the same numbers, those of the whole split."""
     device = bundle.device
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, device=device)  # (loss sum, correct)
+    eval_batch = max(batch_size, EVAL_BATCH)
     with torch.no_grad():
-        for x, y in bundle.batches(split, max(batch_size, EVAL_BATCH), shuffle=False):
+        for x, y in bundle.batches(
+            split, eval_batch, shuffle=False, rank=dist.rank, world=dist.world
+        ):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x)  # (N, classes)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    loss, correct = sums.tolist()
+    loss, correct = dist.all_sum_(sums).tolist()
     n = bundle.sizes[split]
     return loss / n, correct / n
 
@@ -201,9 +218,15 @@ class Trainer:
         self.sink = sink
         self.preset_name = preset_name
         self._fresh = run_dir is None
+        self.dist = distributed.current()  # rank 0 of many, or the only process
         if run_dir is None:
-            run_dir = runs.create_run_dir(Path(out_dir), preset_name)
-            runs.write_config(run_dir, config)
+
+            def create() -> Path:
+                path = runs.create_run_dir(Path(out_dir), preset_name)
+                runs.write_config(path, config)
+                return path
+
+            run_dir = self.dist.on_main(create)
         self.run_dir = Path(run_dir)
         self._resume: dict[str, Any] | None = None
         self._metrics_offset: int | None = None  # where a resume cuts metrics.jsonl back to
@@ -243,7 +266,8 @@ class Trainer:
             trainer = cls(config, sink=sink, preset_name=str(state["preset"]), run_dir=run_dir)
             trainer._resume = state
             trainer._metrics_offset = int(state["metrics_offset"])
-        runs.remove_leftovers(run_dir)
+        if trainer.dist.is_main:  # the only rank that writes in the run folder
+            runs.remove_leftovers(run_dir)
         return trainer
 
     # ------------------------------------------------------------------ controls (any thread)
@@ -280,22 +304,25 @@ class Trainer:
         try:
             self.setup()
         except KanError:
-            if self._fresh:
+            if self._fresh and self.dist.is_main:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
-        if self._metrics_offset is not None:
-            runs.truncate_metrics(self.run_dir, self._metrics_offset)
-        self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
+        self.metrics: runs.MetricsLog | None = None  # rank 0 alone writes the log
+        if self.dist.is_main:
+            if self._metrics_offset is not None:
+                runs.truncate_metrics(self.run_dir, self._metrics_offset)
+            self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
         try:
             return self._run_logged()
         finally:
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _run_logged(self) -> dict[str, Any]:
         self._emit(self._run_started())
         for notice in self._notices:
             self._emit(notice)
-        if self._fresh:
+        if self._fresh and self.dist.is_main:
             self._report_input_range()
             runs.write_summary(self.run_dir, self._summary("running"))
         try:
@@ -327,6 +354,8 @@ class Trainer:
                 epoch=self.epoch,
                 skip=self.step_in_epoch,
                 augment=self.config.data.augment,
+                rank=self.dist.rank,
+                world=self.dist.world,
             )
             self._tick = time.perf_counter()
             while True:
@@ -358,6 +387,9 @@ class Trainer:
         capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})
         with capture as kan_inputs:
             objective, loss, correct = self._loss(x, y, eager=grid_due)
+        weight = self._shard_weight(len(y))
+        if weight != 1.0:
+            objective = objective * weight
         norm, ok = self._backward_and_step(objective)
         self.pending.add(step, loss, correct, norm, ok, (x, y))
         self.c.global_step += 1
@@ -381,17 +413,33 @@ class Trainer:
             return
         config = self.config
         check_names(config)
-        self.device = pick_device(config.train.device)
+        if self.dist.enabled:
+            self.device = distributed.device_for(config.train.device, self.dist.local_rank)
+            per_rank = distributed.per_rank_batch(config.train.batch_size, self.dist.world)
+            self._notices.append(
+                Notice(
+                    f"torchrun: {self.dist.world} processes; global batch "
+                    f"{config.train.batch_size} = {per_rank} per process (same LR as one process)"
+                )
+            )
+        else:
+            self.device = pick_device(config.train.device)
         seed_everything(config.train.seed)
         self.data = data_mod.load(config.data, device=self.device, seed=config.train.seed)
         self.amp_dtype, use_scaler, message = precision(config, self.device)
         if message:
             self._notices.append(Notice(message, "warning"))
         self.model = build_model(config, self.data, self.device)
-        self.forward_model: nn.Module = self.model
+        self.train_model: nn.Module = self.model  # what a training step runs forward and back
+        if self.dist.enabled:  # buffers: see the module docstring
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, broadcast_buffers=False
+            )
+        self.forward_model: nn.Module = self.train_model
         if config.train.compile:
             if self.device.type == "cuda":
-                self.forward_model = torch.compile(self.model)
+                self.forward_model = torch.compile(self.train_model)
             else:
                 self._notices.append(Notice(f"train.compile is CUDA-only: eager on {self.device}"))
         self.kan = models.kan_layers(self.model)
@@ -400,7 +448,9 @@ class Trainer:
         self.c.grid_updates = {name: 0 for name in self.kan}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = optim.build_optimizer(config, models.param_groups(self.model), self.device)
-        self.steps_per_epoch = self.data.steps("train", config.train.batch_size)
+        self.steps_per_epoch = self.data.steps(
+            "train", config.train.batch_size, world=self.dist.world
+        )
         self.schedule = optim.Schedule(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # on CUDA the optimizer is fused and skips non-finite steps itself (see module docstring)
@@ -428,6 +478,9 @@ class Trainer:
             self.step_in_epoch = int(state["step_in_epoch"])
             self.c = Counters(**state["counters"])
             ckpt.set_rng_state(state["rng"])  # last: building the model consumed random numbers
+        if not self.dist.is_main:  # the epoch's sums so far are every rank's: count them once
+            self.c.epoch_loss = self.c.epoch_correct = 0.0
+            self.c.epoch_samples = 0
 
     def _run_started(self) -> RunStarted:
         sizes = self.data.sizes
@@ -457,7 +510,7 @@ class Trainer:
         low, high = self.config.kan.grid_range
         x, y = next(self.data.batches("train", self.config.train.batch_size, shuffle=False))
         with keep_buffers(self.model), torch.no_grad(), self._capture_kan_inputs() as inputs:
-            self._loss(x, y, eager=True)
+            self._loss(x, y, local=True)
         seen = inputs[name]  # (N, in)
         stats = torch.stack([((seen < low) | (seen > high)).float().mean(), seen.min(), seen.max()])
         outside, smallest, largest = stats.tolist()
@@ -472,10 +525,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _loss(self, x: Tensor, y: Tensor, *, eager: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def _loss(
+        self, x: Tensor, y: Tensor, *, eager: bool = False, local: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(objective with regulariser, cross-entropy, correct count); `eager` bypasses
-        torch.compile (hooks registered for one step would otherwise force recompiles)."""
-        model = self.model if eager else self.forward_model
+        torch.compile (hooks registered for one step would otherwise force recompiles); `local`
+        bypasses DDP too, for a look at this rank's batch alone that starts no collective."""
+        model = self.model if local else self.train_model if eager else self.forward_model
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = self.amp_dtype
@@ -498,6 +554,7 @@ class Trainer:
         ok = torch.isfinite(objective)
         if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business, not divergence
             ok = ok & torch.isfinite(norm)
+        ok = self.dist.all_true(ok)  # one rank's non-finite loss skips the step on every rank
         if self.deferred:
             self.optimizer.found_inf = (~ok).float()  # the fused kernel skips the update on device
             self.optimizer.step()
@@ -559,7 +616,7 @@ class Trainer:
     def _diagnose(self, step: int, batch: tuple[Tensor, Tensor]) -> str:
         x, y = batch
         self.forward_step = step
-        return find_nonfinite_layer(self.model, lambda: self._loss(x, y, eager=True)[0])
+        return find_nonfinite_layer(self.model, lambda: self._loss(x, y, local=True)[0])
 
     def _repair_buffers(self) -> None:
         """A skipped step's forward may have put NaN into BatchNorm running statistics: take
@@ -599,6 +656,7 @@ class Trainer:
 
     def _log_step(self) -> None:
         w = self._window
+        w.loss, w.correct, w.samples = self.dist.all_sum([w.loss, w.correct, w.samples])
         now = time.perf_counter()
         samples = max(w.samples, 1)
         self._emit(
@@ -651,7 +709,8 @@ class Trainer:
         counts = self.c.grid_updates
         with torch.no_grad():
             for name, layer in self.kan.items():
-                layer.update_grid(inputs[name])
+                # every rank refits on the whole global batch, so the grids stay identical
+                layer.update_grid(self.dist.gather_rows(inputs[name]))  # (N_global, in)
                 optim.reset_state(self.optimizer, layer.refit_parameters())
                 counts[name] += 1
                 self._emit(
@@ -665,13 +724,15 @@ class Trainer:
         self._consistent = False
         c, train = self.c, self.config.train
         train_seconds = c.epoch_seconds
+        self._reduce_epoch_sums()
+        self.dist.average_batchnorm_stats(self.model)
         val_loss, val_acc = eval_split(
-            self.model, self.data, "val", train.batch_size, self.amp_dtype
+            self.model, self.data, "val", train.batch_size, self.amp_dtype, self.dist
         )
         test_loss = test_acc = None
         if self.config.data.test_every_epoch:
             test_loss, test_acc = eval_split(
-                self.model, self.data, "test", train.batch_size, self.amp_dtype
+                self.model, self.data, "test", train.batch_size, self.amp_dtype, self.dist
             )
         self._advance_clock()
         improved = val_acc > c.best_val_acc
@@ -718,6 +779,23 @@ class Trainer:
         self.c.epoch_seconds += now - self._tick
         self._tick = now
 
+    def _shard_weight(self, n: int) -> float:
+        """Loss weight of a rank's `n` samples: DDP averages the ranks' gradients, which is the
+        global batch's mean only when the parts are equal; n * world / batch makes it exact for
+        the last batch of an epoch too, whose parts may differ by one (1.0 in one process)."""
+        if not self.dist.enabled:
+            return 1.0
+        batch = self.config.train.batch_size
+        step_batch = min(batch, self.data.sizes["train"] - self.step_in_epoch * batch)
+        return n * self.dist.world / step_batch
+
+    def _reduce_epoch_sums(self) -> None:
+        """The epoch's train sums of every rank, on every rank (a collective: at epoch end and
+        before a stop's checkpoint, which so holds them whole)."""
+        c = self.c
+        loss, correct, samples = self.dist.all_sum([c.epoch_loss, c.epoch_correct, c.epoch_samples])
+        c.epoch_loss, c.epoch_correct, c.epoch_samples = loss, correct, round(samples)
+
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.patience
         return patience > 0 and self.c.stale_epochs >= patience
@@ -741,6 +819,8 @@ class Trainer:
         }
 
     def _save(self, which: str, reason: str, epoch: int) -> None:
+        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            return
         path = runs.checkpoint_path(self.run_dir, which)
         ckpt.save(path, self._checkpoint_state())
         self._emit(CheckpointWritten(str(path), epoch, reason))
@@ -763,11 +843,23 @@ class Trainer:
             if not self._stop.is_set():
                 self._emit(Notice("resumed"))
         self._serve_checkpoint_request()
-        if self._stop.is_set():
+        if self._stop_requested():
             self._settle()
+            if self.dist.enabled:
+                self._reduce_epoch_sums()
             self._save("last", "stop", self.epoch)
             return True
         return False
+
+    def _stop_requested(self) -> bool:
+        """This process's stop flag; under torchrun, every rank must leave the loop at the same
+        step, so the flags (set on any rank: a signal, rank 0's sink) are combined at logging
+        steps and epoch starts only, one small collective each."""
+        if not self.dist.enabled:
+            return self._stop.is_set()
+        if self.c.global_step % self.config.train.log_every and self.step_in_epoch:
+            return False
+        return self.dist.any(self._stop.is_set())
 
     def _serve_checkpoint_request(self) -> None:
         if self._checkpoint_now.is_set():
@@ -808,13 +900,27 @@ class Trainer:
         """Test with the best weights (finished / early-stopped runs), write summary.json."""
         test_loss = test_acc = None
         best = runs.checkpoint_path(self.run_dir, "best")
-        if status in ("finished", "early_stopped") and best.exists():
+
+        def load_best() -> bool:
+            if not best.exists():
+                return False
             self.model.load_state_dict(ckpt.load(best, self.device)["model"])
+            return True
+
+        # rank 0 reads best.pt and hands its weights on: only rank 0 is sure to see the file
+        if status in ("finished", "early_stopped") and self.dist.on_main(load_best):
+            self.dist.broadcast_state(self.model)
             test_loss, test_acc = eval_split(
-                self.model, self.data, "test", self.config.train.batch_size, self.amp_dtype
+                self.model,
+                self.data,
+                "test",
+                self.config.train.batch_size,
+                self.amp_dtype,
+                self.dist,
             )
         summary = self._summary(status, test_acc, test_loss)
-        runs.write_summary(self.run_dir, summary)
+        if self.dist.is_main:
+            runs.write_summary(self.run_dir, summary)
         if status != "failed":
             self._emit(Finished(summary))
         return summary
@@ -843,19 +949,23 @@ class Trainer:
             "grad_norm_warnings": c.grad_norm_warnings,
             "skipped_steps": c.skipped_steps,
             "restores": c.restores,
+            "processes": self.dist.world,
         }
 
     def _fail(self, exc: BaseException) -> None:
         """Report an unexpected error; tolerate a log or summary that cannot be written (a full
         disk is a likely cause)."""
         event = Failed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        with contextlib.suppress(KanError):  # runs.RunWriteError: the log cannot be written
-            self.metrics.write(event.to_record())
+        if self.metrics is not None:
+            with contextlib.suppress(KanError):  # runs.RunWriteError: the log cannot be written
+                self.metrics.write(event.to_record())
         self.sink(event)
         with contextlib.suppress(Exception):
             self._finish("failed")
 
     def _emit(self, event: Event) -> None:
+        if not self.dist.is_main:  # rank 0 reports for every rank
+            return
         self.metrics.write(event.to_record())
         self.sink(event)
 
