@@ -23,6 +23,7 @@ The rules that keep N processes one run (the trainer follows them):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from kan_engine.errors import ConfigError, KanError
 
@@ -203,6 +205,21 @@ class Dist:
 
 
 SINGLE = Dist()  # one process: every collective is a no-op
+
+
+def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP without the per-forward buffer broadcast.
+
+    The KAN grids are buffers and identical on every rank already (same updates on the same
+    gathered samples); BatchNorm running statistics are averaged at epoch ends
+    (`Dist.average_batchnorm_stats`). Broadcasting rank 0's buffers into every forward would only
+    cost traffic and replace the other ranks' BatchNorm statistics with rank 0's. Torch 2.14 renamed
+    the flag (`forward_sync_buffers`; the buffers are still made equal once, at wrap time).
+    """
+    device_ids = [device] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def current() -> Dist:

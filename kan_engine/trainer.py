@@ -26,14 +26,14 @@ pure function of (seed, epoch), is replayed with `skip`; so each epoch row appea
 the weights equal those of an uninterrupted run.
 
 Many processes (torchrun, see `distributed.py`). The model is wrapped in DistributedDataParallel
-with broadcast_buffers=False: the KAN grids are buffers, and rank 0's copy broadcast into every
-forward would be wasted traffic at best; they stay identical because every rank makes the same grid
-update decision (the seeded `grid_rng`) on the same samples (the step's inputs gathered from every
-rank). BatchNorm running statistics, the only buffers that drift apart, are averaged at each epoch
-end. Whether a step is skipped is all-reduced, the stop flag is agreed on at logging steps and epoch
-starts, and the train, validation and test sums are all-reduced, so every rank takes the same
-branches and reaches the same collectives. Rank 0 alone writes the run folder and emits events;
-checkpoints hold the unwrapped model, so they resume in one process or in many.
+without the per-forward buffer broadcast (`distributed.wrap`): the KAN grids are buffers, and they
+stay identical because every rank makes the same grid update decision (the seeded `grid_rng`) on
+the same samples (the step's inputs gathered from every rank). BatchNorm running statistics, the
+only buffers that drift apart, are averaged at each epoch end. Whether a step is skipped is
+all-reduced, the stop flag is agreed on at logging steps and epoch starts, and the train,
+validation and test sums are all-reduced, so every rank takes the same branches and reaches the
+same collectives. Rank 0 alone writes the run folder and emits events; checkpoints hold the
+unwrapped model, so they resume in one process or in many.
 """
 
 from __future__ import annotations
@@ -58,13 +58,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from kan_engine import checkpoint as ckpt
 from kan_engine import data as data_mod
 from kan_engine import distributed, models, optim, runs
 from kan_engine.config import RunConfig, check_names, to_data
-from kan_engine.errors import ConfigError, KanError
+from kan_engine.errors import ConfigError, KanError, RunDirError
 from kan_engine.events import (
     CheckpointWritten,
     EarlyStopped,
@@ -263,9 +262,12 @@ class Trainer:
             trainer._notices.append(Notice(message, "warning"))
         else:
             state = ckpt.load(last, keys=RESUME_KEYS)
-            trainer = cls(config, sink=sink, preset_name=str(state["preset"]), run_dir=run_dir)
+            preset, offset = state["preset"], state["metrics_offset"]
+            if not isinstance(preset, str) or not isinstance(offset, int):
+                raise RunDirError(f"{last}: not a kan-tui checkpoint (preset, metrics_offset)")
+            trainer = cls(config, sink=sink, preset_name=preset, run_dir=run_dir)
             trainer._resume = state
-            trainer._metrics_offset = int(state["metrics_offset"])
+            trainer._metrics_offset = offset
         if trainer.dist.is_main:  # the only rank that writes in the run folder
             runs.remove_leftovers(run_dir)
         return trainer
@@ -431,11 +433,8 @@ class Trainer:
             self._notices.append(Notice(message, "warning"))
         self.model = build_model(config, self.data, self.device)
         self.train_model: nn.Module = self.model  # what a training step runs forward and back
-        if self.dist.enabled:  # buffers: see the module docstring
-            device_ids = [self.device] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=device_ids, broadcast_buffers=False
-            )
+        if self.dist.enabled:
+            self.train_model = distributed.wrap(self.model, self.device)
         self.forward_model: nn.Module = self.train_model
         if config.train.compile:
             if self.device.type == "cuda":

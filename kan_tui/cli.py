@@ -165,14 +165,19 @@ def run(
         typer.echo(presets_io.render(config), nl=False)
         return
     _check_out(out)
+    from kan_engine import distributed
+
     if not headless:
+        if distributed.launched():
+            raise ConfigError("torchrun", "--headless", "the TUI is one process: add --headless")
         tui_options = {"config": config, "preset_name": preset_name, "start": True, "out_dir": out}
         raise typer.Exit(_open_tui(mouse=not no_mouse, **tui_options))
     from kan_engine.trainer import Trainer
 
-    reporter = _reporter()
-    trainer = Trainer(config, sink=reporter, out_dir=out, preset_name=preset_name)
-    _finish(trainer, reporter, debug)
+    with distributed.launch(config.train.device) as dist:
+        reporter = _reporter()
+        trainer = Trainer(config, sink=reporter, out_dir=out, preset_name=preset_name)
+        _finish(trainer, reporter, debug, quiet=not dist.is_main)
 
 
 @app.command()
@@ -183,14 +188,17 @@ def resume(
     headless: bool = typer.Option(False, "--headless", help="train here, without the TUI"),
     debug: bool = DEBUG,
 ) -> None:
-    """Continue a stopped or crashed run from its last checkpoint, in the same folder."""
+    """Continue a stopped or crashed run from its last checkpoint, in the same folder (under
+    torchrun too, with any number of processes: the data order is that of the global batches)."""
+    from kan_engine import distributed, runs
     from kan_engine.trainer import Trainer
 
-    if not headless:
-        print("note: the TUI cannot resume a run yet; resuming here", file=sys.stderr)
-
-    reporter = _reporter()
-    _finish(Trainer.from_run_dir(run_dir, sink=reporter), reporter, debug)
+    with distributed.launch(runs.read_config(run_dir).train.device) as dist:
+        if not headless and dist.is_main:
+            print("note: the TUI cannot resume a run yet; resuming here", file=sys.stderr)
+        reporter = _reporter()
+        trainer = Trainer.from_run_dir(run_dir, sink=reporter)
+        _finish(trainer, reporter, debug, quiet=not dist.is_main)
 
 
 @app.command("eval")
@@ -332,9 +340,11 @@ def _reporter() -> HeadlessReporter:
     return HeadlessReporter(console, interactive=console.is_terminal)
 
 
-def _finish(trainer: Trainer, reporter: HeadlessReporter, debug: bool) -> None:
+def _finish(trainer: Trainer, reporter: HeadlessReporter, debug: bool, quiet: bool) -> None:
+    """Train and exit with the run's code; `quiet`: a torchrun rank other than 0 (rank 0 reports
+    for all of them), which still prints its own failures."""
     from kan_tui import headless
 
     with reporter:
-        code = headless.train(trainer, debug=debug)
+        code = headless.train(trainer, debug=debug, quiet=quiet)
     raise typer.Exit(code)

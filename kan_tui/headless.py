@@ -249,17 +249,18 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, str]:
     return {label: str(value) for label, value in rows.items() if value is not None}
 
 
-def train(trainer: Stoppable, *, debug: bool = False) -> int:
+def train(trainer: Stoppable, *, debug: bool = False, quiet: bool = False) -> int:
     """Run in the foreground and return the exit code; KanError (bad config, no data) propagates,
     except a file of the run that cannot be written (a full disk): that is a failed run, exit 1.
 
     Ctrl-C is the trainer's own business (the first one finishes the step, writes `last.pt` and
     the `stopped` summary, then raises KeyboardInterrupt; a second one raises at once): here it
     only becomes exit code 130. SIGHUP (a dropped SSH session) and SIGTERM (a scheduler, torchrun)
-    get the same clean stop, and exit 128 + their number.
+    get the same clean stop, and exit 128 + their number. `quiet` (torchrun ranks other than 0,
+    whose trainer emits nothing) leaves out the stop messages; failures are still printed.
     """
     try:
-        with stop_on_signals(trainer) as caught:
+        with stop_on_signals(trainer, quiet=quiet) as caught:
             summary = trainer.run()
     except RunWriteError as exc:
         if debug:
@@ -269,7 +270,8 @@ def train(trainer: Stoppable, *, debug: bool = False) -> int:
     except KanError:
         raise
     except KeyboardInterrupt:
-        print("interrupted: the run can continue with `kan-tui resume`", file=sys.stderr)
+        if not quiet:
+            print("interrupted: the run can continue with `kan-tui resume`", file=sys.stderr)
         return 128 + caught[0] if caught else EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
@@ -283,8 +285,9 @@ def train(trainer: Stoppable, *, debug: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def stop_on_signals(trainer: Stoppable) -> Iterator[list[int]]:
-    """SIGHUP / SIGTERM: `trainer.stop()`, a second one: KeyboardInterrupt. Yields those caught."""
+def stop_on_signals(trainer: Stoppable, *, quiet: bool = False) -> Iterator[list[int]]:
+    """SIGHUP / SIGTERM: `trainer.stop()`, a second one: KeyboardInterrupt. Yields those caught.
+    `quiet`: no "stopping" line (torchrun signals every rank; rank 0 says it for all)."""
     caught: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -292,8 +295,8 @@ def stop_on_signals(trainer: Stoppable) -> Iterator[list[int]]:
             raise KeyboardInterrupt
         caught.append(signum)
         trainer.stop()
-        # os.write, not print: this interrupts the main thread, possibly inside Rich's own printing
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step\n".encode())
+        if not quiet:  # os.write, not print: this may interrupt Rich's own printing
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step\n".encode())
 
     # SIGHUP does not exist on Windows
     handled = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
