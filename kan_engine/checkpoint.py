@@ -18,7 +18,6 @@ import contextlib
 import pickle
 import random
 import warnings
-import zipfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def load(
             f"{path}: refused: not plain tensors and data ({_unpickling_detail(exc)}); "
             "checkpoints are only loaded with weights_only=True, nothing in it was run"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # a foreign file breaks the unpickler in many different ways
         reason = _one_line(exc) or "empty file"
         raise RunDirError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {reason})"
