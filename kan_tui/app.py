@@ -41,13 +41,19 @@ class KanApp(App[None]):
         self.out_dir = Path(out_dir)
 
     def on_mount(self) -> None:
-        self.push_screen(SetupScreen(self.initial_config, self.preset_name))
-        if self.start_run:
-            config = self.initial_config or self._preset_config()
-            if config is not None:
-                self.push_screen(
-                    DashboardScreen(config, self.preset_name or DEFAULT_PRESET, self.out_dir)
-                )
+        config = (self.initial_config or self._preset_config()) if self.start_run else None
+        if config is None:
+            self.show_setup()
+            return
+        # The setup screen is built only once the run is left (`n`): building and validating
+        # its form would otherwise compete with the first steps of training.
+        dashboard = DashboardScreen(config, self.preset_name or DEFAULT_PRESET, self.out_dir)
+        self.push_screen(dashboard, lambda _: self.show_setup())
+
+    def show_setup(self) -> None:
+        """The setup screen, created on first use, filled with the app's initial config."""
+        if not any(isinstance(screen, SetupScreen) for screen in self.screen_stack):
+            self.push_screen(SetupScreen(self.initial_config, self.preset_name))
 
     def _preset_config(self) -> RunConfig | None:
         try:

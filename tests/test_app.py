@@ -268,3 +268,18 @@ async def test_an_error_in_the_run_shows_a_panel_and_the_app_stays_usable(
         assert panel.display and "csv" in str(panel.content).lower()
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "back to setup")
+
+
+@sync
+async def test_a_log_scale_chart_can_be_rendered_twice() -> None:
+    """plotext logs the figure's data in place on build: a second render (a resize, a tab
+    switch) must not take the log of logs."""
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        dash = DashboardScreen(RunConfig(), "lite", Path("runs"), start=False)
+        await app.push_screen(dash)
+        chart = dash.query_one("#chart-loss", SeriesChart)
+        chart.show({"train": [(0.5, 0.9), (1.0, 0.5), (1.5, 0.2)], "val": [(1.0, 0.6)]})
+        first, second = str(chart.render()), str(chart.render())
+        assert first == second and "train" in first

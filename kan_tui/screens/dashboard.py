@@ -32,6 +32,7 @@ from kan_tui.widgets.warnings import NoticeLog, WarningsList
 
 DRAIN_S = 0.25
 CHART_S = 1.0
+MEMORY_S = 1.0  # reading /proc or the CUDA allocator is cheap, but not free four times a second
 JOIN_TIMEOUT_S = 30.0  # a stop is honoured within a step; this only bounds a wedged thread
 STATUS_STYLE = {
     "running": "bold green",
@@ -75,6 +76,8 @@ class DashboardScreen(Screen[None]):
         self._charts_version = 0  # the charts start empty
         self._charts_at = 0.0
         self._status_shown = Text()
+        self._memory_at = -MEMORY_S
+        self._memory_text = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-status")
@@ -139,11 +142,14 @@ class DashboardScreen(Screen[None]):
 
     def refresh_view(self, *, throttle: bool = False) -> None:
         state = self.state
+        now = time.monotonic()
         status = self._status_line()
         if status != self._status_shown:
             self._status_shown = status
             self.query_one("#run-status", Static).update(status, layout=False)
-        self.query_one(StatsPanel).show(state, self.memory(state.device))
+        if now - self._memory_at >= MEMORY_S or state.done:
+            self._memory_at, self._memory_text = now, self.memory(state.device)
+        self.query_one(StatsPanel).show(state, self._memory_text)
         self.query_one(WarningsList).show(state)
         self.query_one(NoticeLog).show(state)
         panel = self.query_one("#error-panel", Static)
@@ -152,7 +158,6 @@ class DashboardScreen(Screen[None]):
             detail = "\n".join(state.error_detail.strip().splitlines()[-4:])
             message = Text.assemble(("run failed: ", "bold"), state.error, "\n", (detail, "dim"))
             panel.update(message)
-        now = time.monotonic()
         due = not throttle or state.done or now - self._charts_at >= CHART_S
         if state.curves_version != self._charts_version and due:
             self._charts_version, self._charts_at = state.curves_version, now

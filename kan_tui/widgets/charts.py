@@ -1,7 +1,7 @@
 """Line charts drawn by plotext (through textual-plotext), on the UI thread only.
 
-`SeriesChart.show` only hands the data to the plotext figure; plotext builds the text when Textual
-renders the widget, so a chart in a hidden tab costs nothing until it is shown. Series are thinned
+`SeriesChart.show` only stores the data; the figure is built when Textual renders the widget, so
+a chart in a hidden tab costs nothing until it is shown. Series are thinned
 to a fixed number of points before plotting, so a long run draws as fast as a short one.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 Point = tuple[float, float]
@@ -34,7 +35,13 @@ def thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
 
 
 class SeriesChart(PlotextPlot):
-    """Named series against epochs; optionally on a log y axis (losses)."""
+    """Named series against epochs; optionally on a log y axis (losses).
+
+    `show` only stores the (thinned) series; the plotext figure is rebuilt from them in every
+    `render`. Rebuilding is required, not just tidy: plotext's `build` applies the log scale to
+    the figure's data in place, so rendering one figure twice (a resize, a tab switch) would take
+    the log of logs and fail on negative values.
+    """
 
     def __init__(
         self, *, log_y: bool = False, empty: str = "waiting for data", **kwargs: str
@@ -42,25 +49,30 @@ class SeriesChart(PlotextPlot):
         super().__init__(**kwargs)
         self.log_y = log_y
         self.empty = empty
+        self.xlabel = "epoch"
+        self.series: dict[str, list[Point]] = {}
         self.points_drawn = 0  # for tests and the benchmark: did data reach the chart?
-        self.show({})
 
     def show(self, series: Mapping[str, Sequence[Point]], *, xlabel: str = "epoch") -> None:
-        plt = self.plt
-        plt.clear_figure()
-        drawn = 0
+        self.series = {}
         for label, points in series.items():
             kept = [(x, y) for x, y in thin(points) if y > 0 or not self.log_y]
-            if not kept:
-                continue
-            xs, ys = zip(*kept, strict=True)
-            marker = "braille" if len(kept) > 12 else "dot"
-            plt.plot(xs, ys, label=label, marker=marker, color=COLORS.get(label, "white"))
-            drawn += len(kept)
-        if drawn == 0:
-            plt.title(self.empty)
-        if self.log_y and drawn:
-            plt.yscale("log")
-        plt.xlabel(xlabel)
-        self.points_drawn = drawn
+            if kept:
+                self.series[label] = kept
+        self.xlabel = xlabel
+        self.points_drawn = sum(len(points) for points in self.series.values())
         self.refresh()
+
+    def render(self) -> RenderResult:
+        plt = self.plt
+        plt.clear_figure()
+        for label, points in self.series.items():
+            xs, ys = zip(*points, strict=True)
+            marker = "braille" if len(points) > 12 else "dot"
+            plt.plot(xs, ys, label=label, marker=marker, color=COLORS.get(label, "white"))
+        if not self.series:
+            plt.title(self.empty)
+        elif self.log_y:
+            plt.yscale("log")
+        plt.xlabel(self.xlabel)
+        return super().render()
