@@ -187,7 +187,7 @@ class Dist:
     def average_batchnorm_stats(self, module: nn.Module) -> None:
         """Average BatchNorm running statistics over the ranks (each rank tracked its own shard).
 
-        DDP runs with broadcast_buffers=False (see the trainer), so these are the only buffers
+        DDP runs without the per-forward buffer broadcast (`wrap`), so these are the only buffers
         that drift apart; averaging them at epoch end makes every rank evaluate and checkpoint the
         same model. Other buffers (the KAN grids) are already identical and are left alone.
         """

@@ -844,8 +844,7 @@ class Trainer:
         self._serve_checkpoint_request()
         if self._stop_requested():
             self._settle()
-            if self.dist.enabled:
-                self._reduce_epoch_sums()
+            self._reduce_epoch_sums()
             self._save("last", "stop", self.epoch)
             return True
         return False
