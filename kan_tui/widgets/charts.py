@@ -7,6 +7,7 @@ to a fixed number of points before plotting, so a long run draws as fast as a sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from textual.app import RenderResult
@@ -32,6 +33,12 @@ def thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
     kept = [points[int(i * stride)] for i in range(limit - 1)]
     kept.append(points[-1])
     return kept
+
+
+def decades(low: float, high: float) -> list[float]:
+    """The powers of ten within [low, high] (both > 0): ticks for a log axis."""
+    first, last = math.ceil(math.log10(low)), math.floor(math.log10(high))
+    return [10.0**k for k in range(first, last + 1)]
 
 
 class SeriesChart(PlotextPlot):
@@ -74,5 +81,11 @@ class SeriesChart(PlotextPlot):
             plt.title(self.empty)
         elif self.log_y:
             plt.yscale("log")
+            ticks = decades(
+                min(y for pts in self.series.values() for _, y in pts),
+                max(y for pts in self.series.values() for _, y in pts),
+            )
+            if len(ticks) >= 3:  # over many decades: short labels (1e-05), not 0.0000123
+                plt.yticks(ticks, [f"{t:g}" for t in ticks])
         plt.xlabel(self.xlabel)
         return super().render()

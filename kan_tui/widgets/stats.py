@@ -42,11 +42,11 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
     outside = max(state.outside_grid.values(), default=None)
     grad = state.grad_norms[-1] if state.grad_norms else None
     rows = [
-        ("epoch", f"{epochs}  step {steps}"),
+        ("epoch", f"{epochs} step {steps}"),
         ("speed", f"{state.samples_per_s:,.0f} samples/s"),
         ("ETA", duration(state.eta_seconds())),
-        ("train", f"loss {num(state.last_loss)}  acc {pct(state.last_acc)}"),
-        ("val", f"loss {num(state.val_loss)}  acc {pct(state.val_acc)}"),
+        ("train", f"loss {num(state.last_loss)} acc {pct(state.last_acc)}"),
+        ("val", f"loss {num(state.val_loss)} acc {pct(state.val_acc)}"),
         ("best val", best),
         ("test acc", pct(state.test_acc)),
         ("grid upd", f"{state.grid_total}{last}"),
@@ -54,7 +54,7 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
     if state.grid_per_layer:
         rows.append(("", "  ".join(f"{name} {n}" for name, n in state.grid_per_layer.items())))
     rows.append(("off grid", f"{pct(outside)} max of layers" if outside is not None else "-"))
-    rows.append(("grad norm", f"{num(grad)}  warnings {state.warning_total}"))
+    rows.append(("grad norm", f"{num(grad)} warnings {state.warning_total}"))
     return rows
 
 

@@ -36,6 +36,9 @@ class WarningsList(Static):
         if state.warnings_seen == self.shown:
             return
         self.shown = state.warnings_seen
+        if not state.warnings:
+            self.update(Text("no gradient-norm warnings", style="dim"), layout=False)
+            return
         fit = max(self.size.height - 1, 1)  # one line for the header
         table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
         table.add_column("step", justify="right", no_wrap=True)
@@ -51,8 +54,6 @@ class WarningsList(Static):
                 row.reason,
                 row.action,
             )
-        if not state.warnings:
-            table.add_row("", "", "", Text("no gradient-norm warnings", style="dim"), "")
         self.update(table, layout=False)
 
 
