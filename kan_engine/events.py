@@ -76,6 +76,7 @@ class EpochEnd(Event):
     outside_grid: dict[str, float] = field(default_factory=dict)  # layer -> share of inputs
     grid_updates_per_layer: dict[str, int] = field(default_factory=dict)
     skipped_steps: int = 0
+    train_seconds: float | None = None  # this epoch's training steps alone (no evaluation)
 
 
 @dataclass(frozen=True)

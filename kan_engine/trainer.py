@@ -722,6 +722,7 @@ class Trainer:
         """Validate (and test), update best / patience, emit the epoch row, write checkpoints."""
         self._consistent = False
         c, train = self.c, self.config.train
+        self._advance_clock()  # the caller's _settle waited for the steps' queued device work
         train_seconds = c.epoch_seconds
         self._reduce_epoch_sums()
         self.dist.average_batchnorm_stats(self.model)
@@ -758,6 +759,7 @@ class Trainer:
             outside_grid={name: layer.outside_grid_share() for name, layer in self.kan.items()},
             grid_updates_per_layer=dict(c.grid_updates),
             skipped_steps=c.skipped_steps,
+            train_seconds=train_seconds,
         )
         finished = self.epoch
         c.epochs_run = finished
