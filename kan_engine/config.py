@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kan_engine.errors import ConfigError
 
@@ -64,7 +64,7 @@ class OptimSection(_Section):
 class ScheduleSection(_Section):
     name: Schedule = Field("cosine", description="cosine, onecycle, step or constant")
     warmup_epochs: Annotated[float, Field(ge=0, le=1000)] = Field(
-        5, description="linear warm-up from lr/100, stepped per batch"
+        5, description="linear warm-up from lr/100, stepped per batch (capped at 10 % of a shorter run)"
     )
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.01, description="cosine floor, as a share of lr")
     step_epochs: Annotated[int, Field(ge=1, le=10000)] = Field(15, description="step: epochs between decays")
@@ -139,14 +139,6 @@ class RunConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     kan: KanSection = Field(default_factory=KanSection)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
-        if self.schedule.warmup_epochs > self.train.epochs:
-            raise ValueError(
-                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) exceeds train.epochs "
-                f"({self.train.epochs})"
-            )
-        return self
 
 
 def first_error(exc: ValidationError, source: str) -> ConfigError:

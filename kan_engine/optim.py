@@ -25,13 +25,22 @@ WARMUP_START = 0.01  # warm-up starts at lr / 100
 ONECYCLE_RISE = 0.3  # one-cycle rise share when no warm-up is configured (as torch's OneCycleLR)
 ONECYCLE_FLOOR = 0.01  # one-cycle ends at min_lr_ratio / 100, below the cosine floor
 DECAYED_GROUPS = ("cnn", "kan")
+SHORT_RUN_WARMUP = 0.1  # warm-up share of a run shorter than its configured warm-up
+
+
+def warmup_capped(schedule: ScheduleSection, epochs: int) -> bool:
+    """A warm-up as long as the run would leave no run after it: such runs (a preset's 5 warm-up
+    epochs with `--epochs 3`) warm up over the first 10 % instead, and the trainer says so."""
+    return schedule.warmup_epochs >= epochs > 0
 
 
 def _warmup_steps(schedule: ScheduleSection, total: int, steps_per_epoch: int) -> int:
     warm = round(schedule.warmup_epochs * steps_per_epoch)
+    if warm >= total:
+        warm = round(SHORT_RUN_WARMUP * total)
     if schedule.name == "onecycle" and warm == 0:
         warm = round(ONECYCLE_RISE * total)
-    return min(warm, total)
+    return warm
 
 
 def _cosine(progress: float, floor: float) -> float:

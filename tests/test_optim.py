@@ -133,3 +133,11 @@ def test_reset_state_restarts_adam_moments_of_the_given_parameters() -> None:
     assert int(opt.state[target]["step"]) == 1
     assert int(opt.state[other]["step"]) == 3
     assert math.isfinite(float(opt.state[target]["exp_avg_sq"].sum()))
+
+
+def test_a_warmup_as_long_as_the_run_shrinks_to_a_tenth_of_it() -> None:
+    cfg = config(**{"schedule.warmup_epochs": 5, "train.epochs": 3})
+    steps = [optim.lr_factor(cfg.schedule, 3, 10, step) for step in range(30)]
+    assert optim.warmup_capped(cfg.schedule, 3)
+    assert steps[3] == max(steps)  # peak after 10 % of the 30 steps, then decay
+    assert steps[-1] < steps[3] / 10
