@@ -431,6 +431,13 @@ class Trainer:
         self.amp_dtype, use_scaler, message = precision(config, self.device)
         if message:
             self._notices.append(Notice(message, "warning"))
+        if optim.warmup_capped(config.schedule, config.train.epochs):
+            self._notices.append(
+                Notice(
+                    f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) is not shorter than "
+                    f"the run ({config.train.epochs} epochs): warming up over the first 10 % instead"
+                )
+            )
         self.model = build_model(config, self.data, self.device)
         self.train_model: nn.Module = self.model  # what a training step runs forward and back
         if self.dist.enabled:
