@@ -33,19 +33,31 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    dataset: str = Field("fashion-mnist", description="fashion-mnist, mnist, cifar10, digits, images, csv")
-    data_dir: str | None = Field(None, description="folder holding the data set (or the folder/CSV of your own data)")
-    target: str | None = Field(None, description="CSV only: label column (default: the last column)")
+    dataset: str = Field(
+        "fashion-mnist", description="fashion-mnist, mnist, cifar10, digits, images, csv"
+    )
+    data_dir: str | None = Field(
+        None, description="folder holding the data set (or the folder/CSV of your own data)"
+    )
+    target: str | None = Field(
+        None, description="CSV only: label column (default: the last column)"
+    )
     val_fraction: Annotated[float, Field(ge=0.01, le=0.5)] = Field(
         0.1, description="share of the training set held out for validation"
     )
     augment: bool = Field(False, description="random shifts / flips of training images")
-    test_every_epoch: bool = Field(False, description="also evaluate the test split after every epoch")
+    test_every_epoch: bool = Field(
+        False, description="also evaluate the test split after every epoch"
+    )
 
 
 class GroupMultipliers(_Section):
-    cnn: Annotated[float, Field(gt=0, le=100)] = Field(1.0, description="LR multiplier of CNN layers")
-    kan: Annotated[float, Field(gt=0, le=100)] = Field(3.0, description="LR multiplier of KAN layers")
+    cnn: Annotated[float, Field(gt=0, le=100)] = Field(
+        1.0, description="LR multiplier of CNN layers"
+    )
+    kan: Annotated[float, Field(gt=0, le=100)] = Field(
+        3.0, description="LR multiplier of KAN layers"
+    )
     other: Annotated[float, Field(gt=0, le=100)] = Field(
         1.5, description="LR multiplier of BatchNorm, biases and scales"
     )
@@ -55,7 +67,9 @@ class OptimSection(_Section):
     lr: Annotated[float, Field(gt=0, le=10)] = Field(0.004, description="base learning rate")
     lr_mult: GroupMultipliers = Field(default_factory=GroupMultipliers)
     optimizer: Optimizer = Field("adamw", description="adamw, adam or sgd")
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(0.01, description="decoupled (adamw) or L2")
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01, description="decoupled (adamw) or L2"
+    )
     beta1: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1")
     beta2: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="Adam beta2")
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="SGD momentum")
@@ -64,15 +78,22 @@ class OptimSection(_Section):
 class ScheduleSection(_Section):
     name: Schedule = Field("cosine", description="cosine, onecycle, step or constant")
     warmup_epochs: Annotated[float, Field(ge=0, le=1000)] = Field(
-        5, description="linear warm-up from lr/100, stepped per batch (capped at 10 % of a shorter run)"
+        5,
+        description="linear warm-up from lr/100, per batch (10 % of a shorter run)",
     )
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.01, description="cosine floor, as a share of lr")
-    step_epochs: Annotated[int, Field(ge=1, le=10000)] = Field(15, description="step: epochs between decays")
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01, description="cosine floor, as a share of lr"
+    )
+    step_epochs: Annotated[int, Field(ge=1, le=10000)] = Field(
+        15, description="step: epochs between decays"
+    )
     gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="step: decay factor")
 
 
 class TrainSection(_Section):
-    epochs: Annotated[int, Field(ge=1, le=100000)] = Field(50, description="maximum number of epochs")
+    epochs: Annotated[int, Field(ge=1, le=100000)] = Field(
+        50, description="maximum number of epochs"
+    )
     batch_size: Annotated[int, Field(ge=1, le=1048576)] = Field(64, description="samples per step")
     patience: Annotated[int, Field(ge=0, le=100000)] = Field(
         15, description="early stopping: epochs without a better val accuracy (0 = off)"
@@ -80,8 +101,12 @@ class TrainSection(_Section):
     clip_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = Field(
         1.0, description="gradient clipping max-norm (0 = off)"
     )
-    mixed_precision: Precision = Field("auto", description="auto (bf16 on CUDA, off on CPU), bf16, fp16, off")
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="seed for Python, NumPy and torch")
+    mixed_precision: Precision = Field(
+        "auto", description="auto (bf16 on CUDA, off on CPU), bf16, fp16, off"
+    )
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="seed for Python, NumPy and torch"
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     log_every: Annotated[int, Field(ge=1, le=100000)] = Field(
         20, description="steps between step-metric events (device read-backs)"
@@ -100,11 +125,19 @@ class TrainSection(_Section):
 
 
 class KanSection(_Section):
-    grid_size: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="B-spline intervals per edge")
-    spline_order: Annotated[int, Field(ge=1, le=10)] = Field(3, description="B-spline order (3 = cubic)")
+    grid_size: Annotated[int, Field(ge=1, le=1000)] = Field(
+        5, description="B-spline intervals per edge"
+    )
+    spline_order: Annotated[int, Field(ge=1, le=10)] = Field(
+        3, description="B-spline order (3 = cubic)"
+    )
     grid_range: tuple[float, float] = Field((-2.0, 2.0), description="grid interval [low, high]")
-    scale_base: Annotated[float, Field(ge=0, le=100)] = Field(2.5, description="strength of the base (SiLU) branch")
-    scale_spline: Annotated[float, Field(ge=0, le=100)] = Field(1.0, description="strength of the spline branch")
+    scale_base: Annotated[float, Field(ge=0, le=100)] = Field(
+        2.5, description="strength of the base (SiLU) branch"
+    )
+    scale_spline: Annotated[float, Field(ge=0, le=100)] = Field(
+        1.0, description="strength of the spline branch"
+    )
     init: Init = Field("identity", description="identity-like start or small noise")
     prob_update_grid: Annotated[float, Field(ge=0, le=1)] = Field(
         0.1, description="chance per step of adapting the grids to the batch"
@@ -138,7 +171,6 @@ class RunConfig(_Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     train: TrainSection = Field(default_factory=TrainSection)
     kan: KanSection = Field(default_factory=KanSection)
-
 
 
 def first_error(exc: ValidationError, source: str) -> ConfigError:
@@ -204,7 +236,9 @@ def check_names(config: RunConfig, source: str = "") -> None:
 
     if config.model.name not in MODELS:
         raise ConfigError(
-            source, "model.name", f"unknown model {config.model.name!r} (known: {', '.join(MODELS)})"
+            source,
+            "model.name",
+            f"unknown model {config.model.name!r} (known: {', '.join(MODELS)})",
         )
     if config.data.dataset not in DATASETS:
         raise ConfigError(

@@ -2,8 +2,8 @@
 
 The trainer never calls into a UI. It hands these frozen dataclasses to a sink (any callable); the
 headless reporter prints them, the TUI queues them and drains the queue on a timer, and the run
-folder's `metrics.jsonl` stores them (`to_record`). Events hold plain Python values only (no tensors),
-so they are cheap to pass between threads and to serialise.
+folder's `metrics.jsonl` stores them (`to_record`). Events hold plain Python values only (no
+tensors), so they are cheap to pass between threads and to serialise.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class RunStarted(Event):
 
 @dataclass(frozen=True)
 class StepMetrics(Event):
-    """Sampled every `train.log_every` steps: the only moment values are read back from the device."""
+    """Sampled every `train.log_every` steps: the only moment values are read from the device."""
 
     event = "step"
     epoch: int
@@ -95,7 +95,7 @@ class GradNormWarning(Event):
     norm: float  # may be nan / inf
     threshold: float
     reason: str  # "spike", "vanishing", "non-finite"
-    action: str  # what the trainer did: "clipped", "skipped step", "restored last good state, lr halved", ...
+    action: str  # what the trainer did: "clipped", "skipped step", "restored, lr halved"...
     layer: str | None = None  # first non-finite layer, when known
 
 

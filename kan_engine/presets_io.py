@@ -2,7 +2,7 @@
 
 Built-ins are read-only; user presets live in the user config folder (platformdirs) or wherever
 `$KAN_TUI_CONFIG` points. A preset is named `^[a-z0-9][a-z0-9_-]{0,63}$`, so a name can never leave
-its folder; anything containing a path separator or ending in `.toml` is read as a file path instead.
+its folder; anything with a path separator or ending in `.toml` is read as a file path instead.
 Files are rendered with every field written out and commented from the schema's descriptions, so
 that a user can read and edit them, and saved atomically.
 """
@@ -127,7 +127,9 @@ def render(config: RunConfig) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _render_table(schema: type[BaseModel], data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+def _render_table(
+    schema: type[BaseModel], data: dict[str, Any], path: list[str], lines: list[str]
+) -> None:
     tables: list[tuple[str, type[BaseModel]]] = []
     for key, field in schema.model_fields.items():
         annotation = field.annotation
@@ -155,7 +157,9 @@ def _inline(key: str, value: Any) -> str:
 def save(name: str, config: RunConfig, *, force: bool = False) -> Path:
     check_name(name)
     if name in BUILTIN_NAMES:
-        raise PresetError(f"{name!r} is a built-in preset and cannot be overwritten; choose another name")
+        raise PresetError(
+            f"{name!r} is a built-in preset and cannot be overwritten; choose another name"
+        )
     path = user_dir() / f"{name}.toml"
     if path.exists() and not force:
         raise PresetError(f"user preset {name!r} exists ({path}); use --force to overwrite")

@@ -434,8 +434,8 @@ class Trainer:
         if optim.warmup_capped(config.schedule, config.train.epochs):
             self._notices.append(
                 Notice(
-                    f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) is not shorter than "
-                    f"the run ({config.train.epochs} epochs): warming up over the first 10 % instead"
+                    f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) is not shorter "
+                    f"than the run ({config.train.epochs} epochs): warming up over its first 10 %"
                 )
             )
         self.model = build_model(config, self.data, self.device)
