@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import typer
 
+from kan_engine.config import parse_value
 from kan_engine.errors import ConfigError, KanError
 from kan_tui.options import OPTION_KEYS, describe, flags
 
@@ -238,6 +239,108 @@ def models(ctx: typer.Context, debug: bool = DEBUG) -> None:
             params = count_params(build(name, (1, 28, 28), 10, **_model_options(kan)))["total"]
         table.add_row(name, f"{params:,}", description)
     _console().print(table)
+
+
+# `kan-tui run` options that `compare` passes on to every model (the rest go through --set)
+COMPARE_OPTIONS = (
+    "dataset", "data_dir", "epochs", "warmup_epochs", "device", "seed", "mixed_precision", "compile"
+)  # fmt: skip
+SET_FOR = typer.Option(
+    [],
+    "--set-for",
+    metavar="MODEL:SECTION.KEY=VALUE",
+    help="override a field for one model, after everything else (repeatable)",
+)
+JSON_OUT = typer.Option(None, "--json", metavar="FILE", help="also write the results as JSON here")
+
+
+@app.command()
+@_user_errors
+def compare(
+    ctx: typer.Context,
+    preset: str = typer.Option(
+        "lite", "--preset", "-p", metavar="NAME|FILE", help="preset every model trains with"
+    ),
+    model_names: str | None = typer.Option(
+        None,
+        "--models",
+        metavar="A,B,...",
+        help="models to compare (default: the cnn and kan baselines and rapid_kan_lite)",
+    ),
+    dataset: str | None = _config_option("dataset", "NAME"),
+    data_dir: str | None = _config_option("data_dir", "PATH"),
+    epochs: str | None = _config_option("epochs", "INT"),
+    warmup_epochs: str | None = _config_option("warmup_epochs", "FLOAT"),
+    batch_size: str | None = typer.Option(
+        None,
+        *flags("batch_size"),
+        metavar="INT",
+        help="samples per step; the LR is scaled from the preset's batch (--lr-scaling)",
+    ),
+    lr_scaling: Literal["sqrt", "linear", "none"] = typer.Option(
+        "sqrt", "--lr-scaling", help="LR rule for --batch-size: x sqrt(ratio), x ratio, or as is"
+    ),
+    mixed_precision: str | None = _config_option("mixed_precision", "MODE"),
+    device: str | None = _config_option("device", "DEVICE"),
+    seed: str | None = _config_option("seed", "INT"),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help=describe(OPTION_KEYS["compile"])
+    ),
+    sets: list[str] = SETS,
+    set_for: list[str] = SET_FOR,
+    baseline_settings: bool = typer.Option(
+        True,
+        "--baseline-settings/--same-settings",
+        help="kan baseline: its conventional settings (lr 1e-3, pykan-like layer), or the preset's",
+    ),
+    json_out: Path | None = JSON_OUT,
+    out: Path = OUT,
+    debug: bool = DEBUG,
+) -> None:
+    """Train several models on the same data and budget, one after the other, and print the
+    time-to-accuracy table: epochs and training seconds to 85/90/92/93 % (test accuracy,
+    evaluated every epoch, and validation accuracy), best val, test, seconds. Each model gets its
+    own run folder under OUT/<stamp>-compare-<preset>/, beside compare.json and compare.md."""
+    from kan_engine import compare as comparing
+    from kan_engine import distributed, presets_io
+    from kan_tui import headless, options
+
+    if distributed.launched():
+        raise ConfigError("torchrun", "compare", "trains one model after another: run it alone")
+    names = comparing.parse_models(model_names or ",".join(comparing.DEFAULT_MODELS))
+    per_model = comparing.parse_model_sets(set_for, names)
+    preset_config, preset_name = presets_io.resolve(preset)
+    source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
+    named = {name: ctx.params[name] for name in COMPARE_OPTIONS}
+    config = options.resolve(preset_config, source, sets, named)
+    if batch_size is not None:
+        config = comparing.scale_batch(config, _whole(batch_size, "--batch-size"), lr_scaling)
+    configs = comparing.model_configs(
+        config, names, baseline_settings=baseline_settings, per_model=per_model
+    )
+    _check_out(out)
+    if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
+        raise ConfigError("--json", "", f"{json_out}: not a file in an existing folder")
+    result = comparing.run_models(
+        configs,
+        out_dir=out,
+        preset_name=preset_name,
+        make_sink=_reporter,
+        train=functools.partial(headless.train, debug=debug),
+        command=" ".join(["kan-tui", *sys.argv[1:]]),
+    )
+    comparing.write_outputs(result, json_out)
+    typer.echo("\n" + comparing.markdown(result) + "\n")
+    typer.echo(f"runs and compare.json / compare.md in {result.folder}")
+    raise typer.Exit(result.exit_code)
+
+
+def _whole(text: str, option: str) -> int:
+    """A whole number from an option's text, or the one-line error naming the option."""
+    value = parse_value(text)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(option, "train.batch_size", f"must be a whole number (got {text!r})")
+    return value
 
 
 def _model_options(kan: dict[str, Any]) -> dict[str, Any]:
