@@ -163,7 +163,10 @@ def save(name: str, config: RunConfig, *, force: bool = False) -> Path:
     path = user_dir() / f"{name}.toml"
     if path.exists() and not force:
         raise PresetError(f"user preset {name!r} exists ({path}); use --force to overwrite")
-    atomic.write_text(path, render(config))
+    try:
+        atomic.write_text(path, render(config))
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot write: {exc.strerror or exc}; nothing was changed") from None
     return path
 
 

@@ -411,3 +411,18 @@ def test_metrics_log_cuts_a_failed_line_back(tmp_path: Path) -> None:
     log.close()
     assert offset == len('{"event": "epoch", "epoch": 1, "loss": "nan"}\n')
     assert [r["epoch"] for r in runs.read_metrics(tmp_path)] == [1, 3]
+
+
+def test_presets_save_on_a_full_disk_is_one_line_and_changes_nothing(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("presets", "save", "mine", "--from", "lite").exit_code == 0
+    saved = (isolated / "config" / "presets" / "mine.toml").read_bytes()
+
+    def no_space(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("kan_engine.atomic.write_text", no_space)
+    result = cli("presets", "save", "mine", "--from", "power", "--force")
+    error_line(result, 2, "mine.toml: cannot write", "No space left on device")
+    assert (isolated / "config" / "presets" / "mine.toml").read_bytes() == saved
