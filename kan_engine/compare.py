@@ -115,6 +115,8 @@ def scale_batch(
         raise ConfigError(
             source, "optim.lr", f"unknown LR scaling {rule!r} (known: sqrt, linear, none)"
         )
+    if batch_size < 1:
+        raise ConfigError(source, "train.batch_size", f"must be at least 1 (got {batch_size})")
     base = config.train.batch_size
     if batch_size == base:
         return config
@@ -134,11 +136,15 @@ def model_configs(
     base: RunConfig,
     names: Sequence[str],
     *,
+    batch_size: int | None = None,
+    lr_scaling: LrScaling = "sqrt",
     baseline_settings: bool = True,
     per_model: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, RunConfig]:
-    """One config per model: `base` with the model's name, test accuracy after every epoch,
-    the baseline's own settings (see the module docstring), then the per-model overrides."""
+    """One config per model, built in this order: `base` with the model's name and test accuracy
+    after every epoch; the baseline's own settings (see the module docstring); `batch_size` with
+    the LR scaled (`scale_batch`, so a baseline's own LR is scaled too); the per-model overrides,
+    taken as given."""
     configs = {}
     for name in names:
         overrides: dict[str, Any] = {"model.name": name, "data.test_every_epoch": True}
@@ -146,10 +152,12 @@ def model_configs(
         if baseline_settings and name in BASELINE_SETTINGS:
             overrides.update(BASELINE_SETTINGS[name])
             source = f"compare ({name} baseline settings)"
+        config = apply_overrides(base, overrides, source)
+        if batch_size is not None:
+            config = scale_batch(config, batch_size, lr_scaling)
         if per_model and name in per_model:
-            overrides.update(per_model[name])
-            source = f"--set-for {name}"
-        configs[name] = apply_overrides(base, overrides, source)
+            config = apply_overrides(config, per_model[name], f"--set-for {name}")
+        configs[name] = config
     return configs
 
 
@@ -266,6 +274,7 @@ def run_models(
     first = next(iter(configs.values()))
     environment = {**describe_environment(first.train.device), "command": command}
     folder = runs.create_run_dir(Path(out_dir), f"compare-{preset_name}")
+    (folder / runs.CHECKPOINTS).rmdir()  # a run folder's name, but it holds runs, not weights
     comparison = Comparison(folder, preset_name, tuple(thresholds), environment=environment)
     for name, config in configs.items():
         trainer = Trainer(config, sink=make_sink(), out_dir=folder / name, preset_name=preset_name)

@@ -13,6 +13,7 @@ Exit codes: 0 finished or early-stopped, 1 diverged or failed, 2 bad usage / con
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -313,10 +314,13 @@ def compare(
     source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
     named = {name: ctx.params[name] for name in COMPARE_OPTIONS}
     config = options.resolve(preset_config, source, sets, named)
-    if batch_size is not None:
-        config = comparing.scale_batch(config, _whole(batch_size, "--batch-size"), lr_scaling)
     configs = comparing.model_configs(
-        config, names, baseline_settings=baseline_settings, per_model=per_model
+        config,
+        names,
+        batch_size=None if batch_size is None else _whole(batch_size, "--batch-size"),
+        lr_scaling=lr_scaling,
+        baseline_settings=baseline_settings,
+        per_model=per_model,
     )
     _check_out(out)
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
@@ -327,7 +331,7 @@ def compare(
         preset_name=preset_name,
         make_sink=_reporter,
         train=functools.partial(headless.train, debug=debug),
-        command=" ".join(["kan-tui", *sys.argv[1:]]),
+        command=shlex.join(["kan-tui", *sys.argv[1:]]),
     )
     comparing.write_outputs(result, json_out)
     typer.echo("\n" + comparing.markdown(result) + "\n")
