@@ -1,0 +1,212 @@
+"""Learning-rate range test (Smith 2017, "Cyclical Learning Rates", section 3.3).
+
+Train for a few hundred steps while the LR grows exponentially from `start` to `end`, record the
+loss, and stop once it explodes. The loss is smoothed by an exponential moving average with bias
+correction (the average of the first steps would otherwise be pulled towards zero).
+
+The suggestion is the LR where the smoothed loss falls fastest against log(LR). Finding it
+robustly: differences of neighbouring points are dominated by batch noise, so the slope at each
+point is a least-squares fit over a window of points (a tenth of the sweep, at least 5) in
+log10(LR); only the part of the curve before the minimum of the smoothed loss is searched (after
+it the loss rises, however steep the fall into the minimum looked), and the first points, where the
+moving average still settles, are skipped. With no fall at all there is no suggestion.
+
+`range_test` works on any model and optimizer and puts the model, the optimizer and the random
+generators back as they were afterwards; `find_lr` runs it on a config's model and data, with the
+training step of the trainer (autocast, clipping, per-group LR multipliers), without grid updates
+(they adapt the basis to the data, which has nothing to do with the optimizer's stable range).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kan_engine.config import RunConfig
+
+__all__ = ["LRFinderResult", "find_lr", "range_test", "steepest"]
+
+START, END, STEPS = 1e-7, 10.0, 200
+BETA = 0.98  # EMA factor of the smoothed loss
+DIVERGE = 4.0  # stop once the smoothed loss exceeds this multiple of the best one
+SKIP_START = 0.1  # share of the first points left out of the search (the EMA still settles)
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class LRFinderResult:
+    lrs: list[float] = field(default_factory=list)  # base LR of each step
+    losses: list[float] = field(default_factory=list)  # raw loss of each step
+    smoothed: list[float] = field(default_factory=list)  # bias-corrected EMA
+    suggestion: float | None = None
+    stop_reason: str = "end of sweep"
+
+    @property
+    def best_lr(self) -> float | None:
+        """The LR at the minimum of the smoothed loss (too large to train with: a bound)."""
+        finite = [
+            (s, lr) for s, lr in zip(self.smoothed, self.lrs, strict=True) if math.isfinite(s)
+        ]
+        return min(finite)[1] if finite else None
+
+
+def steepest(lrs: list[float], smoothed: list[float], window: int | None = None) -> float | None:
+    """The LR of the steepest fall of `smoothed` against log10(lr); see the module docstring."""
+    finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
+    if len(finite) < 5:
+        return None
+    last = min(finite, key=lambda i: smoothed[i])  # search up to the minimum
+    first = min(round(SKIP_START * len(smoothed)), last)
+    width = window or max(5, len(smoothed) // 10)
+    half = width // 2
+    best, best_slope = None, 0.0
+    for centre in range(first, last + 1):
+        lo, hi = max(first, centre - half), min(last, centre + half)
+        if hi - lo + 1 < 3:
+            continue
+        xs = [math.log10(lrs[i]) for i in range(lo, hi + 1)]
+        ys = [smoothed[i] for i in range(lo, hi + 1)]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+        if slope < best_slope:
+            best, best_slope = centre, slope
+    return None if best is None else lrs[best]
+
+
+def range_test(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    *,
+    start: float = START,
+    end: float = END,
+    steps: int = STEPS,
+    multipliers: list[float] | None = None,
+    clip_grad_norm: float = 0.0,
+    diverge: float = DIVERGE,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> LRFinderResult:
+    """Sweep the LR from `start` to `end` in `steps` steps; restore everything afterwards.
+
+    Param group g gets `lr * multipliers[g]` (default 1 each), so the result is the base LR of a
+    config whose groups have LR multipliers. `progress(step, lr, loss)` is called every step.
+    The model's and optimizer's states (BatchNorm statistics and KAN grids included) and the
+    torch generators are put back in a `finally`, also when the sweep raises.
+    """
+    if not 0 < start < end:
+        raise ValueError(f"range_test: need 0 < start < end (got {start}, {end})")
+    if steps < 5:
+        raise ValueError(f"range_test: need at least 5 steps (got {steps})")
+    mult = multipliers or [1.0] * len(optimizer.param_groups)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    was_training = model.training
+    result = LRFinderResult()
+    average, best = 0.0, math.inf
+    with torch.random.fork_rng(devices=_devices(params)):
+        try:
+            model.train()
+            for step in range(steps):
+                lr = start * (end / start) ** (step / (steps - 1))
+                for group, m in zip(optimizer.param_groups, mult, strict=True):
+                    group["lr"] = lr * m
+                loss = loss_fn(model, next(batches))
+                value = float(loss.detach())
+                result.lrs.append(lr)
+                result.losses.append(value)
+                if not math.isfinite(value):
+                    result.smoothed.append(math.inf)
+                    result.stop_reason = f"non-finite loss at lr {lr:.3g}"
+                    break
+                average = BETA * average + (1 - BETA) * value
+                smooth = average / (1 - BETA ** (step + 1))
+                result.smoothed.append(smooth)
+                if progress is not None:
+                    progress(step, lr, value)
+                if smooth > diverge * best:
+                    result.stop_reason = f"loss above {diverge:g}x its minimum at lr {lr:.3g}"
+                    break
+                best = min(best, smooth)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                optimizer.step()
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            model.load_state_dict(saved_model)
+            optimizer.load_state_dict(saved_optimizer)
+            model.train(was_training)
+    result.suggestion = steepest(result.lrs, result.smoothed)
+    return result
+
+
+def _devices(params: list[Tensor]) -> list[int]:
+    """CUDA devices whose generators `fork_rng` must save (dropout, augmentation)."""
+    return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+
+
+def _cycle(next_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
+    epoch = 0
+    while True:
+        yield from next_epoch(epoch)
+        epoch += 1
+
+
+def find_lr(
+    config: RunConfig,
+    *,
+    steps: int = STEPS,
+    start: float = START,
+    end: float = END,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> LRFinderResult:
+    """The range test on `config`'s model, data and optimizer (the result is a base LR:
+    `optim.lr`, which the per-group multipliers scale as in training)."""
+    from kan_engine import data as data_mod
+    from kan_engine import models, optim
+    from kan_engine.config import check_names
+    from kan_engine.trainer import build_model, pick_device, precision, seed_everything
+
+    check_names(config)
+    device = pick_device(config.train.device)
+    seed_everything(config.train.seed)
+    bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
+    model = build_model(config, bundle, device)
+    optimizer = optim.build_optimizer(config, models.param_groups(model), device)
+    mult = config.optim.lr_mult
+    multipliers = [getattr(mult, g["name"]) for g in optimizer.param_groups]
+    amp_dtype = precision(config, device)[0]
+    batch_size = config.train.batch_size
+
+    def loss_fn(module: nn.Module, batch: Batch) -> Tensor:
+        x, y = batch
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = module(x)  # (N, classes)
+        return F.cross_entropy(logits.float(), y)
+
+    def epoch_batches(epoch: int) -> Iterator[Batch]:
+        return bundle.batches("train", batch_size, shuffle=True, epoch=epoch)
+
+    return range_test(
+        model,
+        optimizer,
+        _cycle(epoch_batches),
+        loss_fn,
+        start=start,
+        end=end,
+        steps=steps,
+        multipliers=multipliers,
+        clip_grad_norm=config.train.clip_grad_norm,
+        progress=progress,
+    )
