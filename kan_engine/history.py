@@ -1,0 +1,178 @@
+"""Past runs: run folders read back into table rows, epoch curves and CSV.
+
+Everything comes from the files a run writes (`runs.py`): `summary.json` for the headline numbers,
+`metrics.jsonl` for the epoch rows, `config.toml` when the summary is not there yet. A folder that
+cannot be read (no config, corrupt JSON) is skipped with a reason instead of failing the listing,
+because one broken folder must not hide every other run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kan_engine import atomic, runs
+from kan_engine.config import GROUPS
+from kan_engine.errors import KanError, RunDirError
+
+__all__ = [
+    "CSV_COLUMNS",
+    "RunRow",
+    "curves",
+    "epoch_rows",
+    "export_csv",
+    "list_runs",
+    "metrics_csv",
+]
+
+Point = tuple[float, float]
+
+# Epoch-row fields in CSV order; per-group LRs follow as lr_cnn, lr_kan, lr_other.
+CSV_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "best_epoch", "best_val_acc", "grid_updates", "grad_norm_warnings", "skipped_steps",
+    "seconds", "train_seconds", "samples_per_s",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run folder as a table row."""
+
+    path: Path
+    started: float  # seconds since the epoch (from the folder name, else its mtime)
+    preset: str
+    model: str
+    dataset: str
+    status: str
+    best_val_acc: float | None
+    test_acc: float | None
+    seconds: float | None
+    epochs: int
+
+    @property
+    def date(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
+
+
+def _number(value: Any) -> float | None:
+    """JSON numbers, and the strings runs.py writes for non-finite floats."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _started(run_dir: Path) -> float:
+    stamp = run_dir.name[:15]
+    try:
+        return time.mktime(time.strptime(stamp, "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return run_dir.stat().st_mtime
+
+
+def read_row(run_dir: Path) -> RunRow:
+    """The row of one run folder; RunDirError names the file that cannot be read."""
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    summary_path = run_dir / runs.SUMMARY
+    summary: dict[str, Any] = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{summary_path}: not readable JSON ({exc})") from None
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{summary_path}: not a JSON object")
+    epochs = summary.get("epochs_run")
+    return RunRow(
+        path=run_dir,
+        started=_started(run_dir),
+        preset=str(summary.get("preset") or runs.preset_of(run_dir)),
+        model=str(summary.get("model") or config.model.name),
+        dataset=str(summary.get("dataset") or config.data.dataset),
+        status=str(summary.get("status") or "unknown"),
+        best_val_acc=_number(summary.get("best_val_acc")),
+        test_acc=_number(summary.get("test_acc")),
+        seconds=_number(summary.get("seconds")),
+        epochs=epochs if isinstance(epochs, int) else 0,
+    )
+
+
+def list_runs(out_dir: Path) -> tuple[list[RunRow], list[tuple[Path, str]]]:
+    """(rows, newest first; skipped folders with the reason) for the run folders in `out_dir`.
+
+    A sub-folder is a run folder when it holds `config.toml` or `summary.json`; other folders
+    (a `compare` parent, an unrelated folder) are looked into one level deeper.
+    """
+    out_dir = Path(out_dir)
+    rows: list[RunRow] = []
+    skipped: list[tuple[Path, str]] = []
+    if not out_dir.is_dir():
+        return rows, skipped
+    for path in sorted(out_dir.iterdir()):
+        if not path.is_dir():
+            continue
+        if not ((path / runs.CONFIG).exists() or (path / runs.SUMMARY).exists()):
+            nested, nested_skipped = list_runs(path) if path.parent == out_dir else ([], [])
+            rows += nested
+            skipped += nested_skipped
+            continue
+        try:
+            rows.append(read_row(path))
+        except (KanError, OSError) as exc:
+            skipped.append((path, str(exc)))
+    rows.sort(key=lambda row: (row.started, row.path.name), reverse=True)
+    return rows, skipped
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's `epoch` records from metrics.jsonl, in order."""
+    return [r for r in runs.read_metrics(run_dir) if r.get("event") == "epoch"]
+
+
+def curves(run_dir: Path) -> dict[str, list[Point]]:
+    """Per-epoch series for charts: train_loss, val_loss, train_acc, val_acc (finite points)."""
+    keys = ("train_loss", "val_loss", "train_acc", "val_acc")
+    series: dict[str, list[Point]] = {key: [] for key in keys}
+    for row in epoch_rows(run_dir):
+        epoch = _number(row.get("epoch"))
+        for key, points in series.items():
+            value = _number(row.get(key))
+            if epoch is not None and value is not None and math.isfinite(value):
+                points.append((epoch, value))
+    return series
+
+
+def metrics_csv(run_dir: Path) -> str:
+    """The epoch rows as CSV text (one line per epoch, header first)."""
+    header = [*CSV_COLUMNS, *(f"lr_{group}" for group in GROUPS)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in epoch_rows(run_dir):
+        lrs = row.get("lr") if isinstance(row.get("lr"), dict) else {}
+        values = [row.get(column) for column in CSV_COLUMNS]
+        values += [lrs.get(group) for group in GROUPS]
+        writer.writerow(["" if value is None else value for value in values])
+    return buffer.getvalue()
+
+
+def export_csv(run_dir: Path, path: Path | None = None) -> Path:
+    """Write the epoch metrics as CSV (atomically); default `<run_dir>/metrics.csv`."""
+    run_dir = Path(run_dir)
+    runs.read_config(run_dir)  # a clear error for a folder that is not a run
+    target = Path(path) if path is not None else run_dir / "metrics.csv"
+    try:
+        atomic.write_text(target, metrics_csv(run_dir))
+    except OSError as exc:
+        raise runs.write_error(target, exc) from exc
+    return target

@@ -1,0 +1,102 @@
+"""Run history: real run folders (one short digits run), broken ones, CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from kan_engine import history, runs
+from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.errors import RunDirError
+from kan_engine.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 2-epoch run of the kan baseline on digits (module-wide: a few seconds)."""
+    config = apply_overrides(RunConfig(), {**TINY, "train.batch_size": 256}, source="test")
+    out = tmp_path_factory.mktemp("history") / "runs"
+    trainer = Trainer(config, sink=lambda event: None, out_dir=out, preset_name="tiny")
+    trainer.run()
+    return trainer.run_dir
+
+
+def copy_run(run: Path, out: Path, name: str) -> Path:
+    target = out / name
+    shutil.copytree(run, target)
+    return target
+
+
+def test_runs_list_reads_real_run_folders(real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    older = copy_run(real_run, out, "20240101-090000-tiny")
+    newer = copy_run(real_run, out, "20250101-090000-tiny")
+    rows, skipped = history.list_runs(out)
+    assert [row.path for row in rows] == [newer, older]  # newest first
+    assert skipped == []
+    row = rows[0]
+    summary = json.loads((real_run / runs.SUMMARY).read_text())
+    assert (row.preset, row.model, row.dataset, row.status) == ("tiny", "kan", "digits", "finished")
+    assert row.best_val_acc == summary["best_val_acc"] and row.test_acc == summary["test_acc"]
+    assert row.seconds == summary["seconds"] > 0 and row.epochs == 2
+    assert row.date == "2025-01-01 09:00"
+
+
+def test_broken_folders_are_skipped_with_a_reason(real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    good = copy_run(real_run, out, "20250101-090000-tiny")
+    corrupt = copy_run(real_run, out, "20250102-090000-tiny")
+    (corrupt / runs.SUMMARY).write_text("{not json")
+    no_config = copy_run(real_run, out, "20250103-090000-tiny")
+    (no_config / runs.CONFIG).unlink()
+    running = copy_run(real_run, out, "20250104-090000-tiny")
+    (running / runs.SUMMARY).unlink()  # killed before its first summary: still listed
+    (out / "notes").mkdir()  # an unrelated folder is neither a row nor a complaint
+    rows, skipped = history.list_runs(out)
+    assert [row.path for row in rows] == [running, good]
+    assert rows[0].status == "unknown"
+    reasons = dict(skipped)
+    assert "summary.json: not readable JSON" in reasons[corrupt]
+    assert "config.toml missing" in reasons[no_config]
+    assert history.list_runs(tmp_path / "nowhere") == ([], [])
+
+
+def test_nested_compare_folders_are_listed(real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    nested = copy_run(real_run, out / "20250101-090000-compare-lite", "20250101-090001-lite")
+    rows, _ = history.list_runs(out)
+    assert [row.path for row in rows] == [nested]
+
+
+def test_csv_export_has_one_row_per_epoch(real_run: Path, tmp_path: Path) -> None:
+    target = history.export_csv(real_run, tmp_path / "m.csv")
+    table = list(csv.DictReader(io.StringIO(target.read_text())))
+    epochs = history.epoch_rows(real_run)
+    assert [int(r["epoch"]) for r in table] == [1, 2]
+    for line, record in zip(table, epochs, strict=True):
+        assert float(line["val_acc"]) == record["val_acc"]
+        assert float(line["lr_kan"]) == record["lr"]["kan"]
+        assert line["test_acc"] == ""  # not evaluated every epoch: empty, not "None"
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+    assert history.export_csv(real_run) == real_run / "metrics.csv"
+
+
+def test_curves_skip_non_finite_points(real_run: Path, tmp_path: Path) -> None:
+    run = copy_run(real_run, tmp_path, "20250101-090000-tiny")
+    with (run / runs.METRICS).open("a") as handle:
+        handle.write(json.dumps({"event": "epoch", "epoch": 3, "val_loss": "nan", "val_acc": 0.5}))
+        handle.write("\n")
+    series = history.curves(run)
+    assert [x for x, _ in series["val_loss"]] == [1.0, 2.0]
+    assert [x for x, _ in series["val_acc"]] == [1.0, 2.0, 3.0]
+
+
+def test_export_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="not a run folder"):
+        history.export_csv(tmp_path)
