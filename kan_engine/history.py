@@ -107,11 +107,12 @@ def read_row(run_dir: Path) -> RunRow:
     )
 
 
-def list_runs(out_dir: Path) -> tuple[list[RunRow], list[tuple[Path, str]]]:
+def list_runs(out_dir: Path, depth: int = 3) -> tuple[list[RunRow], list[tuple[Path, str]]]:
     """(rows, newest first; skipped folders with the reason) for the run folders in `out_dir`.
 
-    A sub-folder is a run folder when it holds `config.toml` or `summary.json`; other folders
-    (a `compare` parent, an unrelated folder) are looked into one level deeper.
+    A folder is a run folder when it holds `config.toml` or `summary.json`; other folders (the
+    `<stamp>-compare-<preset>/<model>/` parents of `kan-tui compare`, unrelated folders) are
+    looked into, up to `depth` levels below `out_dir`.
     """
     out_dir = Path(out_dir)
     rows: list[RunRow] = []
@@ -122,9 +123,10 @@ def list_runs(out_dir: Path) -> tuple[list[RunRow], list[tuple[Path, str]]]:
         if not path.is_dir():
             continue
         if not ((path / runs.CONFIG).exists() or (path / runs.SUMMARY).exists()):
-            nested, nested_skipped = list_runs(path) if path.parent == out_dir else ([], [])
-            rows += nested
-            skipped += nested_skipped
+            if depth > 1:
+                nested, nested_skipped = list_runs(path, depth - 1)
+                rows += nested
+                skipped += nested_skipped
             continue
         try:
             rows.append(read_row(path))

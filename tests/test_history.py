@@ -69,7 +69,8 @@ def test_broken_folders_are_skipped_with_a_reason(real_run: Path, tmp_path: Path
 
 def test_nested_compare_folders_are_listed(real_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
-    nested = copy_run(real_run, out / "20250101-090000-compare-lite", "20250101-090001-lite")
+    parent = out / "20250101-090000-compare-lite" / "kan"
+    nested = copy_run(real_run, parent, "20250101-090001-lite")
     rows, _ = history.list_runs(out)
     assert [row.path for row in rows] == [nested]
 
