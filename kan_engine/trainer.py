@@ -710,14 +710,20 @@ class Trainer:
                 handle.remove()
 
     def _update_grids(self, inputs: dict[str, Tensor]) -> None:
-        """Refit each KAN layer's grid to this step's inputs, in order, and forget the optimizer
-        moments of the refit coefficients (they describe the old basis)."""
+        """Refit each KAN layer's grid to this step's inputs, in order.
+
+        The grid never shrinks below the configured range (`keep_range`): a batch's extremes
+        under-estimate where the next inputs fall. The optimizer moments of the refit coefficients
+        are kept: the refit keeps the function and moves the knots little, so the moments still
+        fit. Resetting them made the next step about lr on every coefficient at once, which cost
+        Rapid KAN lite 2 points of digits val accuracy after 3 epochs (3 seeds: 0.965 vs 0.986).
+        """
         counts = self.c.grid_updates
         with torch.no_grad():
             for name, layer in self.kan.items():
                 # every rank refits on the whole global batch, so the grids stay identical
-                layer.update_grid(self.dist.gather_rows(inputs[name]))  # (N_global, in)
-                optim.reset_state(self.optimizer, layer.refit_parameters())
+                samples = self.dist.gather_rows(inputs[name])  # (N_global, in)
+                layer.update_grid(samples, keep_range=True)
                 counts[name] += 1
                 self._emit(
                     GridUpdated(self.c.global_step, name, counts[name], sum(counts.values()))

@@ -299,7 +299,7 @@ def test_bad_config_raises_before_training_and_leaves_no_folder(tiny_config, run
     assert not trainer.run_dir.exists() and recorder.events == []
 
 
-def test_grid_update_resets_moments_and_stops_after_until(tiny_config, runs_dir, recorder):
+def test_grid_update_keeps_moments_and_stops_after_until(tiny_config, runs_dir, recorder):
     config = tiny_config(
         **{
             "train.epochs": 1,
@@ -314,7 +314,7 @@ def test_grid_update_resets_moments_and_stops_after_until(tiny_config, runs_dir,
     assert summary["grid_updates_per_layer"] == {"kan.0": 5, "kan.1": 5}
     state = trainer.optimizer.state
     for layer in trainer.kan.values():
-        assert int(state[layer.spline_weight]["step"]) == steps - 5  # restarted at the 5th update
+        assert int(state[layer.spline_weight]["step"]) == steps  # refits keep the moments
         assert int(state[layer.base_weight]["step"]) == steps
 
 
