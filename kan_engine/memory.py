@@ -22,6 +22,7 @@ needs much less than a training step, so it is not part of the estimate.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class MemoryEstimate:
     step_bytes: int  # temporaries of clipping and the optimizer step
     backward: tuple[tuple[float, float], ...]  # (fixed, per sample) of forward + backward
     data_bytes: int  # the data set held on the device
+    train_size: int | None = None  # samples of the training split, when measured for a config
 
     @property
     def per_sample_bytes(self) -> float:
@@ -231,7 +233,7 @@ def estimate(config: RunConfig) -> MemoryEstimate:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = build_model(config, bundle, cpu)
-        return measure(
+        est = measure(
             model,
             bundle.input_shape,
             bundle.num_classes,
@@ -239,6 +241,7 @@ def estimate(config: RunConfig) -> MemoryEstimate:
             clip_grad_norm=config.train.clip_grad_norm,
             data_bytes=data_bytes,
         )
+    return dataclasses.replace(est, train_size=bundle.sizes["train"])
 
 
 def available_bytes(device: torch.device) -> int:
@@ -260,7 +263,7 @@ def auto_batch_size(
     est: MemoryEstimate, available: int, *, limit: int | None = None, margin: float = MARGIN
 ) -> int:
     """The largest power of two whose step fits `available` bytes less `margin`, at most `limit`
-    (the training split: a larger batch only repeats the epoch's single step)."""
+    (default: the training split of `est`; a larger batch only repeats the epoch's one step)."""
     budget = available * (1 - margin)
     if est.total(MIN_BATCH) > budget:
         raise ConfigError(
@@ -269,7 +272,7 @@ def auto_batch_size(
             f"even batch {MIN_BATCH} needs ~{format_bytes(est.total(MIN_BATCH))}, more than "
             f"{format_bytes(budget)} ({1 - margin:.0%} of {format_bytes(available)} available)",
         )
-    limit = min(limit or MAX_BATCH, MAX_BATCH)
+    limit = min(limit or est.train_size or MAX_BATCH, MAX_BATCH)
     batch = MIN_BATCH
     while batch * 2 <= limit and est.total(batch * 2) <= budget:
         batch *= 2

@@ -13,6 +13,7 @@ Exit codes: 0 finished or early-stopped, 1 diverged or failed, 2 bad usage / con
 from __future__ import annotations
 
 import functools
+import math
 import shlex
 import sys
 import traceback
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import typer
 
-from kan_engine.config import parse_value
+from kan_engine.config import RunConfig, parse_value
 from kan_engine.errors import ConfigError, KanError
 from kan_tui.options import OPTION_KEYS, describe, flags
 
@@ -46,6 +47,8 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="List, show, save and delete presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
+runs_app = typer.Typer(help="List past runs and export their metrics.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,7 +165,12 @@ def run(
     preset_config, preset_name = presets_io.resolve(preset)
     source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
     named = {name: ctx.params[name] for name in OPTION_KEYS}
+    auto_batch = named["batch_size"] == "auto"
+    if auto_batch:
+        named["batch_size"] = None
     config = options.resolve(preset_config, source, sets, named)
+    if auto_batch:
+        config = _auto_batch_size(config)
     if print_config:
         typer.echo(presets_io.render(config), nl=False)
         return
@@ -339,6 +347,27 @@ def compare(
     raise typer.Exit(result.exit_code)
 
 
+def _auto_batch_size(config: RunConfig) -> RunConfig:
+    """`--batch-size auto`: the largest power of two whose training step fits the device."""
+    from kan_engine import distributed, memory
+    from kan_engine.config import apply_overrides
+    from kan_engine.trainer import pick_device
+
+    if distributed.launched():
+        reason = "is picked per process and could differ between ranks: give a number"
+        raise ConfigError("--batch-size", "auto", reason)
+    device = pick_device(config.train.device)
+    est = memory.estimate(config)
+    available = memory.available_bytes(device)
+    batch = memory.auto_batch_size(est, available)
+    print(
+        f"batch size auto: {batch} ({est.describe(batch, str(device))}; "
+        f"{memory.format_bytes(available)} available, {memory.MARGIN:.0%} kept free)",
+        file=sys.stderr,
+    )
+    return apply_overrides(config, {"train.batch_size": batch}, "--batch-size auto")
+
+
 def _whole(text: str, option: str) -> int:
     """A whole number from an option's text, or the one-line error naming the option."""
     value = parse_value(text)
@@ -350,6 +379,224 @@ def _whole(text: str, option: str) -> int:
 def _model_options(kan: dict[str, Any]) -> dict[str, Any]:
     keys = ("grid_size", "spline_order", "grid_range", "scale_base", "scale_spline", "init")
     return {key: kan[key] for key in keys}
+
+
+@app.command("lr-find")
+@_user_errors
+def lr_find(
+    ctx: typer.Context,
+    preset: str = typer.Option(
+        "lite", "--preset", "-p", metavar="NAME|FILE", help="preset name, or a .toml file"
+    ),
+    model: str | None = _config_option("model", "NAME"),
+    dataset: str | None = _config_option("dataset", "NAME"),
+    data_dir: str | None = _config_option("data_dir", "PATH"),
+    batch_size: str | None = _config_option("batch_size", "INT"),
+    device: str | None = _config_option("device", "DEVICE"),
+    steps: int = typer.Option(200, "--steps", min=5, help="steps of the sweep"),
+    start: float = typer.Option(1e-7, "--start", min=0.0, help="first learning rate"),
+    end: float = typer.Option(10.0, "--end", min=0.0, help="last learning rate"),
+    sets: list[str] = SETS,
+    debug: bool = DEBUG,
+) -> None:
+    """Learning-rate range test: train a few hundred steps while the LR grows exponentially,
+    plot the smoothed loss and suggest a base LR (optim.lr) where it falls fastest. The
+    per-group multipliers apply as in training; no run folder is written."""
+    from kan_engine import presets_io
+    from kan_engine.lr_find import find_lr
+    from kan_tui import options
+
+    if not 0 < start < end:
+        raise ConfigError("--start/--end", "", f"need 0 < start < end (got {start:g}, {end:g})")
+    preset_config, _ = presets_io.resolve(preset)
+    source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
+    keys = ("model", "dataset", "data_dir", "batch_size", "device")
+    config = options.resolve(preset_config, source, sets, {k: ctx.params[k] for k in keys})
+    result = find_lr(config, steps=steps, start=start, end=end)
+    marks = [(result.suggestion, "suggested")] if result.suggestion else []
+    typer.echo(
+        _text_plot(
+            {"smoothed loss": (result.lrs, result.smoothed)},
+            title=f"LR range test: {config.model.name} on {config.data.dataset}",
+            xlabel="base learning rate (log)",
+            log_x=True,
+            marks=marks,
+        )
+    )
+    typer.echo(f"{len(result.lrs)} steps, stopped: {result.stop_reason}")
+    if result.best_lr is not None:
+        typer.echo(f"lowest loss at lr {result.best_lr:.3g} (an upper bound, not a choice)")
+    if result.suggestion is None:
+        typer.echo("suggested lr: none (the loss never fell: try a wider --start/--end)")
+        raise typer.Exit(1)
+    typer.echo(f"suggested lr: {result.suggestion:.3g}")
+
+
+@app.command()
+@_user_errors
+def inspect(
+    ctx: typer.Context,
+    run_dir: Path = RUN_DIR,
+    layer: str = typer.Option("0", "--layer", "-l", help="KAN layer: position (0, -1) or path"),
+    edge: tuple[int, int] | None = typer.Option(
+        None, "--edge", "-e", metavar="I J", help="plot phi(x) of the edge input I -> output J"
+    ),
+    checkpoint: Literal["best", "last"] = typer.Option("best", "--checkpoint"),
+    top: int = typer.Option(10, "--top", min=1, help="edges listed in the overview"),
+    debug: bool = DEBUG,
+) -> None:
+    """Show what a KAN layer learned: an edge's function phi(x) over its grid (knots marked) and
+    the layer's edges ranked by importance (mean |phi|)."""
+    from rich.table import Table
+
+    from kan_engine import activations
+
+    layers, epoch = activations.load_layers(run_dir, checkpoint)
+    name, kan = activations.pick_layer(layers, layer)
+    console = _console()
+    console.print(
+        f"{run_dir}: {checkpoint} checkpoint (epoch {epoch}); layer {name}: "
+        f"{kan.in_features} inputs -> {kan.out_features} outputs, {kan.grid_size} grid "
+        f"intervals, order {kan.spline_order}",
+        markup=False,
+        highlight=False,
+    )
+    recorded = activations.outside_share(run_dir, name, epoch)
+    if recorded is not None:
+        share, at = recorded
+        console.print(f"inputs outside the grid: {share:.1%} (last training batch of epoch {at})")
+    if edge is not None:
+        i, j = edge
+        curve = activations.edge_curve(kan, i, j)
+        low, high = activations.grid_range(kan, i)
+        typer.echo(
+            _text_plot(
+                {f"phi {i}->{j}": (curve.x, curve.y)},
+                title=f"{name}: edge {i} -> {j} on [{low:.3g}, {high:.3g}] (| = grid knots)",
+                xlabel=f"input {i}",
+                marks=[(knot, "") for knot in curve.knots],
+            )
+        )
+    ranked = activations.rank_edges(activations.edge_importance(kan), top)
+    table = Table("rank", "edge (in -> out)", "mean |phi|", box=None, pad_edge=False)
+    for rank, (i, j, score) in enumerate(ranked, 1):
+        table.add_row(str(rank), f"{i} -> {j}", f"{score:.4g}")
+    console.print(f"top {len(ranked)} edges of {name}, over {activations.UNIFORM}:")
+    console.print(table)
+
+
+@runs_app.command("list")
+@_user_errors
+def runs_list(ctx: typer.Context, out: Path = OUT, debug: bool = DEBUG) -> None:
+    """Past runs in OUT, newest first (folders that cannot be read are named below the table)."""
+    from rich.table import Table
+
+    from kan_engine import history
+
+    rows, skipped = history.list_runs(out)
+    console = _console()
+    if not rows and not skipped:
+        console.print(f"no runs in {out}", markup=False, highlight=False)
+        return
+    table = Table(
+        "date", "preset", "model", "dataset", "best val", "test", "status", "duration", "folder",
+        box=None, pad_edge=False,
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(
+            row.date,
+            row.preset,
+            row.model,
+            row.dataset,
+            _percent(row.best_val_acc),
+            _percent(row.test_acc),
+            row.status,
+            _duration(row.seconds),
+            row.path.name,
+        )
+    console.print(table)
+    for path, reason in skipped:
+        console.print(f"skipped {path}: {reason}", markup=False, highlight=False)
+
+
+CSV_OUT = typer.Option(
+    None, "--csv", metavar="FILE", help="where to write (default RUN_DIR/metrics.csv; - prints)"
+)
+
+
+@runs_app.command("export")
+@_user_errors
+def runs_export(
+    ctx: typer.Context,
+    run_dir: Path = RUN_DIR,
+    csv_path: Path | None = CSV_OUT,
+    debug: bool = DEBUG,
+) -> None:
+    """Write a run's per-epoch metrics as CSV."""
+    from kan_engine import history
+
+    if csv_path is not None and str(csv_path) == "-":
+        history.read_row(run_dir)  # a clear error for a folder that is not a run
+        typer.echo(history.metrics_csv(run_dir), nl=False)
+        return
+    typer.echo(f"wrote {history.export_csv(run_dir, csv_path)}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    return (
+        f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+        if minutes >= 60
+        else f"{minutes}:{secs:02d}"
+    )
+
+
+def _text_plot(
+    series: dict[str, tuple[list[float], list[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    log_x: bool = False,
+    marks: list[tuple[float, str]] | None = None,
+) -> str:
+    """A plotext line chart as text, as wide as the terminal (100 columns in a pipe), without
+    colours in a pipe or under NO_COLOR; `marks` draws vertical lines at x values."""
+    import os
+    import shutil
+
+    import plotext as plt
+
+    columns, _ = shutil.get_terminal_size(fallback=(100, 30))
+    plt.clear_figure()
+    plt.plotsize(max(40, columns - 1), 20)
+    for label, (xs, ys) in series.items():
+        points = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+        if points:
+            plt.plot(*zip(*points, strict=True), label=label, marker="braille")
+    for x, label in marks or []:
+        plt.vline(x, "red")
+        if label:
+            plt.text(label, x, min(y for _, ys in series.values() for y in ys if math.isfinite(y)))
+    if log_x:
+        plt.xscale("log")
+        low = min(x for xs, _ in series.values() for x in xs)
+        high = max(x for xs, _ in series.values() for x in xs)
+        ticks = [
+            10.0**k for k in range(math.ceil(math.log10(low)), math.floor(math.log10(high)) + 1)
+        ]
+        plt.xticks(ticks, [f"{t:g}" for t in ticks])
+    plt.title(title)
+    plt.xlabel(xlabel)
+    text = plt.build()
+    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        text = plt.uncolorize(text)
+    return text
 
 
 @presets_app.command("list")
