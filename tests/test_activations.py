@@ -134,3 +134,24 @@ def test_pick_layer_and_outside_share(run_dir: Path) -> None:
     recorded = history.epoch_rows(run_dir)[0]["outside_grid"]["kan.1"]
     assert activations.outside_share(run_dir, "kan.1", epoch) == (recorded, 1)
     assert activations.outside_share(run_dir, "nope") is None
+
+
+def test_inspect_command(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from kan_tui.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    args = ["inspect", str(run_dir), "--layer", "kan.1", "--edge", "4", "7", "--top", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "layer kan.1: 64 inputs -> 10 outputs" in out
+    assert "inputs outside the grid:" in out
+    assert "edge 4 -> 7" in out and "grid knots" in out
+    assert "top 3 edges of kan.1, over a uniform sample" in out
+    layers, _ = activations.load_layers(run_dir, "best")
+    best = activations.rank_edges(activations.edge_importance(layers["kan.1"]), 1)[0]
+    assert f"{best[0]} -> {best[1]}" in out.split("mean |phi|")[1].splitlines()[1]
+    bad = CliRunner().invoke(app, ["inspect", str(run_dir), "--edge", "64", "0"])
+    assert bad.exit_code == 2 and "no such edge" in bad.stderr

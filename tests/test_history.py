@@ -101,3 +101,26 @@ def test_curves_skip_non_finite_points(real_run: Path, tmp_path: Path) -> None:
 def test_export_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="not a run folder"):
         history.export_csv(tmp_path)
+
+
+def test_runs_commands(real_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kan_tui.cli import app
+
+    out = tmp_path / "runs"
+    run = copy_run(real_run, out, "20250101-090000-tiny")
+    broken = copy_run(real_run, out, "20250102-090000-tiny")
+    (broken / runs.CONFIG).unlink()
+    listed = CliRunner().invoke(app, ["runs", "list", "--out", str(out)])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if run.name in line)
+    assert "tiny" in row and "kan" in row and "digits" in row and "finished" in row
+    assert f"skipped {broken}" in listed.stdout
+    target = tmp_path / "out.csv"
+    exported = CliRunner().invoke(app, ["runs", "export", str(run), "--csv", str(target)])
+    assert exported.exit_code == 0 and target.read_text() == history.metrics_csv(run)
+    printed = CliRunner().invoke(app, ["runs", "export", str(run), "--csv", "-"])
+    assert printed.stdout == history.metrics_csv(run)
+    missing = CliRunner().invoke(app, ["runs", "export", str(tmp_path)])
+    assert missing.exit_code == 2 and "not a run folder" in missing.stderr

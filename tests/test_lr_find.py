@@ -147,3 +147,24 @@ def test_find_lr_on_a_config(tiny_config: Callable[..., RunConfig]) -> None:
     assert seen == result.lrs[: len(seen)] and len(seen) >= 30
     assert result.suggestion is not None and 1e-7 <= result.suggestion <= 10
     assert min(result.smoothed) < result.smoothed[0]  # the loss fell somewhere
+
+
+def test_lr_find_command_prints_the_curve_and_the_suggestion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from kan_tui.cli import app
+
+    monkeypatch.setenv("COLUMNS", "72")
+    args = ["lr-find", "--dataset", "digits", "--model", "kan", "--device", "cpu", "--steps", "40"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("suggested lr: ")
+    assert 1e-7 <= float(lines[-1].split(": ")[1]) <= 10
+    assert "LR range test: kan on digits" in result.stdout
+    assert max(len(line) for line in lines) <= 72  # fits the terminal
+    assert "\x1b[" not in result.stdout  # no colours in a pipe
+    bad = CliRunner().invoke(app, ["lr-find", "--start", "1", "--end", "0.1"])
+    assert bad.exit_code == 2 and "need 0 < start < end" in bad.stderr

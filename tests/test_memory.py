@@ -9,7 +9,9 @@ test checks the linear model, the phase split and the optimizer accounting, not 
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +121,20 @@ def test_available_memory_and_formatting() -> None:
     assert available_bytes(torch.device("cpu")) > 2**20
     assert format_bytes(1.5 * 2**30) == "1.50 GB"
     assert format_bytes(300 * 2**20) == "300 MB"
+
+
+def test_batch_size_auto_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from kan_tui.cli import app
+
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+    args = ["run", "--print-config", "--dataset", "digits", "--model", "kan", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "auto"])
+    assert result.exit_code == 0, result.output
+    batch = tomllib.loads(result.stdout)["train"]["batch_size"]
+    assert batch & (batch - 1) == 0  # a power of two
+    assert batch <= 1437  # never more than the training split (digits: 1437 after the test split)
+    assert f"batch size auto: {batch}" in result.stderr
