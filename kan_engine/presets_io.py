@@ -46,7 +46,12 @@ def user_dir() -> Path:
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("kan_engine.presets")))
+    """Installed, the presets are the package `kan_engine.presets`; in a plain source checkout
+    (PYTHONPATH=., torchrun on a GPU box) they are the repository's `presets/` folder."""
+    try:
+        return Path(str(resources.files("kan_engine.presets")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "presets"
 
 
 def is_path_like(ref: str) -> bool:
