@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import App
+from textual.binding import Binding
 
 from kan_engine import presets_io
 from kan_engine.config import RunConfig
@@ -25,6 +26,10 @@ class KanApp(App[None]):
     # Screen classes for app.tcss: 80x24 is the design size, wider / taller terminals get more room.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    BINDINGS = [
+        Binding("h", "open_runs", "Runs"),
+        Binding("v", "open_activations", "Activations"),
+    ]
 
     def __init__(
         self,
@@ -64,6 +69,35 @@ class KanApp(App[None]):
 
     def on_start_run(self, message: StartRun) -> None:
         self.push_screen(DashboardScreen(message.config, message.preset_name, self.out_dir))
+
+    def action_open_runs(self) -> None:
+        """The run history of `out_dir` (`h` on any screen)."""
+        from kan_tui.screens.runs import RunsScreen
+
+        if not isinstance(self.screen, RunsScreen):
+            self.push_screen(RunsScreen(self.out_dir))
+
+    def action_open_activations(self) -> None:
+        """The activation viewer on the dashboard's run, else on the newest run folder in
+        `out_dir` that has a checkpoint (`v`)."""
+        from kan_engine import history, runs
+        from kan_tui.screens.activations import ActivationsScreen
+
+        if isinstance(self.screen, ActivationsScreen):
+            return
+        run_dir = None
+        if isinstance(self.screen, DashboardScreen) and self.screen.state.run_dir:
+            run_dir = Path(self.screen.state.run_dir)
+        else:
+            rows, _ = history.list_runs(self.out_dir)
+            with_checkpoint = [
+                r.path for r in rows if runs.checkpoint_path(r.path, "last").exists()
+            ]
+            run_dir = with_checkpoint[0] if with_checkpoint else None
+        if run_dir is None:
+            self.notify(f"no run with a checkpoint in {self.out_dir} yet", severity="warning")
+            return
+        self.push_screen(ActivationsScreen(run_dir))
 
     async def action_quit(self) -> None:
         """ctrl+q (Textual's quit key) and `q`: a running training is asked about first."""

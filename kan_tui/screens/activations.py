@@ -1,0 +1,220 @@
+"""The learned-activation viewer: a KAN layer's edges ranked by importance, and phi(x) of one.
+
+It reads the run folder's checkpoint (`last` by default), never the live model: the training
+thread owns the model, and a checkpoint is a consistent, atomically written state. While a run
+trains, the screen looks at the checkpoint's modification time every POLL_S seconds (one `stat`)
+and reloads after each new one (every epoch end, and `c` on the dashboard), so it follows the run
+epoch by epoch. Loading and ranking run in a thread worker: a large layer's ranking takes a
+second or two. Importance is mean |phi| over a uniform sample of each input's grid range (a
+checkpoint stores no inputs), as the info line says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.app import ComposeResult, RenderResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import Worker, WorkerState
+from textual_plotext import PlotextPlot
+
+from kan_engine import activations, runs
+from kan_engine.errors import KanError
+from kan_engine.kan import KANLinear
+
+POLL_S = 2.0
+TOP_EDGES = 50
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What the worker hands to the screen: one layer of one checkpoint, ranked."""
+
+    layers: dict[str, KANLinear]
+    epoch: int
+    name: str
+    ranked: list[tuple[int, int, float]]
+    outside: tuple[float, int] | None
+    stamp: float  # the checkpoint's mtime when read
+
+
+class EdgePlot(PlotextPlot):
+    """phi(x) of one edge with its grid knots; the figure is rebuilt on every render."""
+
+    def __init__(self, **kwargs: str) -> None:
+        super().__init__(**kwargs)
+        self.curve: activations.EdgeCurve | None = None
+        self.title = "waiting for a checkpoint"
+
+    def show(self, curve: activations.EdgeCurve | None, title: str) -> None:
+        self.curve, self.title = curve, title
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        plt = self.plt
+        plt.clear_figure()
+        plt.title(self.title)
+        if self.curve is not None:
+            plt.plot(self.curve.x, self.curve.y, marker="braille", color="cyan")
+            plt.scatter(self.curve.knots, self.curve.knot_values, marker="dot", color="orange")
+            for knot in self.curve.knots:
+                plt.vline(knot, "gray")
+            plt.xlabel(f"input {self.curve.i} (dots: grid knots)")
+        return super().render()
+
+
+class ActivationsScreen(Screen[None]):
+    """`[` / `]` change layer, a row (or `I J` typed below) picks an edge, `b` switches between
+    the best and the last checkpoint, `r` reloads, escape goes back."""
+
+    DEFAULT_CSS = """
+    ActivationsScreen #act-info { height: 2; padding: 0 1; background: $boost; }
+    ActivationsScreen #act-main { height: 1fr; }
+    ActivationsScreen #act-edges { width: 30; }
+    ActivationsScreen #act-plot { width: 1fr; }
+    ActivationsScreen #act-edge { width: 30; }
+    """
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("left_square_bracket", "layer(-1)", "Prev layer"),
+        Binding("right_square_bracket", "layer(1)", "Next layer"),
+        Binding("b", "toggle_checkpoint", "Best/last"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self, run_dir: Path, checkpoint: str = "last") -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.checkpoint = checkpoint
+        self.layer_index = 0
+        self.view: LayerView | None = None
+        self.edge: tuple[int, int] | None = None
+        self._seen_stamp: float | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"{self.run_dir}: loading the {self.checkpoint} checkpoint...", id="act-info")
+        with Horizontal(id="act-main"):
+            yield DataTable(id="act-edges", cursor_type="row")
+            yield EdgePlot(id="act-plot")
+        yield Input(placeholder="edge: I J, then enter", id="act-edge", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns("#", "in -> out", "mean |phi|")
+        self.action_reload()
+        self.set_interval(POLL_S, self._poll)
+
+    # --- loading (worker thread) ---------------------------------------------------------------
+
+    def _path(self) -> Path:
+        return runs.checkpoint_path(self.run_dir, self.checkpoint)
+
+    def _stamp(self) -> float | None:
+        try:
+            return self._path().stat().st_mtime
+        except OSError:
+            return None
+
+    def _poll(self) -> None:
+        """Reload when the checkpoint was rewritten (a live run's epoch end)."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._seen_stamp:
+            self.action_reload()
+
+    def action_reload(self) -> None:
+        self._seen_stamp = self._stamp()
+        index, stamp = self.layer_index, self._seen_stamp or 0.0
+        self.run_worker(
+            lambda: self._load(index, stamp), thread=True, exclusive=True, group="act-load"
+        )
+
+    def _load(self, index: int, stamp: float) -> LayerView:
+        layers, epoch = activations.load_layers(self.run_dir, self.checkpoint)
+        names = list(layers)
+        name = names[index % len(names)]
+        importance = activations.edge_importance(layers[name])
+        return LayerView(
+            layers=layers,
+            epoch=epoch,
+            name=name,
+            ranked=activations.rank_edges(importance, TOP_EDGES),
+            outside=activations.outside_share(self.run_dir, name, epoch),
+            stamp=stamp,
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "act-load":
+            return
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            reason = str(error) if isinstance(error, KanError) else repr(error)
+            self.query_one("#act-info", Static).update(f"cannot show activations: {reason}")
+        elif event.state == WorkerState.SUCCESS and isinstance(event.worker.result, LayerView):
+            self.apply(event.worker.result)
+
+    # --- showing (UI thread) ---------------------------------------------------------------------
+
+    def apply(self, view: LayerView) -> None:
+        self.view = view
+        layer = view.layers[view.name]
+        outside = (
+            f"{view.outside[0]:.1%} of its inputs outside the grid (epoch {view.outside[1]})"
+            if view.outside
+            else "outside-grid share not recorded"
+        )
+        self.query_one("#act-info", Static).update(
+            f"{self.run_dir.name} · {self.checkpoint} checkpoint, epoch {view.epoch} · layer "
+            f"{view.name} ({self.layer_index % len(view.layers) + 1}/{len(view.layers)}): "
+            f"{layer.in_features} -> {layer.out_features} · {outside}\n"
+            f"ranked by mean |phi| over {activations.UNIFORM}"
+        )
+        table = self.query_one(DataTable)
+        table.clear()
+        for rank, (i, j, score) in enumerate(view.ranked, 1):
+            table.add_row(str(rank), f"{i} -> {j}", f"{score:.3g}", key=f"{i} {j}")
+        edge = self.edge if self.edge and self._valid(*self.edge) else view.ranked[0][:2]
+        self.show_edge(*edge)
+
+    def _valid(self, i: int, j: int) -> bool:
+        layer = self.view.layers[self.view.name] if self.view else None
+        return layer is not None and 0 <= i < layer.in_features and 0 <= j < layer.out_features
+
+    def show_edge(self, i: int, j: int) -> None:
+        if self.view is None:
+            return
+        self.edge = (i, j)
+        layer = self.view.layers[self.view.name]
+        low, high = activations.grid_range(layer, i)
+        title = f"{self.view.name}: phi {i} -> {j} on [{low:.3g}, {high:.3g}]"
+        self.query_one(EdgePlot).show(activations.edge_curve(layer, i, j), title)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.row_key.value:
+            i, j = (int(v) for v in event.row_key.value.split())
+            self.show_edge(i, j)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        parts = event.value.split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            i, j = int(parts[0]), int(parts[1])
+            if self._valid(i, j):
+                self.show_edge(i, j)
+                return
+        layer = self.view.layers[self.view.name] if self.view else None
+        limits = f" (inputs < {layer.in_features}, outputs < {layer.out_features})" if layer else ""
+        self.notify(f"not an edge: {event.value!r}{limits}", severity="warning")
+
+    def action_layer(self, step: int) -> None:
+        self.layer_index += step
+        self.edge = None
+        self.action_reload()
+
+    def action_toggle_checkpoint(self) -> None:
+        self.checkpoint = "best" if self.checkpoint == "last" else "last"
+        self.action_reload()

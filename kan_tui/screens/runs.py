@@ -1,0 +1,155 @@
+"""Run history: past runs in a table; the highlighted run's curves; two runs overlaid.
+
+Everything is read from the run folders (`kan_engine.history`), on the UI thread: a listing reads
+one small JSON file per run, and a run's curves one metrics file, both fast enough not to need a
+worker. Folders that cannot be read are counted in the hint line instead of hiding the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from kan_engine import history
+from kan_engine.errors import KanError
+from kan_tui.widgets.charts import SeriesChart
+
+CHART_KINDS = ("acc", "loss")
+MAX_OVERLAY = 2
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}m"
+
+
+class RunsScreen(Screen[None]):
+    """`space` marks up to two runs to overlay, `t` switches accuracy / loss, `e` exports the
+    highlighted run's metrics as CSV, `v` opens its learned activations, escape goes back."""
+
+    DEFAULT_CSS = """
+    RunsScreen #runs-table { height: 1fr; }
+    RunsScreen #runs-chart { height: 1fr; min-height: 8; border-top: hkey $primary 40%; }
+    RunsScreen #runs-hint { height: 1; color: $text-muted; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("space", "mark", "Mark/overlay"),
+        Binding("t", "toggle_chart", "Acc/loss"),
+        Binding("e", "export", "Export CSV"),
+        Binding("v", "activations", "Activations"),
+    ]
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__()
+        self.out_dir = Path(out_dir)
+        self.rows: list[history.RunRow] = []
+        self.skipped: list[tuple[Path, str]] = []
+        self.marked: list[Path] = []
+        self.kind = CHART_KINDS[0]
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield SeriesChart(id="runs-chart", empty="no run selected")
+        yield Static(id="runs-hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns(" ", "date", "preset", "model", "dataset", "best val", "test", "status")
+        table.add_column("time")
+        self.reload()
+        table.focus()
+
+    def reload(self) -> None:
+        self.rows, self.skipped = history.list_runs(self.out_dir)
+        table = self.query_one(DataTable)
+        table.clear()
+        for row in self.rows:
+            table.add_row(
+                "*" if row.path in self.marked else " ",
+                row.date,
+                row.preset,
+                row.model,
+                row.dataset,
+                _percent(row.best_val_acc),
+                _percent(row.test_acc),
+                row.status,
+                _minutes(row.seconds),
+                key=str(row.path),
+            )
+        broken = f" · {len(self.skipped)} unreadable folders skipped" if self.skipped else ""
+        count = (
+            f"{len(self.rows)} runs in {self.out_dir}"
+            if self.rows
+            else f"no runs in {self.out_dir}"
+        )
+        self.query_one("#runs-hint", Static).update(count + broken)
+        self.redraw()
+
+    @property
+    def current(self) -> history.RunRow | None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self.redraw()
+
+    def redraw(self) -> None:
+        """The marked runs overlaid (val and train of each), else the highlighted run."""
+        chart = self.query_one("#runs-chart", SeriesChart)
+        chart.log_y = self.kind == "loss"
+        shown = self.marked or ([self.current.path] if self.current else [])
+        series = {}
+        for number, path in enumerate(shown, 1):
+            curves = history.curves(path)
+            prefix = f"{number}:" if len(shown) > 1 else ""
+            series[f"{prefix}train"] = curves[f"train_{self.kind}"]
+            series[f"{prefix}val"] = curves[f"val_{self.kind}"]
+        chart.show(series)
+
+    def action_mark(self) -> None:
+        row = self.current
+        if row is None:
+            return
+        if row.path in self.marked:
+            self.marked.remove(row.path)
+        else:
+            self.marked = [*self.marked, row.path][-MAX_OVERLAY:]
+        table = self.query_one(DataTable)
+        for other in self.rows:
+            mark = "*" if other.path in self.marked else " "
+            table.update_cell(str(other.path), table.ordered_columns[0].key, mark)
+        self.redraw()
+
+    def action_toggle_chart(self) -> None:
+        self.kind = CHART_KINDS[(CHART_KINDS.index(self.kind) + 1) % len(CHART_KINDS)]
+        self.redraw()
+
+    def action_export(self) -> None:
+        row = self.current
+        if row is None:
+            return
+        try:
+            path = history.export_csv(row.path)
+        except KanError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"wrote {path}")
+
+    def action_activations(self) -> None:
+        row = self.current
+        if row is not None:
+            from kan_tui.screens.activations import ActivationsScreen
+
+            self.app.push_screen(ActivationsScreen(row.path))
