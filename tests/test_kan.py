@@ -369,3 +369,73 @@ def test_chunking_bounds_the_spline_memory_as_the_batch_grows() -> None:
     assert unchunked > 6  # the batch grew 8x and so did the transient basis
     assert chunked < 2.5  # only the O(N * (in + out)) inputs, outputs and gradients grow
     assert peak(4096, 128) < peak(4096, None) / 5
+
+
+# ---------------------------------------------------------------------------------------------
+# grid update on small batches (the Rapid KAN case: BatchNorm + squash into the grid range)
+
+
+def relu_norm_batch(seed: int, n: int, in_f: int) -> torch.Tensor:
+    """Inputs like a Rapid KAN layer's: ReLU features (a third are zero), normalised with this
+    batch's statistics (BatchNorm in training), squashed into (-2, 2) (GridSquash). The ties sit
+    at the batch minimum, which moves a little from batch to batch."""
+    z = torch.relu(torch.randn(n, in_f, generator=gen(seed)) + 0.45)  # (n, in)
+    x = (z - z.mean(0)) / z.std(0)
+    return 1.98 * torch.tanh(x / 1.98)
+
+
+@pytest.mark.parametrize(("keep_range", "limit"), [(False, 0.15), (True, 0.05)])
+def test_update_grid_on_a_small_batch_keeps_the_function_beyond_the_batch(
+    keep_range: bool, limit: float
+) -> None:
+    """Outer basis functions barely sampled by 64 rows used to blow up (coefficients ~300): the
+    next batches' inputs just below this batch's minimum got outputs off by 400 %, a sweep of the
+    grid range by 1700 %. `keep_range` (the trainer's call) keeps the grid over the range."""
+    layer = smooth_layer(32, 8, grid_range=(-2.0, 2.0), scale_base=2.5)
+    fresh = torch.cat([relu_norm_batch(seed, 64, 32) for seed in range(20, 36)])  # (1024, 32)
+    sweep = torch.linspace(-1.98, 1.98, 400).unsqueeze(1).expand(-1, 32).contiguous()  # (400, 32)
+    with torch.no_grad():
+        before = [layer(fresh), layer(sweep)]
+        layer.update_grid(relu_norm_batch(12, 64, 32), keep_range=keep_range)
+        after = [layer(fresh), layer(sweep)]
+    changes = [float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()) for a, b in
+               zip(after, before, strict=True)]  # fmt: skip
+    print(f"update_grid on 64 rows: change on fresh rows {changes[0]:.4f}, sweep {changes[1]:.4f}")
+    assert changes[0] < limit
+    if keep_range:  # without it, one cubic piece spans [-2, batch min]: no match for sin(3x)
+        assert changes[1] < limit
+    assert float(layer.spline_weight.detach().abs().max()) < 20  # coefficients stay of order one
+
+
+def test_update_grid_keep_range_never_shrinks_the_grid() -> None:
+    k = 3
+    narrow = torch.rand(64, 4, generator=gen(14)) - 0.5  # (64, 4) in [-0.5, 0.5]
+    shrunk = KANLinear(4, 2, grid_range=(-2.0, 2.0))
+    shrunk.update_grid(narrow)
+    assert float(shrunk.grid[:, -k - 1].max()) < 0.6  # the default follows the samples
+    kept = smooth_layer(4, 2, grid_range=(-2.0, 2.0))
+    sweep = torch.linspace(-2, 2, 101).unsqueeze(1).expand(-1, 4).contiguous()  # (101, 4)
+    with torch.no_grad():
+        before = kept(sweep)
+        kept.update_grid(narrow, keep_range=True)
+        after = kept(sweep)
+    torch.testing.assert_close(kept.grid[:, k], torch.full((4,), -2.0))
+    torch.testing.assert_close(kept.grid[:, -k - 1], torch.full((4,), 2.0))
+    assert float(kept.grid[:, k + 1].max()) < -0.3  # the interior knots still follow the samples
+    # No blow-up; the sparse ends are kept only as far as one cubic piece over [-2, -0.3] can.
+    change = (after - before).pow(2).mean().sqrt() / before.pow(2).mean().sqrt()
+    assert float(change) < 0.15
+    wide = torch.rand(64, 4, generator=gen(15)) * 6 - 3  # (64, 4) in [-3, 3]: the grid grows
+    kept.update_grid(wide, keep_range=True)
+    torch.testing.assert_close(kept.grid[:, k], wide.min(0).values - 0.01)
+
+
+def test_update_grid_spreads_knots_over_tied_samples() -> None:
+    from kan_engine.kan import MIN_KNOT_GAP
+
+    layer = KANLinear(6, 2, grid_range=(-2.0, 2.0))
+    layer.update_grid(relu_norm_batch(16, 256, 6), keep_range=True)
+    k, g = layer.spline_order, layer.grid_size
+    interior = layer.grid[:, k : k + g + 1]  # (in, G+1)
+    step = (interior[:, -1] - interior[:, 0]) / g  # (in,)
+    assert bool((interior.diff(dim=1) >= MIN_KNOT_GAP * step[:, None] * (1 - 1e-5)).all())
