@@ -215,12 +215,39 @@ def measure(
     )
 
 
+def _cache_key(config: RunConfig) -> str:
+    """The config fields a measurement depends on (not the batch size: `total` scales it)."""
+    return repr(
+        (
+            config.model,
+            config.data,
+            config.kan,
+            config.optim.optimizer,
+            config.optim.momentum > 0,
+            config.train.clip_grad_norm > 0,
+            config.train.seed,
+        )
+    )
+
+
+_CACHE: dict[str, MemoryEstimate] = {}
+
+
 def estimate(config: RunConfig) -> MemoryEstimate:
     """Training memory of `config` (its model, data set and optimizer), measured on the CPU.
 
     Loads the data set (for its shape and size; on the CPU) and builds the model there; seeded,
-    so the same config gives the same figures. Raises what `data.load` raises for missing data.
+    so the same config gives the same figures, and remembered per process, so a form that only
+    changes the batch size or the LR asks again for free. Raises what `data.load` raises for
+    missing data.
     """
+    key = _cache_key(config)
+    if key not in _CACHE:
+        _CACHE[key] = _measure_config(config)
+    return _CACHE[key]
+
+
+def _measure_config(config: RunConfig) -> MemoryEstimate:
     from kan_engine import data as data_mod
     from kan_engine import models, optim
     from kan_engine.trainer import build_model

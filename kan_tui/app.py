@@ -26,9 +26,10 @@ class KanApp(App[None]):
     # Screen classes for app.tcss: 80x24 is the design size, wider / taller terminals get more room.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    # everywhere, but listed in the setup screen's footer only: the dashboard's is full at 80x24
     BINDINGS = [
-        Binding("h", "open_runs", "Runs"),
-        Binding("v", "open_activations", "Activations"),
+        Binding("h", "open_runs", "Runs", show=False),
+        Binding("v", "open_activations", "Activations", show=False),
     ]
 
     def __init__(

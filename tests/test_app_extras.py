@@ -126,3 +126,19 @@ async def test_setup_shows_the_memory_estimate_and_offers_the_lr_finders_suggest
             lambda: app.screen.query_one(ConfigForm).values()["optim.lr"] == float(suggested),
             "the suggestion in the form",
         )
+
+
+@sync
+async def test_errors_in_the_workers_are_shown_not_fatal(tmp_path: Path) -> None:
+    csv = apply_overrides(tiny(), {"data.dataset": "csv"}, source="test")  # no data_dir
+    app = create_app(config=csv, preset_name="lite", out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        line = app.screen.query_one("#memory-line", Static)
+        await wait_until(pilot, lambda: "needs --data-dir" in str(line.content), "the reason")
+        empty_run = tmp_path / "20250101-090000-tiny"
+        (empty_run / "checkpoints").mkdir(parents=True)
+        await app.push_screen(ActivationsScreen(empty_run))
+        info = app.screen.query_one("#act-info", Static)
+        await wait_until(pilot, lambda: "checkpoint missing" in str(info.content), "the reason")
+        await pilot.press("escape")
+        assert isinstance(app.screen, SetupScreen)

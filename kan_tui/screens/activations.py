@@ -129,7 +129,11 @@ class ActivationsScreen(Screen[None]):
         self._seen_stamp = self._stamp()
         index, stamp = self.layer_index, self._seen_stamp or 0.0
         self.run_worker(
-            lambda: self._load(index, stamp), thread=True, exclusive=True, group="act-load"
+            lambda: self._load(index, stamp),
+            thread=True,
+            exclusive=True,
+            group="act-load",
+            exit_on_error=False,
         )
 
     def _load(self, index: int, stamp: float) -> LayerView:

@@ -7,6 +7,8 @@ deleted through `presets_io`, so what this screen saves is what `kan-tui presets
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,6 +17,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Label, OptionList, Static
+from textual.worker import Worker, WorkerState
 
 from kan_engine import presets_io
 from kan_engine.config import RunConfig
@@ -22,8 +25,11 @@ from kan_engine.errors import KanError, PresetError
 from kan_tui.messages import FormChanged, StartRun
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
 from kan_tui.widgets.charts import SeriesChart
-from kan_tui.widgets.form import FIELDS, ConfigField, ConfigForm
+from kan_tui.widgets.form import FIELDS, ConfigField, ConfigForm, field_id
 from kan_tui.widgets.presets import PresetList
+
+if TYPE_CHECKING:
+    from kan_engine.lr_find import LRFinderResult
 
 DEFAULT_PRESET = "lite"
 PREVIEW_DEBOUNCE_S = 0.3
@@ -42,6 +48,9 @@ class SetupScreen(Screen[None]):
     BINDINGS = [
         Binding("r", "start", "Start"),
         Binding("ctrl+s", "save_as", "Save as"),
+        Binding("l", "lr_find", "LR find"),
+        Binding("h", "app.open_runs", "Runs"),
+        Binding("v", "app.open_activations", "Activations"),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -64,6 +73,7 @@ class SetupScreen(Screen[None]):
             yield SeriesChart(id="lr-preview", empty="LR schedule")
             with Vertical(id="start-pane"):
                 yield Static(id="form-status")
+                yield Static(id="memory-line")
                 yield Button("Start (r)", id="start", variant="success", compact=True)
         yield Static(id="hint")
         yield Footer()
@@ -104,7 +114,9 @@ class SetupScreen(Screen[None]):
         return f"[b green]ready[/]: preset {self.preset_name}{edits}"
 
     def redraw_preview(self) -> None:
-        """The LR of each group over the whole run, epochs on x (debounced after edits)."""
+        """The LR of each group over the whole run, epochs on x, and the memory estimate
+        (debounced after edits)."""
+        self.estimate_memory()
         chart = self.query_one("#lr-preview", SeriesChart)
         if self.config is None:
             chart.empty = "fix the form to see the LR schedule"
@@ -124,6 +136,85 @@ class SetupScreen(Screen[None]):
             hint.update("enter loads a preset · d deletes a user preset · r starts")
         else:
             hint.update(f"{widget.spec.key}: {widget.tooltip}")
+
+    # --- memory estimate and LR range test (thread workers) ------------------------------------
+
+    def estimate_memory(self) -> None:
+        """Parameters and training memory of the form's config, measured in a worker (the
+        measurement is cached per model and data set, so batch edits answer at once)."""
+        line = self.query_one("#memory-line", Static)
+        config = self.config
+        if config is None:
+            line.update("")
+            return
+        from kan_engine import memory
+
+        line.update("memory: estimating...")
+        self.run_worker(
+            lambda: (config, memory.estimate(config)),
+            thread=True,
+            exclusive=True,
+            group="memory",
+            exit_on_error=False,
+        )
+
+    def action_lr_find(self) -> None:
+        """Run the LR range test on the form's config; offer its suggestion as the base LR."""
+        config = self.config
+        if config is None:
+            self.notify("fix the form before the LR range test", severity="warning")
+            return
+        from kan_engine.lr_find import find_lr
+
+        self.notify(f"LR range test on {config.model.name} / {config.data.dataset}...")
+        self.run_worker(
+            lambda: find_lr(config),
+            thread=True,
+            exclusive=True,
+            group="lr-find",
+            exit_on_error=False,
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        group, worker = event.worker.group, event.worker
+        if group not in ("memory", "lr-find") or event.state not in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+        ):
+            return
+        if event.state == WorkerState.ERROR:
+            reason = str(worker.error) if isinstance(worker.error, KanError) else repr(worker.error)
+            if group == "memory":
+                short = reason.split(";")[0].split("\n")[0][:80]
+                self.query_one("#memory-line", Static).update(f"memory: {short}")
+            else:
+                self.notify(f"LR range test failed: {reason}", severity="error")
+        elif group == "memory":
+            from kan_engine.memory import format_bytes
+
+            config, est = worker.result
+            text = f"{est.params:,} params\n~{format_bytes(est.total(config.train.batch_size))}"
+            self.query_one("#memory-line", Static).update(
+                f"{text} at batch {config.train.batch_size} (training, {config.train.device})"
+            )
+        else:
+            self._offer_lr(worker.result)
+
+    def _offer_lr(self, result: LRFinderResult) -> None:
+        if result.suggestion is None:
+            self.notify(f"LR range test: no suggestion ({result.stop_reason})", severity="warning")
+            return
+        lr = float(f"{result.suggestion:.3g}")
+        question = (
+            f"LR range test: the loss fell fastest at lr {lr:g} "
+            f"(lowest at {result.best_lr:.3g}). Use {lr:g} as the base LR?"
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.query_one(f"#{field_id('optim.lr')}", ConfigField).set_value(lr)
+
+        self.app.push_screen(ConfirmDialog(question), answered)
 
     # --- presets ------------------------------------------------------------------------------
 
