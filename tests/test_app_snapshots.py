@@ -1,7 +1,8 @@
 """Snapshots of the setup screen and the dashboard at 80x24 (the promise) and 120x40.
 
 The dashboard is fed a fixed, made-up event sequence instead of a live run, and its memory
-reading is fixed, so the picture only changes when the layout or the widgets do. Regenerate with
+reading is fixed, so the picture only changes when the layout or the widgets do. The setup screen's
+memory estimate is fixed too (the real one loads Fashion-MNIST and takes seconds). Regenerate with
 `pytest tests/test_app_snapshots.py --snapshot-update` and look at the SVGs before committing.
 """
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Static
 
+from kan_engine import memory
 from kan_engine.config import RunConfig
 from kan_engine.events import (
     CheckpointWritten,
@@ -35,9 +38,21 @@ STEPS_PER_EPOCH = 40
 LOG_EVERY = 4
 
 
+FIXED_ESTIMATE = memory.MemoryEstimate(
+    params=8_360_928,
+    param_bytes=33_443_712,
+    grad_bytes=33_443_712,
+    optimizer_bytes=66_887_424,
+    step_bytes=66_887_424,
+    backward=((40_000_000.0, 600_000.0),),
+    data_bytes=55_160_000,
+)
+
+
 @pytest.fixture(autouse=True)
 def no_user_presets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
 
 
 def replay_events(epochs: int = 4) -> list[Event]:
@@ -119,12 +134,17 @@ def show_dashboard(tab: str) -> Callable[[Pilot], object]:
 
 
 async def wait_for_preview(pilot: Pilot) -> None:
-    """The LR preview is drawn after a debounce: wait for it rather than for a fixed time."""
-    chart = pilot.app.screen.query_one("#lr-preview", SeriesChart)
+    """The LR preview is drawn after a debounce and the memory estimate comes from a worker:
+    wait for both rather than for a fixed time."""
+    screen = pilot.app.screen
+    chart = screen.query_one("#lr-preview", SeriesChart)
+    line = screen.query_one("#memory-line", Static)
     for _ in range(500):
-        if chart.points_drawn:
+        if chart.points_drawn and "params" in str(line.content):
             break
         await pilot.pause(0.02)
+    else:
+        raise AssertionError("the LR preview or the memory estimate never appeared")
     await pilot.pause()
 
 

@@ -13,7 +13,9 @@ from kan_engine import presets_io
 class PresetList(OptionList):
     """Enter (or a click) loads the highlighted preset into the form; `d` deletes a user preset."""
 
-    BINDINGS = [Binding("d,delete", "screen.delete_preset", "Delete preset")]
+    # Not in the footer: at 80 columns it would push `q Quit` off the screen; the setup screen's
+    # hint line names `d` while the list has focus.
+    BINDINGS = [Binding("d,delete", "screen.delete_preset", "Delete preset", show=False)]
 
     def __init__(self, **kwargs: str) -> None:
         super().__init__(**kwargs)
