@@ -7,6 +7,8 @@ is going, so the training thread is stopped (with a checkpoint) before the proce
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 from textual.app import App
@@ -18,6 +20,10 @@ from kan_engine.errors import KanError
 from kan_tui.messages import StartRun
 from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.setup import DEFAULT_PRESET, SetupScreen
+
+# A dropped terminal (SSH connection gone) sends SIGHUP; a scheduler or `kill` sends SIGTERM.
+# SIGHUP does not exist on Windows.
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGTERM") if hasattr(signal, n))
 
 
 class KanApp(App[None]):
@@ -45,8 +51,10 @@ class KanApp(App[None]):
         self.preset_name = preset_name
         self.start_run = start
         self.out_dir = Path(out_dir)
+        self._signals: list[int] = []
 
     def on_mount(self) -> None:
+        self._handle_stop_signals()
         config = (self.initial_config or self._preset_config()) if self.start_run else None
         if config is None:
             self.show_setup()
@@ -55,6 +63,40 @@ class KanApp(App[None]):
         # its form would otherwise compete with the first steps of training.
         dashboard = DashboardScreen(config, self.preset_name or DEFAULT_PRESET, self.out_dir)
         self.push_screen(dashboard, lambda _: self.show_setup())
+
+    def _handle_stop_signals(self) -> None:
+        """SIGHUP / SIGTERM stop a run as `q` then `y` would (checkpoint, summary `stopped`),
+        then exit with 128 + the signal's number, like a headless run. Without this, a dropped
+        SSH connection kills the process mid-step: no `last.pt`, a summary stuck at `running`.
+
+        The handlers run on the event loop, so the stop happens on the app's thread. A signal
+        the process was told to ignore (`nohup`) stays ignored; outside the main thread (or on
+        Windows) signals cannot be handled and are left alone.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, self.stop_on_signal, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            self._signals.append(signum)
+
+    def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._signals:
+            loop.remove_signal_handler(signum)
+        self._signals.clear()
+
+    def stop_on_signal(self, signum: int) -> None:
+        """Stop the running training (if any) with a checkpoint, then exit with 128 + signum."""
+        code = 128 + signum
+        running = [s for s in self.screen_stack if isinstance(s, DashboardScreen) and s.running]
+        if running:
+            running[-1].stop_and_exit(code)
+        else:
+            self.exit(return_code=code)
 
     def show_setup(self) -> None:
         """The setup screen, created on first use, filled with the app's initial config."""

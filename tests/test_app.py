@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import math
-from collections.abc import Callable, Coroutine
+import os
+import signal
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from textual.geometry import Region
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import Button, Input, Select, Static
 
-from kan_engine import presets_io
+from kan_engine import memory, presets_io, trainer
 from kan_engine.config import RunConfig
 from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
@@ -26,16 +32,35 @@ from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
 from kan_tui.screens.run_model import RunState
 from kan_tui.screens.setup import SetupScreen
 from kan_tui.widgets.charts import SeriesChart, thin
-from kan_tui.widgets.form import ConfigForm, validate_form
+from kan_tui.widgets.form import FIELDS, ConfigForm, validate_form
 from kan_tui.widgets.presets import PresetList
+from kan_tui.widgets.warnings import NoticeLog, WarningsList
 
 SIZE = (80, 24)
+
+# The setup screen's memory line, as a real estimate of the lite preset would fill it. The real
+# one loads Fashion-MNIST and measures a step (seconds of CPU that every setup test would pay);
+# test_app_extras checks the real estimate on digits.
+FIXED_ESTIMATE = memory.MemoryEstimate(
+    params=8_360_928,
+    param_bytes=33_443_712,
+    grad_bytes=33_443_712,
+    optimizer_bytes=66_887_424,
+    step_bytes=66_887_424,
+    backward=((40_000_000.0, 600_000.0),),
+    data_bytes=55_160_000,
+)
+
+
+def fix_memory_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """User presets in a temporary folder, never the user's own."""
+    """User presets in a temporary folder, never the user's own; a fixed memory estimate."""
     monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+    fix_memory_estimate(monkeypatch)
 
 
 def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
@@ -64,6 +89,19 @@ async def type_into(pilot: Pilot, key: str, text: str) -> None:
     field.value = ""
     await pilot.press(*text)
     await pilot.pause()
+
+
+def visible_text(widget: Widget) -> str:
+    """What the widget shows on screen now, line by line (Textual's own render path)."""
+    region = Region(0, 0, *widget.outer_size)  # borders and padding included
+    return "\n".join(strip.text for strip in widget.render_lines(region))
+
+
+def unwrapped(widget: Widget) -> str:
+    """The visible text of a bordered widget as one string without borders or spaces, so that
+    a path folded over two lines is found whole."""
+    lines = visible_text(widget).splitlines()
+    return "".join(line.strip("│╭╮╰╯─▏ ") for line in lines).replace(" ", "")
 
 
 def field_reason(app: object, key: str) -> str:
@@ -282,3 +320,143 @@ async def test_a_log_scale_chart_can_be_rendered_twice() -> None:
         chart.show({"train": [(0.5, 0.9), (1.0, 0.5), (1.5, 0.2)], "val": [(1.0, 0.6)]})
         first, second = str(chart.render()), str(chart.render())
         assert first == second and "train" in first
+
+
+@pytest.fixture
+def sighup_default() -> Iterator[None]:
+    """SIGHUP as a terminal leaves it (not ignored, as under `nohup`), restored afterwards."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
+@sync
+async def test_sighup_stops_the_run_with_a_checkpoint_and_exits(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig], sighup_default: None
+) -> None:
+    """A dropped SSH connection: the terminal sends SIGHUP to the app's process."""
+    config = tiny_config(**{"train.epochs": 200})
+    app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
+        # without the app's handler the signal would end pytest itself
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_until(pilot, dash.run.done.is_set, "the training thread to end")
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert run_summary(tmp_path)["status"] == "stopped"
+    assert app.return_code == 128 + signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handed back on exit
+
+
+FAIL_AFTER = 8  # training steps before the injected error: some steps are logged first
+
+
+@sync
+async def test_an_error_mid_run_shows_a_panel_marks_the_run_failed_and_the_app_stays_usable(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_model = trainer.build_model
+
+    def failing_model(*args: object) -> torch.nn.Module:
+        """The real model, with a forward that raises on the FAIL_AFTER+1th training step."""
+        model = build_model(*args)  # type: ignore[arg-type]
+        steps = itertools.count(1)
+
+        def hook(module: torch.nn.Module, inputs: object) -> None:
+            if module.training and torch.is_grad_enabled() and next(steps) > FAIL_AFTER:
+                raise RuntimeError("injected failure in the forward")
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", failing_model)
+    app = create_app(config=tiny_config(), preset_name="lite", start=True, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.status == "failed", "the failure")
+        await wait_until(pilot, lambda: dash.worker is not None and dash.worker.is_finished, "")
+        assert 0 < dash.state.global_step <= FAIL_AFTER  # it failed mid-run, after logged steps
+        assert dash.query_one("#chart-loss", SeriesChart).points_drawn > 0
+        panel = dash.query_one("#error-panel", Static)
+        assert panel.display and "injected failure in the forward" in visible_text(panel)
+        assert "failed" in visible_text(dash.query_one("#run-status", Static))
+        await pilot.press("t")  # still answering keys
+        assert dash.query_one("#charts").active == "tab-acc"
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "back to setup")
+    assert run_summary(tmp_path)["status"] == "failed"
+
+
+@sync
+async def test_a_broken_user_preset_is_explained_inline_and_the_form_keeps_its_values() -> None:
+    folder = presets_io.user_dir()
+    folder.mkdir(parents=True)
+    (folder / "typo.toml").write_text("[optim\nlr = 0.01\n")
+    (folder / "badlr.toml").write_text('[optim]\nlr = "fast"\n')
+    (folder / "garbage.toml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        setup = app.screen
+        presets = setup.query_one(PresetList)
+        panel = setup.query_one("#preset-error", Static)
+        assert not panel.display
+        for name, reason in (
+            ("typo", "TOML syntax error"),
+            ("badlr", "optim.lr: Input should be a valid number"),
+            ("garbage", "not a text file"),
+        ):
+            presets.focus()
+            presets.highlighted = presets.get_option_index(name)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: panel.display, f"the reason for {name}")
+            shown = unwrapped(panel)
+            assert str(folder / f"{name}.toml") in shown, visible_text(panel)
+            assert reason.replace(" ", "") in shown, visible_text(panel)
+            assert setup.preset_name == "lite"  # the form keeps the last good preset
+            assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.004
+            assert not setup.query_one("#start", Button).disabled
+        presets.highlighted = presets.get_option_index("lite")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not panel.display, "the panel to go")
+        assert isinstance(app.screen, SetupScreen)
+
+
+@sync
+async def test_a_non_finite_gradient_names_its_layer_on_the_dashboard() -> None:
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        dash = DashboardScreen(RunConfig(), "lite", Path("runs"), start=False)
+        await app.push_screen(dash)
+        action = "skipped step; restored last good state, lr halved"
+        dash.run.sink(GradNormWarning(80, math.nan, math.inf, "non-finite", action, "kan.1"))
+        await wait_until(pilot, lambda: dash.state.warnings_seen == 1, "the drain timer")
+        await pilot.pause()
+        _, row = visible_text(dash.query_one(WarningsList)).splitlines()[:2]
+        assert row.split()[:5] == ["80", "nan", "inf", "non-finite", "kan.1"]
+        notices = unwrapped(dash.query_one(NoticeLog))
+        assert "step80:non-finitegradientinkan.1:skippedstep" in notices
+
+
+@sync
+async def test_tab_scrolls_form_fields_below_the_fold_into_view() -> None:
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        form = app.screen.query_one(ConfigForm)
+        seed = form.query_one("#field-train-seed Input", Input)
+        assert not form.region.contains_region(seed.region)  # below the fold at 80x24
+        form.query_one("#field-train-patience Input", Input).focus()
+        for _ in FIELDS:
+            if app.focused is seed:
+                break
+            await pilot.press("tab")
+        assert app.focused is seed
+        await pilot.pause()
+        assert form.scroll_y > 0 and form.region.contains_region(seed.region)

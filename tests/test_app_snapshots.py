@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_app import fix_memory_estimate
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from kan_engine import memory
 from kan_engine.config import RunConfig
 from kan_engine.events import (
     CheckpointWritten,
@@ -38,21 +38,10 @@ STEPS_PER_EPOCH = 40
 LOG_EVERY = 4
 
 
-FIXED_ESTIMATE = memory.MemoryEstimate(
-    params=8_360_928,
-    param_bytes=33_443_712,
-    grad_bytes=33_443_712,
-    optimizer_bytes=66_887_424,
-    step_bytes=66_887_424,
-    backward=((40_000_000.0, 600_000.0),),
-    data_bytes=55_160_000,
-)
-
-
 @pytest.fixture(autouse=True)
 def no_user_presets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
+    fix_memory_estimate(monkeypatch)
 
 
 def replay_events(epochs: int = 4) -> list[Event]:
@@ -112,7 +101,9 @@ def replay_events(epochs: int = 4) -> list[Event]:
         if epoch == 1:
             events.append(GradNormWarning(spe, 4.1, 2.5, "spike", "clipped"))
         if epoch == 2:
-            events.append(GradNormWarning(2 * spe, math.inf, 2.5, "non-finite", "skipped step"))
+            events.append(
+                GradNormWarning(2 * spe, math.inf, 2.5, "non-finite", "skipped step", layer="kan.1")
+            )
             events.append(
                 CheckpointWritten("runs/20250101-120000-lite/checkpoints/last.pt", 2, "manual")
             )

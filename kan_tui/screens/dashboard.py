@@ -73,7 +73,7 @@ class DashboardScreen(Screen[None]):
         self.state.batch_size = config.train.batch_size
         self.start_on_mount = start
         self.worker: Worker[dict[str, Any]] | None = None
-        self.quit_when_done = False
+        self.exit_code: int | None = None  # set: exit the app with it once the thread ended
         self._charts_version = 0  # the charts start empty
         self._charts_at = 0.0
         self._status_shown = Text()
@@ -136,8 +136,8 @@ class DashboardScreen(Screen[None]):
             self.state.status = "stopped" if event.state == WorkerState.CANCELLED else "finished"
         self.refresh_view()
         self.refresh_bindings()
-        if self.quit_when_done:
-            self.app.exit()
+        if self.exit_code is not None:
+            self.app.exit(return_code=self.exit_code)
 
     # --- view ---------------------------------------------------------------------------------
 
@@ -227,10 +227,15 @@ class DashboardScreen(Screen[None]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.quit_when_done = True
-                self.action_stop()
+                self.stop_and_exit()
 
         self.app.push_screen(ConfirmDialog("Training is running. Stop it and quit?"), answered)
+
+    def stop_and_exit(self, return_code: int = 0) -> None:
+        """Stop the run (checkpoint, summary `stopped`) and exit the app with `return_code` as
+        soon as the training thread has ended: `q` then `y`, and SIGHUP / SIGTERM."""
+        self.exit_code = return_code
+        self.action_stop()
 
     def on_unmount(self) -> None:
         """However the app ends, never leave a training thread behind."""

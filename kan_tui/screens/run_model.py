@@ -50,6 +50,7 @@ class WarningRow:
     threshold: float
     reason: str
     action: str
+    layer: str = ""  # the first non-finite layer, when the trainer found it
 
 
 @dataclass
@@ -181,7 +182,14 @@ class RunState:
         self.warning_total += 1
         self.warnings_seen += 1
         self.warnings.append(
-            WarningRow(event.global_step, event.norm, event.threshold, event.reason, event.action)
+            WarningRow(
+                event.global_step,
+                event.norm,
+                event.threshold,
+                event.reason,
+                event.action,
+                event.layer or "",
+            )
         )
         del self.warnings[:-MAX_WARNINGS]
         if event.reason == "non-finite":

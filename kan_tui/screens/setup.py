@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -69,6 +70,7 @@ class SetupScreen(Screen[None]):
                 yield Label("Presets", classes="pane-title")
                 yield PresetList(id="presets")
             yield ConfigForm(registry_choices(), id="form")
+        yield Static(id="preset-error")
         with Horizontal(id="setup-bottom"):
             yield SeriesChart(id="lr-preview", empty="LR schedule")
             with Vertical(id="start-pane"):
@@ -79,17 +81,24 @@ class SetupScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#preset-error").display = False
         base = self._resolve(self.preset_name) or self.initial_config or RunConfig()
         self.query_one(PresetList).reload(highlight=self.preset_name)
         self.query_one(ConfigForm).load(base, self.initial_config)
         self.query_one(PresetList).focus()
 
     def _resolve(self, name: str) -> RunConfig | None:
+        """The preset's config; None after showing why it cannot be loaded (a hand-edited user
+        preset: the file, the key and the reason) in a panel that stays until the next load,
+        since a toast would vanish before a long path is read. The form keeps what it had."""
+        panel = self.query_one("#preset-error", Static)
         try:
             config, _ = presets_io.resolve(name)
         except KanError as exc:
-            self.notify(str(exc), title="cannot load preset", severity="error")
+            panel.update(Text.assemble((f"cannot load preset {name!r}: ", "bold"), str(exc)))
+            panel.display = True
             return None
+        panel.display = False
         return config
 
     # --- form ---------------------------------------------------------------------------------

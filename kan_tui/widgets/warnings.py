@@ -14,7 +14,8 @@ from kan_tui.widgets.stats import num
 
 
 class WarningsList(Static):
-    """The newest gradient-norm warnings, one row each: step, norm, threshold, reason, action.
+    """The newest gradient-norm warnings, one row each: step, norm, threshold, reason, the layer
+    that went non-finite first (when known), action.
 
     A plain table of the rows that fit, redrawn only when a warning arrives and without a layout
     pass (its size is fixed by app.tcss): a diverging run can warn every few steps, and a
@@ -45,6 +46,7 @@ class WarningsList(Static):
         table.add_column("norm", justify="right", no_wrap=True)
         table.add_column("limit", justify="right", no_wrap=True)
         table.add_column("reason", no_wrap=True)
+        table.add_column("layer", no_wrap=True)
         table.add_column("action", no_wrap=True, overflow="ellipsis", ratio=1)
         for row in state.warnings[-fit:]:
             table.add_row(
@@ -52,6 +54,7 @@ class WarningsList(Static):
                 Text(num(row.norm), style="bold red" if row.reason == "non-finite" else ""),
                 num(row.threshold),
                 row.reason,
+                Text(row.layer, style="bold red") if row.layer else "",
                 row.action,
             )
         self.update(table, layout=False)
