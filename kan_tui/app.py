@@ -8,7 +8,9 @@ is going, so the training thread is stopped (with a checkpoint) before the proce
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
 from pathlib import Path
 
 from textual.app import App
@@ -18,12 +20,29 @@ from kan_engine import presets_io
 from kan_engine.config import RunConfig
 from kan_engine.errors import KanError
 from kan_tui.messages import StartRun
-from kan_tui.screens.dashboard import DashboardScreen
+from kan_tui.screens.dashboard import JOIN_TIMEOUT_S, DashboardScreen
+from kan_tui.screens.run_model import TrainingRun
 from kan_tui.screens.setup import DEFAULT_PRESET, SetupScreen
 
 # A dropped terminal (SSH connection gone) sends SIGHUP; a scheduler or `kill` sends SIGTERM.
 # SIGHUP does not exist on Windows.
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGTERM") if hasattr(signal, n))
+HANGUP_GRACE_S = 3.0  # after the training thread ended, for Textual's exit before ours
+
+
+def exit_after_hangup(runs: list[TrainingRun], code: int) -> None:
+    """End the process once the training threads are done, if Textual's own exit has not.
+
+    After a hangup Textual cannot exit by itself: its output thread dies on the first write to
+    the dead terminal, its bounded queue fills up, and restoring the terminal at exit then
+    waits forever. The checkpoint and the summary are written by the training thread, so once it
+    has ended there is nothing left to save; the grace period lets a normal exit win when the
+    terminal was still there.
+    """
+    for run in runs:
+        run.done.wait(JOIN_TIMEOUT_S)
+    threading.Event().wait(HANGUP_GRACE_S)
+    os._exit(code)
 
 
 class KanApp(App[None]):
@@ -97,6 +116,11 @@ class KanApp(App[None]):
             running[-1].stop_and_exit(code)
         else:
             self.exit(return_code=code)
+        if signum == getattr(signal, "SIGHUP", None) and not self.is_headless:
+            runs = [screen.run for screen in running]
+            threading.Thread(
+                target=exit_after_hangup, args=(runs, code), name="hangup", daemon=True
+            ).start()
 
     def show_setup(self) -> None:
         """The setup screen, created on first use, filled with the app's initial config."""

@@ -141,10 +141,12 @@ class SetupScreen(Screen[None]):
         while widget is not None and not isinstance(widget, ConfigField):
             widget = widget.parent if isinstance(widget.parent, Widget) else None
         hint = self.query_one("#hint", Static)
-        if widget is None:
+        if widget is not None:
+            hint.update(f"{widget.spec.key}: {widget.tooltip}")
+        elif isinstance(event.widget, PresetList):
             hint.update("enter loads a preset · d deletes a user preset · r starts")
         else:
-            hint.update(f"{widget.spec.key}: {widget.tooltip}")
+            hint.update("enter or r starts the run · ctrl+s saves the form as a user preset")
 
     # --- memory estimate and LR range test (thread workers) ------------------------------------
 

@@ -33,8 +33,8 @@ def duration(seconds: float | None) -> str:
 
 
 def stats_rows(state: RunState) -> list[tuple[str, str]]:
-    """Label and value rows; every row fits in 34 columns. Plain strings, so that an unchanged
-    panel is detected by comparison and not redrawn."""
+    """Label and value rows; every row fits in 33 columns (the panel at 80x24). Plain strings,
+    so that an unchanged panel is detected by comparison and not redrawn."""
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else "-"
     steps = f"{state.step}/{state.steps_per_epoch}" if state.steps_per_epoch else "-"
     best = f"{pct(state.best_val_acc)} @ epoch {state.best_epoch}" if state.best_epoch else "-"
