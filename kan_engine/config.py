@@ -64,7 +64,7 @@ class GroupMultipliers(_Section):
 
 
 class OptimSection(_Section):
-    lr: Annotated[float, Field(gt=0, le=10)] = Field(0.004, description="base learning rate")
+    lr: Annotated[float, Field(gt=0, le=10)] = Field(0.001, description="base learning rate")
     lr_mult: GroupMultipliers = Field(default_factory=GroupMultipliers)
     optimizer: Optimizer = Field("adamw", description="adamw, adam or sgd")
     weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(

@@ -214,17 +214,17 @@ def _rapid(
     )
 
 
-@register("Rapid KAN lite: 2-stage CNN + KAN 1024-896-C, fastest (notes: 8.3 M params)")
+@register("Rapid KAN lite: 2-stage CNN + KAN 1024-896-C, fastest")
 def rapid_kan_lite(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid(input_shape, num_classes, options, channels=(32, 64), hidden=(896,))
 
 
-@register("Rapid KAN: 3-stage CNN + KAN 2048-1152-512-C (notes: 26.6 M params)")
+@register("Rapid KAN: 3-stage CNN + KAN 2048-1152-512-C")
 def rapid_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid(input_shape, num_classes, options, channels=(32, 64, 128), hidden=(1152, 512))
 
 
-@register("Rapid KAN power: wider 3-stage CNN + KAN 4096-1400-512-C (notes: 58.5 M params)")
+@register("Rapid KAN power: wider 3-stage CNN + KAN 4096-1400-512-C")
 def rapid_kan_power(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid(input_shape, num_classes, options, channels=(64, 128, 256), hidden=(1400, 512))
 
