@@ -39,6 +39,17 @@ def tiny_config() -> Callable[..., RunConfig]:
 
 
 @pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """User presets, caches and runs under a temporary folder (the working directory), never the
+    user's real ones; only data sets passed explicitly are found."""
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setenv("KAN_TUI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KAN_TUI_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 

@@ -20,12 +20,9 @@ from kan_tui.options import OPTION_KEYS, describe, flags
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """User presets and caches in a temporary folder, never the real ones."""
-    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("KAN_TUI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def _isolated(isolated: Path) -> Path:
+    """Every CLI test runs isolated (the shared `isolated` fixture)."""
+    return isolated
 
 
 def cli(*args: str) -> Result:

@@ -214,15 +214,6 @@ TINY = ["--dataset", "digits", "--model", "kan", "--epochs", "2", "--batch-size"
         "--warmup-epochs", "0", "--device", "cpu", "--seed", "1"]  # fmt: skip
 
 
-@pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("KAN_TUI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("KAN_TUI_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 

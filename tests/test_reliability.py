@@ -34,16 +34,6 @@ CLI_TINY = ["--dataset", "digits", "--model", "kan", "--batch-size", "128", "--w
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 
 
-@pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """User presets, caches and runs under a temporary folder (the working directory)."""
-    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("KAN_TUI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("KAN_TUI_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
