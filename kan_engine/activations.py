@@ -122,7 +122,7 @@ def edge_importance(layer: KANLinear, inputs: Tensor | None = None, samples: int
     total = torch.zeros(layer.in_features, layer.out_features, dtype=x.dtype)  # (in, out)
     rows = max(1, CHUNK_ELEMENTS // (layer.in_features * layer.out_features))
     for part in x.split(rows):
-        basis = reference_basis(part, layer.grid, k)  # (s, in, G+k)
+        basis = layer.b_splines(part)  # (s, in, G+k)
         phi = torch.einsum("sig,jgi->sij", basis, coeffs)  # (s, in, out)
         phi += layer.base_activation(part)[:, :, None] * base_w  # (s, in, out)
         total += phi.abs().sum(0)

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 
-from kan_engine import atomic, models, runs
+from kan_engine import atomic, history, models, runs
 from kan_engine.config import RunConfig, apply_overrides, parse_value
 from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
@@ -202,8 +202,7 @@ def time_to_accuracy(
     reached: dict[float, Reach | None] = dict.fromkeys(thresholds)
     elapsed = 0.0
     for row in rows:
-        seconds = row.get("train_seconds")
-        elapsed += float(row["seconds"] if seconds is None else seconds)
+        elapsed += _train_seconds(row)
         acc = row.get(key)
         if acc is None:
             continue
@@ -213,14 +212,18 @@ def time_to_accuracy(
     return reached
 
 
+def _train_seconds(row: dict[str, Any]) -> float:
+    """An epoch row's training seconds (its `seconds` for runs recorded before they existed)."""
+    seconds = row.get("train_seconds")
+    return float(row["seconds"] if seconds is None else seconds)
+
+
 def result_of(run_dir: Path, thresholds: Sequence[float] = THRESHOLDS) -> Result:
     """The table row of one run folder, from its summary.json and metrics.jsonl."""
     summary = runs.read_summary(run_dir)
-    rows = [r for r in runs.read_metrics(run_dir) if r.get("event") == "epoch"]
+    rows = history.epoch_rows(run_dir)
     tested = any(r.get("test_acc") is not None for r in rows)
-    train_seconds = sum(
-        float(r["seconds"] if r.get("train_seconds") is None else r["train_seconds"]) for r in rows
-    )
+    train_seconds = sum(_train_seconds(r) for r in rows)
     params = summary.get("params") or {}
     return Result(
         model=str(summary.get("model")),

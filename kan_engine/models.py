@@ -214,6 +214,26 @@ def _rapid(
     )
 
 
+def _flat_kan(
+    input_shape: tuple[int, ...],
+    widths: Sequence[int],
+    options: dict[str, Any],
+    *,
+    defaults: dict[str, Any] = RAPID_DEFAULTS,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+) -> KanClassifier:
+    """KAN layers straight on the flattened input (no CNN front end)."""
+    return KanClassifier(
+        nn.Flatten(),
+        math.prod(input_shape),
+        widths,
+        normalize=normalize,
+        kan_options=_options(options, defaults),
+        chunk_size=chunk_size,
+    )
+
+
 @register("Rapid KAN lite: 2-stage CNN + KAN 1024-896-C, fastest")
 def rapid_kan_lite(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid(input_shape, num_classes, options, channels=(32, 64), hidden=(896,))
@@ -231,25 +251,12 @@ def rapid_kan_power(input_shape: Shape, num_classes: int, options: Options) -> n
 
 @register("exact B-spline KAN on flattened inputs, 256-128 hidden, chunked for bounded memory")
 def memory_safe_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
-    return KanClassifier(
-        nn.Flatten(),
-        math.prod(input_shape),
-        [256, 128, num_classes],
-        normalize=True,
-        kan_options=_options(options, RAPID_DEFAULTS),
-        chunk_size=MEMORY_SAFE_CHUNK,
-    )
+    return _flat_kan(input_shape, [256, 128, num_classes], options, chunk_size=MEMORY_SAFE_CHUNK)
 
 
 @register("exact B-spline KAN on flattened inputs, one 256 hidden layer, unchunked for speed")
 def fast_exact_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
-    return KanClassifier(
-        nn.Flatten(),
-        math.prod(input_shape),
-        [256, num_classes],
-        normalize=True,
-        kan_options=_options(options, RAPID_DEFAULTS),
-    )
+    return _flat_kan(input_shape, [256, num_classes], options)
 
 
 @register("baseline: standard small CNN (2 conv-BN-ReLU stages, linear 256 head)")
@@ -265,12 +272,8 @@ def cnn(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
 
 @register("baseline: original KAN (flatten -> KAN 64 -> C, no CNN, no norm, pykan-like defaults)")
 def kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
-    return KanClassifier(
-        nn.Flatten(),
-        math.prod(input_shape),
-        [64, num_classes],
-        normalize=False,
-        kan_options=_options(options, ORIGINAL_DEFAULTS),
+    return _flat_kan(
+        input_shape, [64, num_classes], options, defaults=ORIGINAL_DEFAULTS, normalize=False
     )
 
 
