@@ -3,9 +3,9 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only (no pickled
 objects), so `torch.load(..., weights_only=True)` reads it and nothing in a run folder is ever
 executed. The trainer puts in it: `model`, `optimizer`, `schedule`, `scaler` state dicts, `rng`
-(`rng_state()`), the position (`epoch`, `step_in_epoch`, `global_step`), the trainer `counters`,
-the resolved `config` as plain data and `metrics_offset`. The KAN grids are buffers, so they are in
-`model`.
+(`rng_state()`), the position (`epoch`, `step_in_epoch`), the trainer `counters` (the global step
+among them), the resolved `config` as plain data and `metrics_offset`. The KAN grids are buffers,
+so they are in `model`.
 
 Writes go through `atomic.write_with`: the previous file stays whole until the new one is
 complete and fsynced. A failing write (disk full) raises `CheckpointWriteError` naming the file and

@@ -38,7 +38,7 @@ class StepHealth:
     n: int
     norm: float
     ok: bool  # loss and gradient norm finite (the optimizer step was applied)
-    batch: tuple[Tensor, Tensor] | None  # kept so a non-finite step can be re-run for diagnosis
+    batch: tuple[Tensor, Tensor]  # kept so a non-finite step can be re-run for diagnosis
 
 
 class PendingSteps:
@@ -46,7 +46,7 @@ class PendingSteps:
 
     def __init__(self) -> None:
         self._values: list[Tensor] = []
-        self._meta: list[tuple[int, int, tuple[Tensor, Tensor] | None]] = []
+        self._meta: list[tuple[int, tuple[Tensor, Tensor]]] = []
 
     def add(
         self,
@@ -55,11 +55,11 @@ class PendingSteps:
         correct: Tensor,
         norm: Tensor,
         ok: Tensor,
-        batch: tuple[Tensor, Tensor] | None,
+        batch: tuple[Tensor, Tensor],
     ) -> None:
         values = torch.stack([loss.detach().float(), correct.float(), norm.float(), ok.float()])
         self._values.append(values)  # (4,)
-        self._meta.append((global_step, int(batch[1].shape[0]) if batch else 0, batch))
+        self._meta.append((global_step, batch))
 
     def __len__(self) -> int:
         return len(self._values)
@@ -70,8 +70,8 @@ class PendingSteps:
             return []
         rows = torch.stack(self._values).tolist()  # (steps, 4) -> host
         out = [
-            StepHealth(step, loss, correct, n, norm, bool(ok), batch)
-            for (loss, correct, norm, ok), (step, n, batch) in zip(rows, self._meta, strict=True)
+            StepHealth(step, loss, correct, len(batch[1]), norm, bool(ok), batch)
+            for (loss, correct, norm, ok), (step, batch) in zip(rows, self._meta, strict=True)
         ]
         self._values.clear()
         self._meta.clear()

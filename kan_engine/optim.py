@@ -124,27 +124,6 @@ def build_optimizer(
     return kind(param_groups, lr=opt.lr, betas=betas, fused=fused)
 
 
-def reset_state(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> int:
-    """Restart the optimizer state (Adam moments and step, SGD momentum) of `params` from zero.
-
-    Used after a grid update refits spline coefficients: their old moments describe a different
-    basis. Zeroing in place equals a fresh start (Adam's step 0 gives the bias correction of a
-    first step; SGD's zero buffer takes the gradient as is) and keeps every parameter's state
-    present, which fused kernels need when some parameters have state and others not.
-    Returns how many parameters had state.
-    """
-    reset = 0
-    for param in params:
-        state = optimizer.state.get(param)
-        if not state:
-            continue
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                value.zero_()
-        reset += 1
-    return reset
-
-
 class Schedule:
     """Per-step LR setter (LambdaLR-like) over the optimizer's named param groups.
 

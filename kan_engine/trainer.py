@@ -87,7 +87,7 @@ WIDE_OUTSIDE = 0.05  # share of first-KAN-layer inputs outside the grid worth a 
 # what `_checkpoint_state` writes and a resume reads: a last.pt without one of them is refused
 RESUME_KEYS = (
     "model", "optimizer", "schedule", "scaler", "monitor", "rng", "grid_rng", "epoch",
-    "step_in_epoch", "global_step", "counters", "config", "preset", "metrics_offset",
+    "step_in_epoch", "counters", "config", "preset", "metrics_offset",
 )  # fmt: skip
 
 
@@ -103,7 +103,6 @@ class Counters:
     restores: int = 0
     best_val_acc: float = -1.0
     best_epoch: int = 0
-    stale_epochs: int = 0  # epochs since the best one
     epochs_run: int = 0
     seconds: float = 0.0  # finished epochs
     # the epoch in progress
@@ -603,11 +602,11 @@ class Trainer:
         for warning in self.monitor.scan(finite_norms):
             self._warn(warning)
 
-    def _non_finite_step(self, step: int, norm: float, batch: tuple[Tensor, Tensor] | None) -> None:
+    def _non_finite_step(self, step: int, norm: float, batch: tuple[Tensor, Tensor]) -> None:
         c = self.c
         c.skipped_steps += 1
         c.bad_streak += 1
-        layer = self._diagnose(step, batch) if c.bad_streak == 1 and batch is not None else None
+        layer = self._diagnose(step, batch) if c.bad_streak == 1 else None
         self._repair_buffers()
         action = "skipped step"
         if c.bad_streak >= MAX_BAD_STREAK:
@@ -750,9 +749,7 @@ class Trainer:
         self._advance_clock()
         improved = val_acc > c.best_val_acc
         if improved:
-            c.best_val_acc, c.best_epoch, c.stale_epochs = val_acc, self.epoch, 0
-        else:
-            c.stale_epochs += 1
+            c.best_val_acc, c.best_epoch = val_acc, self.epoch
         samples = max(c.epoch_samples, 1)
         row = EpochEnd(
             epoch=self.epoch,
@@ -812,7 +809,8 @@ class Trainer:
 
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.patience
-        return patience > 0 and self.c.stale_epochs >= patience
+        stale_epochs = self.c.epochs_run - self.c.best_epoch  # epochs since the best one
+        return patience > 0 and stale_epochs >= patience
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -825,7 +823,6 @@ class Trainer:
             "grid_rng": ckpt.pack_random(self.grid_rng.getstate()),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
-            "global_step": self.c.global_step,
             "counters": dataclasses.asdict(self.c),
             "config": to_data(self.config),
             "preset": self.preset_name,

@@ -1,8 +1,6 @@
-"""Schedules, parameter groups and optimizer-state resets (no training)."""
+"""Schedules, parameter groups and optimizers (no training)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -111,28 +109,6 @@ def test_schedule_sets_group_lrs_per_step_and_round_trips() -> None:
     again = optim.Schedule(opt, cfg, SPE)
     again.load_state_dict(schedule.state_dict())
     assert again.lrs() == pytest.approx(lrs)
-
-
-def test_reset_state_restarts_adam_moments_of_the_given_parameters() -> None:
-    torch.manual_seed(0)
-    model, params = groups()
-    opt = optim.build_optimizer(config(), params, torch.device("cpu"))
-    x = torch.randn(8, 4)
-
-    def step() -> None:
-        model(x).square().sum().backward()
-        opt.step()
-        opt.zero_grad()
-
-    step()
-    step()
-    target, other = params["kan"][0], params["cnn"][0]
-    assert optim.reset_state(opt, [target]) == 1
-    assert not opt.state[target]["exp_avg"].any() and not opt.state[target]["exp_avg_sq"].any()
-    step()
-    assert int(opt.state[target]["step"]) == 1
-    assert int(opt.state[other]["step"]) == 3
-    assert math.isfinite(float(opt.state[target]["exp_avg_sq"].sum()))
 
 
 def test_a_warmup_as_long_as_the_run_shrinks_to_a_tenth_of_it() -> None:
