@@ -59,11 +59,34 @@ SETS = typer.Option(
     [], "--set", metavar="SECTION.KEY=VALUE", help="override any preset field (repeatable)"
 )
 RUN_DIR = typer.Argument(..., help="a run folder (holding config.toml and checkpoints/)")
+PRESET = typer.Option(
+    "lite", "--preset", "-p", metavar="NAME|FILE", help="preset name, or a .toml file"
+)
+HEADLESS = typer.Option(False, "--headless", help="train here, without the TUI")
+
+# the metavar of each named config option (OPTION_KEYS); `compile` is a --compile/--no-compile flag
+METAVARS = {
+    "model": "NAME", "dataset": "NAME", "data_dir": "PATH", "target": "COLUMN", "epochs": "INT",
+    "batch_size": "INT", "lr": "FLOAT", "weight_decay": "FLOAT", "optimizer": "NAME",
+    "scheduler": "NAME", "warmup_epochs": "FLOAT", "patience": "INT", "clip_grad_norm": "FLOAT",
+    "prob_update_grid": "FLOAT", "mixed_precision": "MODE", "device": "DEVICE", "seed": "INT",
+}  # fmt: skip
 
 
-def _config_option(name: str, metavar: str) -> Any:
-    """A named `run` option: its flags, metavar and help all come from the schema key it sets."""
-    return typer.Option(None, *flags(name), metavar=metavar, help=describe(OPTION_KEYS[name]))
+def _config_option(name: str) -> Any:
+    """A named config option: its flags, metavar and help all come from the schema key it sets."""
+    help_text = describe(OPTION_KEYS[name])
+    if name == "compile":
+        return typer.Option(None, "--compile/--no-compile", help=help_text)
+    return typer.Option(None, *flags(name), metavar=METAVARS[name], help=help_text)
+
+
+def _load_preset(ref: str) -> tuple[RunConfig, str, str]:
+    """The preset's config, its name, and the source that errors about its values name."""
+    from kan_engine import presets_io
+
+    config, name = presets_io.resolve(ref)
+    return config, name, ref if presets_io.is_path_like(ref) else f"preset {ref}"
 
 
 def _user_errors(command: F) -> F:
@@ -122,33 +145,29 @@ def _open_tui(*, mouse: bool, **app_options: Any) -> int:
 @_user_errors
 def run(
     ctx: typer.Context,
-    preset: str = typer.Option(
-        "lite", "--preset", "-p", metavar="NAME|FILE", help="preset name, or a .toml file"
-    ),
-    headless: bool = typer.Option(False, "--headless", help="train here, without the TUI"),
+    preset: str = PRESET,
+    headless: bool = HEADLESS,
     print_config: bool = typer.Option(
         False, "--print-config", help="print the resolved config as TOML and exit (no training)"
     ),
-    model: str | None = _config_option("model", "NAME"),
-    dataset: str | None = _config_option("dataset", "NAME"),
-    data_dir: str | None = _config_option("data_dir", "PATH"),
-    target: str | None = _config_option("target", "COLUMN"),
-    epochs: str | None = _config_option("epochs", "INT"),
-    batch_size: str | None = _config_option("batch_size", "INT"),
-    lr: str | None = _config_option("lr", "FLOAT"),
-    weight_decay: str | None = _config_option("weight_decay", "FLOAT"),
-    optimizer: str | None = _config_option("optimizer", "NAME"),
-    scheduler: str | None = _config_option("scheduler", "NAME"),
-    warmup_epochs: str | None = _config_option("warmup_epochs", "FLOAT"),
-    patience: str | None = _config_option("patience", "INT"),
-    clip_grad_norm: str | None = _config_option("clip_grad_norm", "FLOAT"),
-    prob_update_grid: str | None = _config_option("prob_update_grid", "FLOAT"),
-    mixed_precision: str | None = _config_option("mixed_precision", "MODE"),
-    device: str | None = _config_option("device", "DEVICE"),
-    seed: str | None = _config_option("seed", "INT"),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help=describe(OPTION_KEYS["compile"])
-    ),
+    model: str | None = _config_option("model"),
+    dataset: str | None = _config_option("dataset"),
+    data_dir: str | None = _config_option("data_dir"),
+    target: str | None = _config_option("target"),
+    epochs: str | None = _config_option("epochs"),
+    batch_size: str | None = _config_option("batch_size"),
+    lr: str | None = _config_option("lr"),
+    weight_decay: str | None = _config_option("weight_decay"),
+    optimizer: str | None = _config_option("optimizer"),
+    scheduler: str | None = _config_option("scheduler"),
+    warmup_epochs: str | None = _config_option("warmup_epochs"),
+    patience: str | None = _config_option("patience"),
+    clip_grad_norm: str | None = _config_option("clip_grad_norm"),
+    prob_update_grid: str | None = _config_option("prob_update_grid"),
+    mixed_precision: str | None = _config_option("mixed_precision"),
+    device: str | None = _config_option("device"),
+    seed: str | None = _config_option("seed"),
+    compile: bool | None = _config_option("compile"),
     sets: list[str] = SETS,
     out: Path = OUT,
     no_mouse: bool = NO_MOUSE,
@@ -162,8 +181,7 @@ def run(
     from kan_engine import presets_io
     from kan_tui import options
 
-    preset_config, preset_name = presets_io.resolve(preset)
-    source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
+    preset_config, preset_name, source = _load_preset(preset)
     named = {name: ctx.params[name] for name in OPTION_KEYS}
     auto_batch = named["batch_size"] == "auto"
     if auto_batch:
@@ -195,7 +213,7 @@ def run(
 def resume(
     ctx: typer.Context,
     run_dir: Path = RUN_DIR,
-    headless: bool = typer.Option(False, "--headless", help="train here, without the TUI"),
+    headless: bool = HEADLESS,
     debug: bool = DEBUG,
 ) -> None:
     """Continue a stopped or crashed run from its last checkpoint, in the same folder (under
@@ -276,10 +294,10 @@ def compare(
         metavar="A,B,...",
         help="models to compare (default: the cnn and kan baselines and rapid_kan_lite)",
     ),
-    dataset: str | None = _config_option("dataset", "NAME"),
-    data_dir: str | None = _config_option("data_dir", "PATH"),
-    epochs: str | None = _config_option("epochs", "INT"),
-    warmup_epochs: str | None = _config_option("warmup_epochs", "FLOAT"),
+    dataset: str | None = _config_option("dataset"),
+    data_dir: str | None = _config_option("data_dir"),
+    epochs: str | None = _config_option("epochs"),
+    warmup_epochs: str | None = _config_option("warmup_epochs"),
     batch_size: str | None = typer.Option(
         None,
         *flags("batch_size"),
@@ -289,12 +307,10 @@ def compare(
     lr_scaling: Literal["sqrt", "linear", "none"] = typer.Option(
         "sqrt", "--lr-scaling", help="LR rule for --batch-size: x sqrt(ratio), x ratio, or as is"
     ),
-    mixed_precision: str | None = _config_option("mixed_precision", "MODE"),
-    device: str | None = _config_option("device", "DEVICE"),
-    seed: str | None = _config_option("seed", "INT"),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help=describe(OPTION_KEYS["compile"])
-    ),
+    mixed_precision: str | None = _config_option("mixed_precision"),
+    device: str | None = _config_option("device"),
+    seed: str | None = _config_option("seed"),
+    compile: bool | None = _config_option("compile"),
     sets: list[str] = SETS,
     set_for: list[str] = SET_FOR,
     baseline_settings: bool = typer.Option(
@@ -311,15 +327,14 @@ def compare(
     evaluated every epoch, and validation accuracy), best val, test, seconds. Each model gets its
     own run folder under OUT/<stamp>-compare-<preset>/, beside compare.json and compare.md."""
     from kan_engine import compare as comparing
-    from kan_engine import distributed, presets_io
+    from kan_engine import distributed
     from kan_tui import headless, options
 
     if distributed.launched():
         raise ConfigError("torchrun", "compare", "trains one model after another: run it alone")
     names = comparing.parse_models(model_names or ",".join(comparing.DEFAULT_MODELS))
     per_model = comparing.parse_model_sets(set_for, names)
-    preset_config, preset_name = presets_io.resolve(preset)
-    source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
+    preset_config, preset_name, source = _load_preset(preset)
     named = {name: ctx.params[name] for name in COMPARE_OPTIONS}
     config = options.resolve(preset_config, source, sets, named)
     configs = comparing.model_configs(
@@ -385,14 +400,12 @@ def _model_options(kan: dict[str, Any]) -> dict[str, Any]:
 @_user_errors
 def lr_find(
     ctx: typer.Context,
-    preset: str = typer.Option(
-        "lite", "--preset", "-p", metavar="NAME|FILE", help="preset name, or a .toml file"
-    ),
-    model: str | None = _config_option("model", "NAME"),
-    dataset: str | None = _config_option("dataset", "NAME"),
-    data_dir: str | None = _config_option("data_dir", "PATH"),
-    batch_size: str | None = _config_option("batch_size", "INT"),
-    device: str | None = _config_option("device", "DEVICE"),
+    preset: str = PRESET,
+    model: str | None = _config_option("model"),
+    dataset: str | None = _config_option("dataset"),
+    data_dir: str | None = _config_option("data_dir"),
+    batch_size: str | None = _config_option("batch_size"),
+    device: str | None = _config_option("device"),
     steps: int = typer.Option(200, "--steps", min=5, help="steps of the sweep"),
     start: float = typer.Option(1e-7, "--start", min=0.0, help="first learning rate"),
     end: float = typer.Option(10.0, "--end", min=0.0, help="last learning rate"),
@@ -402,14 +415,12 @@ def lr_find(
     """Learning-rate range test: train a few hundred steps while the LR grows exponentially,
     plot the smoothed loss and suggest a base LR (optim.lr) where it falls fastest. The
     per-group multipliers apply as in training; no run folder is written."""
-    from kan_engine import presets_io
     from kan_engine.lr_find import find_lr
     from kan_tui import options
 
     if not 0 < start < end:
         raise ConfigError("--start/--end", "", f"need 0 < start < end (got {start:g}, {end:g})")
-    preset_config, _ = presets_io.resolve(preset)
-    source = preset if presets_io.is_path_like(preset) else f"preset {preset}"
+    preset_config, _, source = _load_preset(preset)
     keys = ("model", "dataset", "data_dir", "batch_size", "device")
     config = options.resolve(preset_config, source, sets, {k: ctx.params[k] for k in keys})
     result = find_lr(config, steps=steps, start=start, end=end)
@@ -492,28 +503,16 @@ def runs_list(ctx: typer.Context, out: Path = OUT, debug: bool = DEBUG) -> None:
     from rich.table import Table
 
     from kan_engine import history
+    from kan_tui.formatting import RUN_COLUMNS, run_cells
 
     rows, skipped = history.list_runs(out)
     console = _console()
     if not rows and not skipped:
         console.print(f"no runs in {out}", markup=False, highlight=False)
         return
-    table = Table(
-        "date", "preset", "model", "dataset", "best val", "test", "status", "duration", "folder",
-        box=None, pad_edge=False,
-    )  # fmt: skip
+    table = Table(*RUN_COLUMNS, "folder", box=None, pad_edge=False)
     for row in rows:
-        table.add_row(
-            row.date,
-            row.preset,
-            row.model,
-            row.dataset,
-            _percent(row.best_val_acc),
-            _percent(row.test_acc),
-            row.status,
-            _duration(row.seconds),
-            row.path.name,
-        )
+        table.add_row(*run_cells(row, digits=2), row.path.name)
     console.print(table)
     for path, reason in skipped:
         console.print(f"skipped {path}: {reason}", markup=False, highlight=False)
@@ -540,21 +539,6 @@ def runs_export(
         typer.echo(history.metrics_csv(run_dir), nl=False)
         return
     typer.echo(f"wrote {history.export_csv(run_dir, csv_path)}")
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    return (
-        f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-        if minutes >= 60
-        else f"{minutes}:{secs:02d}"
-    )
 
 
 def _text_plot(
@@ -644,8 +628,7 @@ def presets_save(
     from kan_tui import options
 
     presets_io.check_name(name)
-    base, _ = presets_io.resolve(source)
-    label = source if presets_io.is_path_like(source) else f"preset {source}"
+    base, _, label = _load_preset(source)
     config = options.resolve(base, label, sets, {})
     typer.echo(f"saved {presets_io.save(name, config, force=force)}")
 

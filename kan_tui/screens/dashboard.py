@@ -109,8 +109,11 @@ class DashboardScreen(Screen[None]):
     # --- events in ----------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Timer callback: take what the trainer queued and redraw once (charts: CHART_S)."""
-        self.feed(self.run.drain(), throttle=True)
+        """Timer callback: take what the trainer queued and redraw once (charts: CHART_S).
+        Once the run is over, a tick that brought nothing has nothing to redraw."""
+        events = self.run.drain()
+        if events or not self.state.done:
+            self.feed(events, throttle=True)
 
     def feed(self, events: Iterable[Event], *, throttle: bool = False) -> None:
         """Apply events and update the widgets (also used by tests to replay a run)."""

@@ -16,18 +16,11 @@ from textual.widgets import DataTable, Footer, Static
 
 from kan_engine import history
 from kan_engine.errors import KanError
+from kan_tui.formatting import RUN_COLUMNS, run_cells
 from kan_tui.widgets.charts import SeriesChart
 
 CHART_KINDS = ("acc", "loss")
 MAX_OVERLAY = 2
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f}m"
 
 
 class RunsScreen(Screen[None]):
@@ -63,8 +56,7 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns(" ", "date", "preset", "model", "dataset", "best val", "test", "status")
-        table.add_column("time")
+        table.add_columns(" ", *RUN_COLUMNS)
         self.reload()
         table.focus()
 
@@ -73,18 +65,8 @@ class RunsScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.clear()
         for row in self.rows:
-            table.add_row(
-                "*" if row.path in self.marked else " ",
-                row.date,
-                row.preset,
-                row.model,
-                row.dataset,
-                _percent(row.best_val_acc),
-                _percent(row.test_acc),
-                row.status,
-                _minutes(row.seconds),
-                key=str(row.path),
-            )
+            mark = "*" if row.path in self.marked else " "
+            table.add_row(mark, *run_cells(row), key=str(row.path))
         broken = f" · {len(self.skipped)} unreadable folders skipped" if self.skipped else ""
         count = (
             f"{len(self.rows)} runs in {self.out_dir}"

@@ -9,27 +9,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
+from kan_tui.formatting import duration, num, pct
 from kan_tui.screens.run_model import RunState
 
 LABEL_WIDTH = 9
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if math.isfinite(value) else str(value)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def stats_rows(state: RunState) -> list[tuple[str, str]]:

@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import RichLog, Static
 
+from kan_tui.formatting import num
 from kan_tui.screens.run_model import RunState
-from kan_tui.widgets.stats import num
 
 
 class WarningsList(Static):
