@@ -22,7 +22,7 @@ Where the files are found, and how they are read, is in `kan_engine.datasets`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from kan_engine import datasets
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataNotFoundError
 
-__all__ = ["DATASETS", "DataBundle", "DataNotFoundError", "InputRange", "Split", "load"]
+__all__ = ["DATASETS", "DataBundle", "DataNotFoundError", "Split", "load"]
 
 Split = Literal["train", "val", "test"]
 
@@ -69,17 +69,9 @@ _FLIPS = frozenset({"fashion-mnist", "cifar10", "images"})
 _MAX_SHIFT = 2  # pixels; 1 for images smaller than 16 px, where 2 px is a quarter of the picture
 
 
-class InputRange(NamedTuple):
-    """Cheap statistics of normalised training inputs, for the trainer to report once."""
-
-    low: float
-    high: float
-    outside: float  # share of values with |x| > bound
-
-
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
     """A 64-bit seed mixing (seed, epoch, stream), so neighbouring epochs/seeds share nothing;
-    stream 0 orders batches, 1 samples `input_range`."""
+    stream 0 orders batches."""
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0])
 
 
@@ -214,17 +206,6 @@ class DataBundle:
         if self._flips:
             flip = (torch.rand(n, generator=generator) < 0.5).to(self.device)
         return dy, dx, flip, pad
-
-    def input_range(self, n: int = 1024, bound: float = 2.0) -> InputRange:
-        """Min, max and share outside +-bound of `n` random normalised training values (one
-        read-back from the device: call once, not per step)."""
-        x, _ = self._split("train")
-        generator = torch.Generator().manual_seed(_stream_seed(self.seed, 0, 1))
-        index = torch.randperm(len(x), generator=generator)[:n].to(self.device)
-        sample = self.normalize(x[index])
-        stats = torch.stack([sample.min(), sample.max(), (sample.abs() > bound).float().mean()])
-        low, high, outside = stats.tolist()
-        return InputRange(low, high, outside)
 
     def describe(self) -> str:
         """One line for logs and the TUI header."""

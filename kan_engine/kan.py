@@ -484,16 +484,6 @@ class KANLinear(nn.Module):
         """
         return 0.0 if self._outside is None else float(self._outside)
 
-    def refit_parameters(self) -> list[nn.Parameter]:
-        """Parameters that `update_grid` overwrites (the base weight is untouched).
-
-        Their optimizer moments may be kept: the refit keeps the function and, on a grid whose
-        knots move little, each coefficient's role, so the moments keep their scale. Resetting
-        them (e.g. `optim.reset_state`) makes the next Adam step about lr on every coefficient,
-        which measurably hurt training (see `Trainer._update_grids`).
-        """
-        return [self.spline_weight]
-
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor, margin: float = 0.01, keep_range: bool = False) -> None:
         """Fit the grid to samples x (N, in) and refit the splines so the layer's function is kept.
@@ -516,8 +506,8 @@ class KANLinear(nn.Module):
         range by 150 %; with them (and `keep_range`) by 0.2 % and 0.7 %. The normal
         equations are (G+k)^2 per input, solved in float64 with a tiny ridge, so no (N, in, out)
         tensor is formed. The base branch is not touched. The new grid is non-uniform; the
-        fast path handles it exactly (searchsorted + local de Boor). `refit_parameters` says
-        why the optimizer moments of the refit coefficients can be kept.
+        fast path handles it exactly (searchsorted + local de Boor). Only `spline_weight` is
+        overwritten; `Trainer._update_grids` says why its optimizer moments are kept.
         """
         if margin <= 0:
             raise ValueError(f"KANLinear.update_grid: margin must be > 0 (got {margin})")

@@ -171,7 +171,8 @@ def save(name: str, config: RunConfig, *, force: bool = False) -> Path:
     try:
         atomic.write_text(path, render(config))
     except OSError as exc:
-        raise PresetError(f"{path}: cannot write: {exc.strerror or exc}; nothing was changed") from None
+        reason = exc.strerror or exc
+        raise PresetError(f"{path}: cannot write: {reason}; nothing was changed") from None
     return path
 
 

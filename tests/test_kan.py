@@ -212,11 +212,6 @@ def test_update_grid_fits_the_grid_to_the_samples() -> None:
     assert layer.outside_grid_share() == 0.0
 
 
-def test_refit_parameters_are_the_spline_coefficients_only() -> None:
-    layer = KANLinear(3, 2)
-    assert layer.refit_parameters() == [layer.spline_weight]
-
-
 def test_updated_grid_survives_a_state_dict_round_trip() -> None:
     layer = updated(rough_layer(5, 3))
     fresh = KANLinear(5, 3)
