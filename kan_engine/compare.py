@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 
-from kan_engine import atomic, history, models, runs
+from kan_engine import history, models, runs
 from kan_engine.config import RunConfig, apply_overrides, parse_value
 from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
@@ -326,18 +326,10 @@ def _commit() -> str | None:
 def write_outputs(comparison: Comparison, json_path: Path | None = None) -> None:
     """`compare.json` and `compare.md` in the group folder (and the JSON at `json_path` too)."""
     text = runs.dumps(to_json(comparison)) + "\n"
-    _write_text(comparison.folder / "compare.json", text)
-    _write_text(comparison.folder / "compare.md", markdown(comparison) + "\n")
+    runs.write_file(comparison.folder / "compare.json", text)
+    runs.write_file(comparison.folder / "compare.md", markdown(comparison) + "\n")
     if json_path is not None:
-        _write_text(json_path, text)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic write whose failure names the file (a full disk is a failed run, exit 1)."""
-    try:
-        atomic.write_text(path, text)
-    except OSError as exc:
-        raise runs.write_error(path, exc) from exc
+        runs.write_file(json_path, text)
 
 
 def to_json(comparison: Comparison) -> dict[str, Any]:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kan_engine import atomic, runs
+from kan_engine import runs
 from kan_engine.config import GROUPS
-from kan_engine.errors import KanError, RunDirError
+from kan_engine.errors import KanError
 
 __all__ = [
     "CSV_COLUMNS",
@@ -83,15 +82,7 @@ def read_row(run_dir: Path) -> RunRow:
     """The row of one run folder; RunDirError names the file that cannot be read."""
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
-    summary_path = run_dir / runs.SUMMARY
-    summary: dict[str, Any] = {}
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{summary_path}: not readable JSON ({exc})") from None
-        if not isinstance(summary, dict):
-            raise RunDirError(f"{summary_path}: not a JSON object")
+    summary = runs.read_summary(run_dir) if (run_dir / runs.SUMMARY).is_file() else {}
     epochs = summary.get("epochs_run")
     return RunRow(
         path=run_dir,
@@ -173,8 +164,5 @@ def export_csv(run_dir: Path, path: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     runs.read_config(run_dir)  # a clear error for a folder that is not a run
     target = Path(path) if path is not None else run_dir / "metrics.csv"
-    try:
-        atomic.write_text(target, metrics_csv(run_dir))
-    except OSError as exc:
-        raise runs.write_error(target, exc) from exc
+    runs.write_file(target, metrics_csv(run_dir))
     return target

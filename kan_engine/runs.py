@@ -50,7 +50,11 @@ def write_error(path: Path, exc: OSError) -> RunWriteError:
     return RunWriteError(f"{path}: cannot write: {reason}; what was written before is unchanged")
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes | str) -> None:
+    """Atomic write of a run's file (or an export) whose failure names the file: a full disk is a
+    failed run (exit 1), not bad input."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     try:
         atomic.write_bytes(path, data)
     except OSError as exc:
@@ -99,7 +103,7 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
 
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
-    _write(Path(run_dir) / CONFIG, presets_io.render(config).encode("utf-8"))
+    write_file(Path(run_dir) / CONFIG, presets_io.render(config))
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -170,7 +174,7 @@ def truncate_metrics(run_dir: Path, offset: int) -> None:
     if not kept.endswith(b"\n"):
         kept = kept[: kept.rfind(b"\n") + 1]
     if kept != data:
-        _write(path, kept)
+        write_file(path, kept)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -191,11 +195,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     text = json.dumps(_plain(summary), indent=2) + "\n"
-    _write(Path(run_dir) / SUMMARY, text.encode("utf-8"))
+    write_file(Path(run_dir) / SUMMARY, text)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json as a dict; RunDirError names the file when it is missing or unreadable."""
     path = Path(run_dir) / SUMMARY
     if not path.is_file():
         raise RunDirError(f"{run_dir}: {SUMMARY} missing")
-    return json.loads(path.read_text("utf-8"))
+    try:
+        summary = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path}: not a JSON object")
+    return summary
