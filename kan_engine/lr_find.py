@@ -12,9 +12,10 @@ it the loss rises, however steep the fall into the minimum looked), and the firs
 moving average still settles, are skipped. With no fall at all there is no suggestion.
 
 `range_test` works on any model and optimizer and puts the model, the optimizer and the random
-generators back as they were afterwards; `find_lr` runs it on a config's model and data, with the
-training step of the trainer (autocast, clipping, per-group LR multipliers), without grid updates
-(they adapt the basis to the data, which has nothing to do with the optimizer's stable range).
+generators back as they were afterwards; `find_lr` runs it on a config's model and data with the
+trainer's optimizer, autocast dtype, clipping and per-group LR multipliers. It leaves out grid
+updates (they adapt the basis to the data, which has nothing to do with the optimizer's stable
+range), the KAN regulariser and fp16 loss scaling: the sweep measures plain cross-entropy.
 """
 
 from __future__ import annotations
