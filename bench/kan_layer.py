@@ -5,7 +5,10 @@ interleaved repetitions, so background load hits every variant alike) and measur
 memory of one forward+backward, then prints a table with ratios to the textbook reference
 measured in the same run:
 
-* ours: `KANLinear` (fast path: local basis, recompute-in-backward), optionally `--chunk-size`;
+* fused (CUDA only): `KANLinear`'s default on a GPU: the basis and its input gradient as two
+  compiled kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
+* local: `KANLinear(fused=False)`: the eager local scheme (the CPU's path), optionally
+  `--chunk-size` (both "ours" rows take it);
 * reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
 * linear: `nn.Linear(in, out)`, what a plain MLP layer costs;
 * gemm floor: one matmul (N, in*(G+k)) x (in*(G+k), out) with gradients for both operands, the
@@ -38,7 +41,13 @@ from kan_engine.kan import KANLinear, TensorMemoryPeak
 
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
-VARIANTS = ("ours", "reference", "linear", "gemm floor")
+VARIANTS = ("fused", "local", "reference", "linear", "gemm floor")
+OURS = ("fused", "local")
+
+
+def variants(device: torch.device) -> tuple[str, ...]:
+    """The fused path runs only on CUDA (elsewhere its formulas would run eagerly, slowly)."""
+    return VARIANTS if device.type == "cuda" else VARIANTS[1:]
 
 
 @dataclass
@@ -79,8 +88,9 @@ def build(
             grid_size=args.grid_size,
             spline_order=args.spline_order,
             device=device,
-            fast=variant == "ours",
-            chunk_size=args.chunk_size if variant == "ours" else None,
+            fast=variant in OURS,
+            fused=variant == "fused",
+            chunk_size=args.chunk_size if variant in OURS else None,
         )
     return lambda: layer(x), [x, *layer.parameters()]
 
@@ -125,9 +135,10 @@ def measure_shape(
     clock = time.process_time if cpu_time else time.perf_counter
     amp = precision == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-    cases = {v: build(v, n, i, o, args, device) for v in VARIANTS}
+    names = variants(device)
+    cases = {v: build(v, n, i, o, args, device) for v in names}
     grad = torch.randn(n, o, device=device)
-    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in VARIANTS for m in ("f", "fb")}
+    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in names for m in ("f", "fb")}
     with autocast:
         for rep in range(args.warmup + args.reps):
             for variant, (forward, leaves) in cases.items():
@@ -142,7 +153,7 @@ def measure_shape(
                     sync(device)
                     if rep >= args.warmup:
                         times[(variant, mode)].append((clock() - start) * 1e3)
-        peaks = {v: peak_mib(*cases[v], grad, device) for v in VARIANTS}
+        peaks = {v: peak_mib(*cases[v], grad, device) for v in names}
     return [
         Row(
             shape,
@@ -152,7 +163,7 @@ def measure_shape(
             statistics.median(times[(v, "fb")]),
             peaks[v],
         )
-        for v in VARIANTS
+        for v in names
     ]
 
 
@@ -174,7 +185,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def exactness(device: torch.device) -> list[str]:
-    """Fast path vs reference on `device`: outputs and gradients, uniform and updated grids.
+    """Our paths vs the reference on `device`: outputs and gradients, uniform and updated grids.
 
     Float64 must agree to 1e-10, float32 to 1e-5 relative (the tests check the CPU; this checks
     the device's code path). Under bf16 autocast the error against the float32 reference is
@@ -190,33 +201,37 @@ def exactness(device: torch.device) -> list[str]:
             if grid == "updated":
                 layer.update_grid(torch.rand(512, 48, device=device, dtype=dtype) ** 3 * 2 - 1)
             x = torch.randn(300, 48, device=device, dtype=dtype) * 1.5
-            results = []
-            for fast in (True, False):
-                layer.fast = fast
+            results = {}
+            for variant in variants(device)[:-2]:  # ours and the reference
+                layer.fast = variant in OURS
+                layer.fused = variant == "fused"
                 layer.zero_grad(set_to_none=True)
                 xg = x.clone().requires_grad_(True)
                 y = layer(xg)
                 y.backward(torch.ones_like(y))
                 grads = (xg.grad, layer.base_weight.grad, layer.spline_weight.grad)
-                results.append((y.detach(), *grads))
-            worst = max(
-                float((a - b).abs().max() / (b.abs().max() if dtype == torch.float32 else 1))
-                for a, b in zip(*results, strict=True)
-            )
-            verdict = "ok" if worst <= tol else "FAIL"
-            name = f"{device.type} {str(dtype)[6:]} {grid}"
-            print(f"exactness {name}: max error {worst:.2e} {verdict}")
-            if worst > tol:
-                failures.append(name)
+                results[variant] = (y.detach(), *grads)
+            for variant in variants(device)[:-3]:
+                worst = max(
+                    float((a - b).abs().max() / (b.abs().max() if dtype == torch.float32 else 1))
+                    for a, b in zip(results[variant], results["reference"], strict=True)
+                )
+                verdict = "ok" if worst <= tol else "FAIL"
+                name = f"{variant} {device.type} {str(dtype)[6:]} {grid}"
+                print(f"exactness {name}: max error {worst:.2e} {verdict}")
+                if worst > tol:
+                    failures.append(name)
     torch.manual_seed(0)
     layer = KANLinear(48, 24, device=device)
     x = torch.rand(300, 48, device=device) * 2 - 1
     exact = layer(x).detach()
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        approx = layer(x.requires_grad_(True))
-        approx.float().sum().backward()
-    error = float((approx.detach().float() - exact).norm() / exact.norm())
-    print(f"bf16 autocast {device.type}: relative error {error:.2e}, output {approx.dtype}")
+    for variant in variants(device)[:-3]:
+        layer.fused = variant == "fused"
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            approx = layer(x.requires_grad_(True))
+            approx.float().sum().backward()
+        error = float((approx.detach().float() - exact).norm() / exact.norm())
+        print(f"bf16 autocast {variant} {device.type}: relative error {error:.2e}, {approx.dtype}")
     return failures
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from scipy.interpolate import BSpline
 
+from kan_engine import fused_basis
+from kan_engine import kan as kan_module
 from kan_engine.kan import KANLinear, TensorMemoryPeak
 
 torch.set_num_threads(1)
@@ -119,8 +121,12 @@ def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[to
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("grid", ["uniform", "updated"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["local", "fused"])
+def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype, fused: bool) -> None:
+    """Both fast paths: the eager local scheme and the formulas `fused_basis` compiles on CUDA
+    (run eagerly here; `test_compiled_kernels_equal_their_formulas` checks the compilation)."""
     layer = rough_layer(6, 5, grid_size=5, spline_order=order, scale_base=2.5, dtype=dtype)
+    layer.fused = fused
     if grid == "updated":
         updated(layer)
         assert not layer._uniform
@@ -137,8 +143,10 @@ def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype) -
             torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5, msg=name)
 
 
-def test_chunked_forward_and_backward_equal_unchunked() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["local", "fused"])
+def test_chunked_forward_and_backward_equal_unchunked(fused: bool) -> None:
     layer = rough_layer(6, 4, dtype=torch.float64)
+    layer.fused = fused
     updated(layer)
     x = torch.randn(37, 6, generator=gen(4), dtype=torch.float64)
     whole = outputs_and_grads(layer, x, fast=True)
@@ -146,6 +154,48 @@ def test_chunked_forward_and_backward_equal_unchunked() -> None:
     chunked = outputs_and_grads(layer, x, fast=True)
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_without_chunk_size_rows_are_chunked_to_the_basis_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A big batch never builds a basis buffer over `BASIS_BUDGET_BYTES` (here 10 rows' worth)."""
+    layer = rough_layer(6, 4, dtype=torch.float64)
+    x = torch.randn(37, 6, generator=gen(4), dtype=torch.float64)
+    whole = outputs_and_grads(layer, x, fast=True)
+    row_bytes = (5 + 3 * 3) * 6 * 8  # the padded (G+3k, in) float64 row of the local scheme
+    monkeypatch.setattr(kan_module, "BASIS_BUDGET_BYTES", 10 * row_bytes)
+    with TensorMemoryPeak() as chunked_peak:
+        chunked = outputs_and_grads(layer, x, fast=True)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    monkeypatch.setattr(kan_module, "BASIS_BUDGET_BYTES", 1000 * row_bytes)
+    with TensorMemoryPeak() as whole_peak:
+        outputs_and_grads(layer, x, fast=True)
+    assert chunked_peak.peak < whole_peak.peak - 20 * row_bytes
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_their_formulas() -> None:
+    """What CUDA runs: `fused_basis`'s functions through torch.compile (Inductor's C++ backend
+    here, Triton on a GPU), for two batch sizes and widths (one dynamic-shape compilation)."""
+    compiled_basis = fused_basis._compiled(fused_basis._dense_basis)
+    compiled_grad = fused_basis._compiled(fused_basis._input_grad)
+    for n, n_in in ((37, 6), (5, 11)):
+        layer = rough_layer(n_in, 3, dtype=torch.float32)
+        updated(layer)
+        x = torch.randn(n, n_in, generator=gen(n)) * 1.5
+        grad_basis = torch.randn(n, 8, n_in, generator=gen(1))
+        torch.testing.assert_close(
+            compiled_basis(x, layer.grid, 3, torch.float32),
+            fused_basis._dense_basis(x, layer.grid, 3, torch.float32),
+            atol=1e-6, rtol=0,
+        )  # fmt: skip
+        torch.testing.assert_close(
+            compiled_grad(grad_basis, x, layer.grid, 3),
+            fused_basis._input_grad(grad_basis, x, layer.grid, 3),
+            atol=1e-5, rtol=1e-5,
+        )  # fmt: skip
 
 
 def test_cpu_autocast_runs_the_fast_path_in_bf16() -> None:
