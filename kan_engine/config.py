@@ -112,6 +112,9 @@ class TrainSection(_Section):
         20, description="steps between step-metric events (device read-backs)"
     )
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    cuda_graphs: bool = Field(
+        True, description="replay each training step as one CUDA graph (CUDA, adam/adamw)"
+    )
 
     @field_validator("device")
     @classmethod

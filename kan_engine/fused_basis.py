@@ -12,11 +12,11 @@ its result once:
 * `input_grad`: dL/dB (N, G+k, in) and x -> dL/dx (N, in), from the derivative formula
   B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}).
 
-Both use the textbook recursion (`kan.reference_basis`) on each input's own knots, so they are
-exact on any grid, uniform or refit by `update_grid`: the layer needs no second code path for
-non-uniform grids. The recursion does G+2k times more arithmetic than the local scheme, which costs
-nothing in a memory-bound fused kernel and a lot in eager PyTorch, hence: compiled on CUDA,
-eager elsewhere (only tests run these eagerly, to check the formulas on the CPU).
+Both run the textbook recursion on each input's own knots (`bspline.column_recursion`, the
+layout that fuses), so they are exact on any grid, uniform or refit by `update_grid`: the layer
+needs no second code path for non-uniform grids. The recursion does more arithmetic than the
+local scheme, which costs little in a memory-bound fused kernel and a lot in eager PyTorch,
+hence: compiled on CUDA, eager elsewhere (only tests run these eagerly, to check the formulas).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from kan_engine.bspline import reference_basis
+from kan_engine.bspline import column_recursion
 
 __all__ = ["available", "dense_basis", "input_grad"]
 
@@ -45,18 +45,17 @@ def available(device: torch.device) -> bool:
 def _dense_basis(
     x: torch.Tensor, grid: torch.Tensor, order: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    return reference_basis(x, grid, order).transpose(1, 2).to(dtype).contiguous()  # (N, G+k, in)
+    return column_recursion(x, grid, order, order)[0].to(dtype)  # (N, G+k, in)
 
 
 def _input_grad(
     grad_basis: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, order: int
 ) -> torch.Tensor:
     k, n_cols = order, grid.shape[1] - 1 - order
-    lower = reference_basis(x, grid, k - 1)  # (N, in, G+k+1): B_{j,k-1}
-    up = k / (grid[:, k : k + n_cols] - grid[:, :n_cols])  # (in, G+k): k / (t_{j+k} - t_j)
-    down = k / (grid[:, k + 1 : k + 1 + n_cols] - grid[:, 1 : 1 + n_cols])
-    slope = lower[..., :-1] * up - lower[..., 1:] * down  # (N, in, G+k)
-    return (grad_basis.transpose(1, 2).to(x.dtype) * slope).sum(-1)  # (N, in)
+    low, high = column_recursion(x, grid, k, k - 1)  # (N, G+k, in): B_{c,k-1}, B_{c+1,k-1}
+    t = grid.unfold(1, n_cols, 1).permute(1, 2, 0)  # (k+2, G+k, in): t_{c+r}
+    slope = k * (low / (t[k] - t[0]) - high / (t[k + 1] - t[1]))  # (N, G+k, in)
+    return (grad_basis.to(x.dtype) * slope).sum(1)  # (N, in)
 
 
 @functools.cache

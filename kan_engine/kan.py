@@ -451,7 +451,9 @@ class KANLinear(nn.Module):
             torch.empty(out_features, grid_size + spline_order, in_features, **kw)
         )
         self._uniform = True
-        self._outside: torch.Tensor | None = None  # 0-dim, last training forward
+        # share of inputs outside the grid in the last training forward (-1: none yet); filled in
+        # place, so a CUDA graph replaying the forward keeps it current
+        self.register_buffer("_outside", torch.tensor(-1.0, device=device), persistent=False)
         self._reg_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._grid_changed())
         self.reset_parameters()
@@ -515,7 +517,7 @@ class KANLinear(nn.Module):
         with torch.no_grad():
             if self.training:
                 low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
-                self._outside = ((x < low) | (x >= high)).float().mean()
+                self._outside.copy_(((x < low) | (x >= high)).float().mean())
             if track:
                 basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
@@ -526,7 +528,7 @@ class KANLinear(nn.Module):
 
         Reads back from the device, so call it only when logging.
         """
-        return 0.0 if self._outside is None else float(self._outside)
+        return max(float(self._outside), 0.0)
 
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor, margin: float = 0.01, keep_range: bool = False) -> None:

@@ -48,16 +48,13 @@ class PendingSteps:
         self._values: list[Tensor] = []
         self._meta: list[tuple[int, tuple[Tensor, Tensor]]] = []
 
-    def add(
-        self,
-        global_step: int,
-        loss: Tensor,
-        correct: Tensor,
-        norm: Tensor,
-        ok: Tensor,
-        batch: tuple[Tensor, Tensor],
-    ) -> None:
-        values = torch.stack([loss.detach().float(), correct.float(), norm.float(), ok.float()])
+    @staticmethod
+    def pack(loss: Tensor, correct: Tensor, norm: Tensor, ok: Tensor) -> Tensor:
+        """One step's values as the (4,) tensor `add` takes."""
+        return torch.stack([loss.detach().float(), correct.float(), norm.float(), ok.float()])
+
+    def add(self, global_step: int, values: Tensor, batch: tuple[Tensor, Tensor]) -> None:
+        """`values` from `pack`; `batch` is kept for diagnosing a non-finite step."""
         self._values.append(values)  # (4,)
         self._meta.append((global_step, batch))
 

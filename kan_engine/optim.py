@@ -15,9 +15,10 @@ shifts activations, which costs accuracy and buys no regularisation (the usual p
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kan_engine.config import GROUPS, RunConfig, ScheduleSection
 
@@ -26,6 +27,8 @@ ONECYCLE_RISE = 0.3  # one-cycle rise share when no warm-up is configured (as to
 ONECYCLE_FLOOR = 0.01  # one-cycle ends at min_lr_ratio / 100, below the cosine floor
 DECAYED_GROUPS = ("cnn", "kan")
 SHORT_RUN_WARMUP = 0.1  # warm-up share of a run shorter than its configured warm-up
+# How this process runs the optimizer, not what it learned: kept over a loaded state dict.
+RUNTIME_FLAGS = ("fused", "foreach", "capturable")
 
 
 def warmup_capped(schedule: ScheduleSection, epochs: int) -> bool:
@@ -96,13 +99,18 @@ def lr_curve(
 
 
 def build_optimizer(
-    config: RunConfig, groups: dict[str, list[nn.Parameter]], device: torch.device
+    config: RunConfig,
+    groups: dict[str, list[nn.Parameter]],
+    device: torch.device,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
     """One optimizer param group per non-empty model group, tagged with its `name`.
 
     On CUDA every optimizer is fused (one launch for all parameters, and the kernels honour a
     device-side `found_inf` flag, which the trainer uses to skip non-finite steps without a host
-    sync). The initial LRs are placeholders: `Schedule.apply` sets them before the first step.
+    sync). `capturable` (Adam/AdamW on CUDA) lets the step be captured in a CUDA graph; its LRs
+    must then be device tensors (`Schedule(lr_device=...)`). The initial LRs are placeholders:
+    `Schedule.apply` sets them before the first step.
     """
     opt = config.optim
     param_groups = [
@@ -121,20 +129,56 @@ def build_optimizer(
         return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=fused)
     betas = (opt.beta1, opt.beta2)
     kind = torch.optim.Adam if opt.optimizer == "adam" else torch.optim.AdamW
-    return kind(param_groups, lr=opt.lr, betas=betas, fused=fused)
+    optimizer = kind(param_groups, lr=opt.lr, betas=betas, fused=fused, capturable=capturable)
+    # the trainer runs some steps outside the graph on purpose (grid updates, short batches)
+    optimizer._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
+    return optimizer
+
+
+def portable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`state_dict()` with plain-float LRs, so a checkpoint from a CUDA-graph run loads anywhere."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:  # fresh dicts: changing them leaves the optimizer alone
+        group["lr"] = float(group["lr"])
+    return state
+
+
+def load_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`load_state_dict` that keeps this optimizer's `RUNTIME_FLAGS`: a state saved by a fused,
+    capturable CUDA optimizer resumes on the CPU and vice versa (torch would take the saved flags,
+    and with them the device the `step` counters must live on)."""
+    groups = [
+        {**saved, **{key: ours[key] for key in RUNTIME_FLAGS if key in ours}}
+        for saved, ours in zip(state["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """`cuda` and `cuda:0` are the same device (torch.device equality says they differ)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class Schedule:
     """Per-step LR setter (LambdaLR-like) over the optimizer's named param groups.
 
     `scale` multiplies every LR (the trainer halves it after restoring from a divergence). The state
-    is two numbers, so it round-trips through `torch.load(weights_only=True)`.
+    is two numbers, so it round-trips through `torch.load(weights_only=True)`. With `lr_device`
+    the LRs are 0-dim tensors there, filled in place, so a captured CUDA graph reads each new
+    value (a float would be baked into the graph).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        config: RunConfig,
+        steps_per_epoch: int,
+        lr_device: torch.device | None = None,
+    ):
         self.optimizer = optimizer
         self.config = config
         self.steps_per_epoch = steps_per_epoch
+        self.lr_device = lr_device
         self.step = 0
         self.scale = 1.0
         self.apply(0)
@@ -150,7 +194,13 @@ class Schedule:
         self.step = step
         lrs = self.lrs()
         for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
+            value, current = lrs[group["name"]], group["lr"]
+            if self.lr_device is None:
+                group["lr"] = value
+            elif isinstance(current, Tensor) and _same_device(current.device, self.lr_device):
+                current.fill_(value)  # the same tensor: a captured graph reads the new value
+            else:  # first call, or a loaded state dict brought floats
+                group["lr"] = torch.tensor(value, device=self.lr_device)
         return lrs
 
     def state_dict(self) -> dict[str, float | int]:

@@ -25,7 +25,7 @@ from kan_engine.config import RunConfig, to_data, validate_config
 from kan_engine.errors import ConfigError, PresetError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-BUILTIN_NAMES = ("lite", "standard", "power")
+BUILTIN_NAMES = ("lite", "standard", "power", "sprint")
 
 
 @dataclass(frozen=True)

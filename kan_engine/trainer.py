@@ -13,6 +13,9 @@ the device; the flag is looked at on the next read-back. On the CPU (and MPS) th
 every step: there is no asynchronous device queue to stall, so the read costs nothing. With fp16
 the GradScaler reads its own overflow flag every step anyway. Steps with a grid update read back
 once too, because a refit must not see a non-finite batch (the refit's solve dominates them).
+With `train.cuda_graphs` on CUDA the whole step (forward, backward, clipping, the fused step with
+its `found_inf`) is captured once and replayed (`cuda_graph.py`), the LRs are device tensors, and
+steps with a grid update or a short batch run eagerly in between.
 
 Non-finite policy. A non-finite loss or gradient norm skips the step (counted, with a warning
 naming the first layer whose output or gradient went non-finite: the batch is re-run with hooks,
@@ -60,8 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kan_engine import checkpoint as ckpt
+from kan_engine import cuda_graph, distributed, models, optim, runs
 from kan_engine import data as data_mod
-from kan_engine import distributed, models, optim, runs
 from kan_engine.config import RunConfig, check_names, to_data
 from kan_engine.errors import ConfigError, KanError, RunDirError
 from kan_engine.events import (
@@ -240,6 +243,7 @@ class Trainer:
         self.c = Counters()
         self.diverged = False
         self.forward_step = 0  # global step of the forward in progress (diagnosis re-runs too)
+        self.graphed: cuda_graph.GraphedStep | None = None
         self._notices: list[Notice] = []
 
     @classmethod
@@ -380,19 +384,22 @@ class Trainer:
         return "finished"
 
     def _train_step(self, x: Tensor, y: Tensor) -> None:
-        """Forward, backward, clip, step (skipped on device if non-finite), grid update if due."""
+        """Forward, backward, clip, step (skipped on device if non-finite), grid update if due.
+
+        A CUDA graph replays the step when there is one and the step needs nothing else (a grid
+        update needs hooks on the forward; the last batch of an epoch may be shorter)."""
         self._consistent = False
         step = self.forward_step = self.c.global_step
         self.schedule.apply(step)
         grid_due = self._grid_update_due(step)
-        capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})
-        with capture as kan_inputs:
-            objective, loss, correct = self._loss(x, y, eager=grid_due)
-        weight = self._shard_weight(len(y))
-        if weight != 1.0:
-            objective = objective * weight
-        norm, ok = self._backward_and_step(objective)
-        self.pending.add(step, loss, correct, norm, ok, (x, y))
+        kan_inputs: dict[str, Tensor] = {}
+        if self.graphed is not None and not grid_due and self.graphed.fits(x, y):
+            values = self.graphed(x, y)
+        else:
+            capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})
+            with capture as kan_inputs:
+                values = self._step_values(x, y, eager=grid_due)
+        self.pending.add(step, values, (x, y))
         self.c.global_step += 1
         self.step_in_epoch += 1
         log_due = self.c.global_step % self.config.train.log_every == 0
@@ -452,11 +459,17 @@ class Trainer:
             layer.track_regularization = config.kan.reg_weight > 0
         self.c.grid_updates = {name: 0 for name in self.kan}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = optim.build_optimizer(config, models.param_groups(self.model), self.device)
+        graphs = self._cuda_graphs(use_scaler)
+        self.optimizer = optim.build_optimizer(
+            config, models.param_groups(self.model), self.device, capturable=graphs
+        )
         self.steps_per_epoch = self.data.steps(
             "train", config.train.batch_size, world=self.dist.world
         )
-        self.schedule = optim.Schedule(self.optimizer, config, self.steps_per_epoch)
+        self.schedule = optim.Schedule(
+            self.optimizer, config, self.steps_per_epoch, lr_device=self.device if graphs else None
+        )
+        self.graphed = cuda_graph.GraphedStep(self._step_values) if graphs else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # on CUDA the optimizer is fused and skips non-finite steps itself (see module docstring)
         self.deferred = bool(self.optimizer.defaults.get("fused")) and not use_scaler
@@ -469,11 +482,30 @@ class Trainer:
             self._load_state(self._resume)
         self._good = self._snapshot()
 
+    def _cuda_graphs(self, use_scaler: bool) -> bool:
+        """Whether training steps are replayed as a CUDA graph; a notice says why not when the
+        config asks for graphs on CUDA and something else rules them out."""
+        config = self.config
+        if not config.train.cuda_graphs or self.device.type != "cuda":
+            return False
+        blockers = {
+            "torchrun (DistributedDataParallel)": self.dist.enabled,
+            "fp16 (the loss scaler reads its flag every step)": use_scaler,
+            "train.compile (torch.compile manages its own graphs)": config.train.compile,
+            "sgd (no capturable fused step)": config.optim.optimizer == "sgd",
+        }
+        reasons = [reason for reason, blocks in blockers.items() if blocks]
+        if reasons:
+            self._notices.append(Notice(f"train.cuda_graphs: off with {', '.join(reasons)}"))
+        else:
+            self._notices.append(Notice("training steps replayed as a CUDA graph"))
+        return not reasons
+
     def _load_state(self, state: dict[str, Any]) -> None:
         path = runs.checkpoint_path(self.run_dir, "last")
         with ckpt.fitting(path, str(self.run_dir / runs.CONFIG)):
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            optim.load_state(self.optimizer, state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
@@ -540,7 +572,11 @@ class Trainer:
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = self.amp_dtype
-        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+        # no cast cache: a CUDA graph capture must not keep casts made outside it (each weight
+        # is used once per forward anyway)
+        with torch.autocast(
+            self.device.type, dtype=amp, enabled=amp is not None, cache_enabled=False
+        ):
             logits = model(x)  # (N, classes)
         loss = F.cross_entropy(logits.float(), y)
         objective = loss
@@ -550,6 +586,16 @@ class Trainer:
             objective = loss + weight * reg
         correct = (logits.argmax(1) == y).sum()
         return objective, loss, correct
+
+    def _step_values(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
+        """One whole step on the device; its values packed for `PendingSteps` (what a CUDA
+        graph captures, so nothing here may read back to the host on CUDA)."""
+        objective, loss, correct = self._loss(x, y, eager=eager)
+        weight = self._shard_weight(len(y))
+        if weight != 1.0:
+            objective = objective * weight
+        norm, ok = self._backward_and_step(objective)
+        return PendingSteps.pack(loss, correct, norm, ok)
 
     def _backward_and_step(self, objective: Tensor) -> tuple[Tensor, Tensor]:
         """Backward, clip, optimizer step unless non-finite; returns (grad norm, ok) on device."""
@@ -636,7 +682,9 @@ class Trainer:
         c = self.c
         self.model.load_state_dict(self._good["model"])
         # a copy: loading may alias the snapshot's tensors, which later steps would then modify
-        self.optimizer.load_state_dict(copy.deepcopy(self._good["optimizer"]))
+        optim.load_state(self.optimizer, copy.deepcopy(self._good["optimizer"]))
+        if self.graphed is not None:  # the loaded optimizer state lives in new tensors
+            self.graphed.reset()
         self.schedule.scale *= 0.5
         self.schedule.apply(c.global_step)
         c.restores += 1
@@ -652,7 +700,7 @@ class Trainer:
     def _snapshot(self) -> dict[str, Any]:
         """In-memory copy of model and optimizer (the "last good state")."""
         return copy.deepcopy(
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            {"model": self.model.state_dict(), "optimizer": optim.portable_state(self.optimizer)}
         )
 
     def _warn(self, warning: GradNormWarning) -> None:
@@ -815,7 +863,7 @@ class Trainer:
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim.portable_state(self.optimizer),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "monitor": self.monitor.state_dict(),

@@ -117,3 +117,38 @@ def test_a_warmup_as_long_as_the_run_shrinks_to_a_tenth_of_it() -> None:
     assert optim.warmup_capped(cfg.schedule, 3)
     assert steps[3] == max(steps)  # peak after 10 % of the 30 steps, then decay
     assert steps[-1] < steps[3] / 10
+
+
+def test_device_lrs_are_filled_in_place_and_checkpoints_get_floats() -> None:
+    """What a CUDA graph needs (LR tensors that keep their identity) on the CPU's terms."""
+    cfg = config(**{"schedule.warmup_epochs": 2})
+    params = {"cnn": [nn.Parameter(torch.zeros(3))], "kan": [nn.Parameter(torch.zeros(2))]}
+    opt = optim.build_optimizer(cfg, params, torch.device("cpu"), capturable=False)
+    schedule = optim.Schedule(opt, cfg, SPE, lr_device=torch.device("cpu"))
+    before = [group["lr"] for group in opt.param_groups]
+    assert all(isinstance(lr, torch.Tensor) for lr in before)
+    lrs = schedule.apply(7)
+    for group, tensor in zip(opt.param_groups, before, strict=True):
+        assert group["lr"] is tensor
+        assert float(tensor) == pytest.approx(lrs[group["name"]])
+    saved = optim.portable_state(opt)
+    assert all(type(group["lr"]) is float for group in saved["param_groups"])
+    assert all(isinstance(group["lr"], torch.Tensor) for group in opt.param_groups)
+
+
+def test_loading_keeps_this_optimizers_runtime_flags() -> None:
+    """A state saved by a fused, capturable (CUDA) optimizer resumes on a plain CPU one."""
+    params = {"kan": [nn.Parameter(torch.ones(4))]}
+    opt = optim.build_optimizer(config(), params, torch.device("cpu"))
+    params["kan"][0].grad = torch.ones(4)
+    opt.step()
+    saved = optim.portable_state(opt)
+    for group in saved["param_groups"]:
+        group.update(fused=True, capturable=True)
+    fresh = optim.build_optimizer(config(), params, torch.device("cpu"))
+    optim.load_state(fresh, saved)
+    assert not fresh.param_groups[0]["capturable"] and not fresh.param_groups[0]["fused"]
+    state = fresh.state[params["kan"][0]]
+    assert state["step"].device.type == "cpu" and float(state["step"]) == 1.0
+    fresh.step()  # a capturable flag taken from the file would refuse CPU params here
+    assert float(fresh.state[params["kan"][0]]["step"]) == 2.0

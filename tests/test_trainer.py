@@ -47,7 +47,10 @@ def test_run_folder_holds_config_metrics_summary_and_checkpoints(finished_run) -
     run_dir, events, summary = finished_run
     assert run_dir.name.endswith("-tiny")
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.toml", "metrics.jsonl", "summary.json"
+        "checkpoints",
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
     ]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     config = presets_io.read_file(run_dir / "config.toml")  # loadable as a preset
@@ -185,7 +188,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(
     assert first.run()["status"] == "stopped"
     # a kill -9 after the checkpoint may have left rows behind it, the last one half written
     with open(first.run_dir / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps({"event": "epoch", "epoch": 99}) + "\n{\"event\": \"ep")
+        handle.write(json.dumps({"event": "epoch", "epoch": 99}) + '\n{"event": "ep')
 
     again = Recorder()
     resumed = Trainer.from_run_dir(first.run_dir, sink=again)
