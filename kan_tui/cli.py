@@ -413,8 +413,8 @@ def lr_find(
     debug: bool = DEBUG,
 ) -> None:
     """Learning-rate range test: train a few hundred steps while the LR grows exponentially,
-    plot the smoothed loss and suggest a base LR (optim.lr) where it falls fastest. The
-    per-group multipliers apply as in training; no run folder is written."""
+    plot the smoothed loss and suggest a base LR (optim.lr): a tenth of the LR at the lowest
+    loss. The per-group multipliers apply as in training; no run folder is written."""
     from kan_engine.lr_find import find_lr
     from kan_tui import options
 

@@ -217,8 +217,8 @@ class SetupScreen(Screen[None]):
             return
         lr = float(f"{result.suggestion:.3g}")
         question = (
-            f"LR range test: the loss fell fastest at lr {lr:g} "
-            f"(lowest at {result.best_lr:.3g}). Use {lr:g} as the base LR?"
+            f"LR range test: suggested lr {lr:g}, a tenth of the lowest-loss lr "
+            f"{result.best_lr:.3g}. Use {lr:g} as the base LR?"
         )
 
         def answered(yes: bool | None) -> None:
