@@ -67,9 +67,11 @@ class GraphedStep:
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
         assert self._inputs is not None
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            self._out = self._step(*self._inputs)  # recorded, not run: the caller replays
+        device = self._inputs[0].device
+        with torch.cuda.device(device):  # cuda:1 too, whatever device is current
+            torch.cuda.synchronize(device)
+            with torch.cuda.graph(graph):
+                self._out = self._step(*self._inputs)  # recorded, not run: the caller replays
         self._graph = graph
 
     def reset(self) -> None:
