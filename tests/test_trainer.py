@@ -359,3 +359,21 @@ def test_grid_updates_do_not_hurt_rapid_kan_training(tiny_config, runs_dir) -> N
     assert max(updated_losses) <= 1.5 * max(plain_losses)  # no spike
     assert updated.train_loss <= 1.25 * plain.train_loss
     assert updated.val_acc >= plain.val_acc - 0.05
+
+
+def test_cuda_graphs_are_used_only_where_they_can_be(tiny_config, runs_dir, recorder) -> None:
+    """The decision, without a GPU: never on the CPU (silently); on CUDA off with a notice that
+    names every reason (fp16's scaler, sgd), on with a notice otherwise."""
+    on_cpu = Trainer(tiny_config(**{"train.cuda_graphs": True}), sink=recorder, out_dir=runs_dir)
+    on_cpu.setup()
+    assert on_cpu.graphed is None and not on_cpu._notices
+    config = tiny_config(**{"optim.optimizer": "sgd"})
+    trainer = Trainer(config, sink=recorder, out_dir=runs_dir)
+    trainer.device = torch.device("cuda")  # what setup would pick on a GPU machine
+    assert trainer._cuda_graphs(use_scaler=True) is False
+    (notice,) = trainer._notices
+    assert "fp16" in notice.message and "sgd" in notice.message
+    trainer = Trainer(tiny_config(), sink=recorder, out_dir=runs_dir)
+    trainer.device = torch.device("cuda")
+    assert trainer._cuda_graphs(use_scaler=False) is True
+    assert "CUDA graph" in trainer._notices[0].message
