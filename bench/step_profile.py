@@ -1,13 +1,15 @@
 """Where a training step's time goes: milliseconds per step, kernels launched per step, top ops.
 
 At small batches a GPU step is bound by the host launching kernels, not by arithmetic, so the
-figures that matter are the kernel count and the host time per step. Runs the trainer's own step
-(`Trainer._train_step`: forward, backward, clipping, fused optimizer, grid updates when due) on
-real batches of the preset's data, first `--warmup` untimed steps (compilation, allocator), then
-`--steps` timed ones, then the same number under torch.profiler.
+figures that matter are the kernel count and the host time per step. Runs a real training run of
+the preset (`Trainer.run`: forward, backward, clipping, fused optimizer, grid updates when due,
+CUDA graphs when on) and watches it through its events: the step-metrics event after `--steps`
+steps starts the clock and the profiler, the one after `2 * --steps` stops both and the run. Step
+metrics are emitted every `--steps` steps here, and each one reads the device back, so the
+interval between them is exactly `--steps` steps of device work.
 
     python bench/step_profile.py --preset lite --device cuda --data-dir DIR
-    python bench/step_profile.py --preset sprint --device cuda --set kan.prob_update_grid=0
+    python bench/step_profile.py --preset sprint --device cuda --set train.cuda_graphs=false
 """
 
 from __future__ import annotations
@@ -15,14 +17,38 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from itertools import islice
 from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
-from kan_engine import presets_io, runs
+from kan_engine import presets_io
+from kan_engine.events import Event, StepMetrics
 from kan_engine.trainer import Trainer
 from kan_tui import options
+
+
+class Probe:
+    """Event sink: times and profiles the steps between two step-metrics events, then stops."""
+
+    def __init__(self, steps: int, cuda: bool) -> None:
+        self.steps = steps
+        self.trainer: Trainer | None = None
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        self.profiler = profile(activities=activities)
+        self.started = 0.0
+        self.ms_per_step: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, StepMetrics) or self.ms_per_step is not None:
+            return
+        if event.global_step == self.steps:  # warm-up done: compiled, captured, allocated
+            self.started = time.perf_counter()
+            self.profiler.start()
+        elif event.global_step == 2 * self.steps:
+            self.ms_per_step = (time.perf_counter() - self.started) * 1e3 / self.steps
+            self.profiler.stop()
+            assert self.trainer is not None
+            self.trainer.stop()
 
 
 def main() -> None:
@@ -30,43 +56,27 @@ def main() -> None:
     parser.add_argument("--preset", default="lite")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50, help="warm-up steps, then timed steps")
     parser.add_argument("--top", type=int, default=15, help="rows of the op table")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
     preset, name = presets_io.resolve(args.preset)
+    sets = [*args.sets, f"train.log_every={args.steps}"]
     named = {"device": args.device, "data_dir": args.data_dir}
-    config = options.resolve(preset, f"preset {name}", args.sets, named)
+    config = options.resolve(preset, f"preset {name}", sets, named)
+    probe = Probe(args.steps, cuda=args.device.startswith("cuda"))
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(config, sink=lambda event: None, out_dir=Path(out), preset_name=name)
-        trainer.setup()
-        # what run() and _train() set up before the first step
-        trainer.metrics = runs.MetricsLog(trainer.run_dir / runs.METRICS)
-        trainer._tick = time.perf_counter()
-        device = trainer.device
-        batches = trainer.data.batches("train", config.train.batch_size, shuffle=True, epoch=1)
-
-        def run(n: int) -> float:
-            start = time.perf_counter()
-            for x, y in islice(batches, n):
-                trainer._train_step(x, y)
-            trainer._settle()  # waits for the device
-            return (time.perf_counter() - start) * 1e3 / n
-
-        run(args.warmup)
-        ms = run(args.steps)
-        activities = [ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities) as prof:
-            run(args.steps)
-    events = prof.key_averages()
+        trainer = probe.trainer = Trainer(config, sink=probe, out_dir=Path(out), preset_name=name)
+        trainer.run()
+    if probe.ms_per_step is None:
+        raise SystemExit(f"the run ended before {2 * args.steps} steps: lower --steps")
+    events = probe.profiler.key_averages()
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel"))
+    batch = config.train.batch_size
     print(
-        f"{name} on {device}, batch {config.train.batch_size}: {ms:.2f} ms/step "
-        f"({config.train.batch_size / ms * 1e3:,.0f} samples/s), "
+        f"{name} on {trainer.device}, batch {batch}: {probe.ms_per_step:.2f} ms/step "
+        f"({batch / probe.ms_per_step * 1e3:,.0f} samples/s), "
         f"{launches / args.steps:.0f} kernel launches/step"
     )
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))

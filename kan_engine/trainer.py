@@ -472,7 +472,7 @@ class Trainer:
         self.graphed = cuda_graph.GraphedStep(self._step_values) if graphs else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # on CUDA the optimizer is fused and skips non-finite steps itself (see module docstring)
-        self.deferred = bool(self.optimizer.defaults.get("fused")) and not use_scaler
+        self.deferred = self.device.type == "cuda" and not use_scaler
         self.monitor = GradNormMonitor(config.train.clip_grad_norm)
         self.pending = PendingSteps()
         self.grid_rng = random.Random(f"kan-tui grid updates {config.train.seed}")
