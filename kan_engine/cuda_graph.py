@@ -28,7 +28,9 @@ WARMUP = 3  # eager calls before the capture
 
 
 class GraphedStep:
-    """`step(x, y) -> values` (any device tensor), run eagerly `WARMUP` times, then replayed."""
+    """`step(x, y) -> values` (any device tensor), run eagerly `WARMUP` times, then replayed.
+
+    Every call must bring a batch of the same shape (the trainer passes full batches only)."""
 
     def __init__(self, step: Callable[[Tensor, Tensor], Tensor]) -> None:
         self._step = step
@@ -41,26 +43,18 @@ class GraphedStep:
     def captured(self) -> bool:
         return self._graph is not None
 
-    def fits(self, x: Tensor, y: Tensor) -> bool:
-        """Whether the batch has the shape of the first one (the shape a capture keeps)."""
-        if self._inputs is None:
-            return True
-        sx, sy = self._inputs
-        return x.shape == sx.shape and y.shape == sy.shape
-
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """The step's values for this batch; a copy when replayed (the next replay overwrites)."""
-        if self._inputs is None:
-            self._inputs = (x.clone(), y.clone())  # (N, ...), (N,): the static input buffers
         if self._graph is None and self._eager_calls < WARMUP:
             self._eager_calls += 1
             return self._step(x, y)
+        if self._graph is None:
+            self._inputs = (x.clone(), y.clone())  # (N, ...), (N,): the static input buffers
+            self._capture()
+        assert self._graph is not None and self._inputs is not None and self._out is not None
         sx, sy = self._inputs
         sx.copy_(x)
         sy.copy_(y)
-        if self._graph is None:
-            self._capture()
-        assert self._graph is not None and self._out is not None
         self._graph.replay()
         return self._out.clone()
 
@@ -77,5 +71,5 @@ class GraphedStep:
     def reset(self) -> None:
         """Forget the capture (its memory too); the next calls warm up and capture again."""
         self._graph = None
-        self._out = None
+        self._inputs = self._out = None
         self._eager_calls = 0

@@ -37,8 +37,11 @@ DISABLE_ENV = "KAN_TUI_FUSED"  # "0" turns the fused path off (debugging, A/B be
 
 def available(device: torch.device) -> bool:
     """Whether the compiled kernels can run on `device`: CUDA with Triton, not switched off."""
-    if device.type != "cuda" or os.environ.get(DISABLE_ENV, "1") == "0":
-        return False
+    return device.type == "cuda" and os.environ.get(DISABLE_ENV, "1") != "0" and _has_triton()
+
+
+@functools.cache
+def _has_triton() -> bool:  # asked every forward: look it up once
     return importlib.util.find_spec("triton") is not None
 
 

@@ -127,10 +127,10 @@ def build_optimizer(
     ]
     if not param_groups:
         raise ValueError("the model has no trainable parameters")
-    fused = device.type == "cuda" or None  # None: torch's default (foreach) elsewhere
-    if opt.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=fused)
-    fused = fused or device.type == "cpu" or None
+    if opt.optimizer == "sgd":  # None: torch's default (foreach) off CUDA
+        cuda = device.type == "cuda" or None
+        return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=cuda)
+    fused = device.type in ("cuda", "cpu") or None
     betas = (opt.beta1, opt.beta2)
     kind = torch.optim.Adam if opt.optimizer == "adam" else torch.optim.AdamW
     optimizer = kind(param_groups, lr=opt.lr, betas=betas, fused=fused, capturable=capturable)
@@ -150,17 +150,17 @@ def portable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 def load_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """`load_state_dict` that keeps this optimizer's `RUNTIME_FLAGS`: a state saved by a fused,
     capturable CUDA optimizer resumes on the CPU and vice versa (torch would take the saved flags,
-    and with them the device the `step` counters must live on)."""
+    and with them the device the `step` counters must live on). LRs come in as floats, so
+    `Schedule.apply` makes fresh device tensors of them where a CUDA graph needs those."""
     groups = [
-        {**saved, **{key: ours[key] for key in RUNTIME_FLAGS if key in ours}}
+        {
+            **saved,
+            "lr": float(saved["lr"]),
+            **{key: ours[key] for key in RUNTIME_FLAGS if key in ours},
+        }
         for saved, ours in zip(state["param_groups"], optimizer.param_groups, strict=True)
     ]
     optimizer.load_state_dict({**state, "param_groups": groups})
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """`cuda` and `cuda:0` are the same device (torch.device equality says they differ)."""
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class Schedule:
@@ -201,9 +201,9 @@ class Schedule:
             value, current = lrs[group["name"]], group["lr"]
             if self.lr_device is None:
                 group["lr"] = value
-            elif isinstance(current, Tensor) and _same_device(current.device, self.lr_device):
+            elif isinstance(current, Tensor):  # one of ours: states are loaded with float LRs
                 current.fill_(value)  # the same tensor: a captured graph reads the new value
-            else:  # first call, or a loaded state dict brought floats
+            else:  # first call, or after loading a state
                 group["lr"] = torch.tensor(value, device=self.lr_device)
         return lrs
 

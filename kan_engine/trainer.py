@@ -393,7 +393,8 @@ class Trainer:
         self.schedule.apply(step)
         grid_due = self._grid_update_due(step)
         kan_inputs: dict[str, Tensor] = {}
-        if self.graphed is not None and not grid_due and self.graphed.fits(x, y):
+        full = len(y) == self.config.train.batch_size  # a graph keeps the shape it was captured at
+        if self.graphed is not None and not grid_due and full:
             values = self.graphed(x, y)
         else:
             capture = self._capture_kan_inputs() if grid_due else contextlib.nullcontext({})

@@ -82,6 +82,15 @@ async def wait_until(pilot: Pilot, condition: Callable[[], bool], what: str) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def training_dashboard(pilot: Pilot) -> DashboardScreen:
+    """The dashboard, once its run has taken a step."""
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen), "dashboard")
+    dash = pilot.app.screen
+    assert isinstance(dash, DashboardScreen)
+    await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
+    return dash
+
+
 async def type_into(pilot: Pilot, key: str, text: str) -> None:
     """Replace a form field's text by typing, as a user would."""
     field = pilot.app.screen.query_one(f"#field-{key.replace('.', '-')} Input", Input)
@@ -278,9 +287,7 @@ async def test_quit_during_a_run_stops_it_with_a_checkpoint(
     config = tiny_config(**{"train.epochs": 200})
     app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
-        dash = app.screen
-        await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
+        dash = await training_dashboard(pilot)
         await pilot.press("q")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "quit?")
         await pilot.press("y")
@@ -338,9 +345,7 @@ async def test_sighup_stops_the_run_with_a_checkpoint_and_exits(
     config = tiny_config(**{"train.epochs": 200})
     app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
-        dash = app.screen
-        await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
+        dash = await training_dashboard(pilot)
         # without the app's handler the signal would end pytest itself
         assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
         os.kill(os.getpid(), signal.SIGHUP)
