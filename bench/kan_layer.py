@@ -7,6 +7,8 @@ measured in the same run:
 
 * fused (CUDA only): `KANLinear`'s default on a GPU: the basis and its input gradient as two
   compiled kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
+* fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
+  runs its steps: the GPU time of the layer without Python's launch overhead;
 * local: `KANLinear(fused=False)`: the eager local scheme (the CPU's path), optionally
   `--chunk-size` (both "ours" rows take it);
 * reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
@@ -41,13 +43,14 @@ from kan_engine.kan import KANLinear, TensorMemoryPeak
 
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
-VARIANTS = ("fused", "local", "reference", "linear", "gemm floor")
-OURS = ("fused", "local")
+VARIANTS = ("fused", "fused graph", "local", "reference", "linear", "gemm floor")
+OURS = ("fused", "fused graph", "local")
+FUSED = ("fused", "fused graph")
 
 
 def variants(device: torch.device) -> tuple[str, ...]:
-    """The fused path runs only on CUDA (elsewhere its formulas would run eagerly, slowly)."""
-    return VARIANTS if device.type == "cuda" else VARIANTS[1:]
+    """The fused path runs only on CUDA (elsewhere Triton could only interpret it, slowly)."""
+    return VARIANTS if device.type == "cuda" else VARIANTS[2:]
 
 
 @dataclass
@@ -89,7 +92,7 @@ def build(
             spline_order=args.spline_order,
             device=device,
             fast=variant in OURS,
-            fused=variant == "fused",
+            fused=variant in FUSED,
             chunk_size=args.chunk_size if variant in OURS else None,
         )
     return lambda: layer(x), [x, *layer.parameters()]
@@ -109,6 +112,32 @@ def step(
     out = forward()
     if grad is not None:
         out.backward(grad)
+
+
+def runner(
+    variant: str, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
+    grad: torch.Tensor | None, device: torch.device,
+) -> Callable[[], None]:  # fmt: skip
+    """What one timed forward (grad None) or forward+backward runs: the step itself, or for
+    "fused graph" the replay of a CUDA graph captured from it (after warm-up on a side stream,
+    as torch.cuda.graph requires)."""
+
+    def once() -> None:
+        with torch.no_grad() if grad is None else nullcontext():
+            step(forward, leaves, grad)
+
+    if variant != "fused graph":
+        return once
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            once()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        once()
+    return graph.replay
 
 
 def peak_mib(forward, leaves, grad, device: torch.device) -> float:
@@ -134,25 +163,31 @@ def measure_shape(
     cpu_time = device.type == "cpu" and args.threads == 1
     clock = time.process_time if cpu_time else time.perf_counter
     amp = precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    # No autocast weight cache: it would cast nn.Linear's and the reference's weights once for
+    # all repetitions (ours casts its own every step), and CUDA graphs cannot capture with it.
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+        if amp
+        else nullcontext()
+    )
     names = variants(device)
     cases = {v: build(v, n, i, o, args, device) for v in names}
     grad = torch.randn(n, o, device=device)
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in names for m in ("f", "fb")}
     with autocast:
+        runs = {
+            (v, mode): runner(v, *cases[v], g, device)
+            for v in names
+            for mode, g in (("f", None), ("fb", grad))
+        }
         for rep in range(args.warmup + args.reps):
-            for variant, (forward, leaves) in cases.items():
-                for mode, g in (("f", None), ("fb", grad)):
-                    sync(device)
-                    start = clock()
-                    if g is None:
-                        with torch.no_grad():
-                            step(forward, leaves, None)
-                    else:
-                        step(forward, leaves, g)
-                    sync(device)
-                    if rep >= args.warmup:
-                        times[(variant, mode)].append((clock() - start) * 1e3)
+            for key, run in runs.items():
+                sync(device)
+                start = clock()
+                run()
+                sync(device)
+                if rep >= args.warmup:
+                    times[key].append((clock() - start) * 1e3)
         peaks = {v: peak_mib(*cases[v], grad, device) for v in names}
     return [
         Row(
@@ -192,6 +227,7 @@ def exactness(device: torch.device) -> list[str]:
     printed, not judged. Returns the failures.
     """
     failures = []
+    eager = [v for v in variants(device) if v in ("fused", "local")]  # the graph runs "fused"
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         for grid in ("uniform", "updated"):
             torch.manual_seed(0)
@@ -202,7 +238,7 @@ def exactness(device: torch.device) -> list[str]:
                 layer.update_grid(torch.rand(512, 48, device=device, dtype=dtype) ** 3 * 2 - 1)
             x = torch.randn(300, 48, device=device, dtype=dtype) * 1.5
             results = {}
-            for variant in variants(device)[:-2]:  # ours and the reference
+            for variant in [*eager, "reference"]:
                 layer.fast = variant in OURS
                 layer.fused = variant == "fused"
                 layer.zero_grad(set_to_none=True)
@@ -211,7 +247,7 @@ def exactness(device: torch.device) -> list[str]:
                 y.backward(torch.ones_like(y))
                 grads = (xg.grad, layer.base_weight.grad, layer.spline_weight.grad)
                 results[variant] = (y.detach(), *grads)
-            for variant in variants(device)[:-3]:
+            for variant in eager:
                 worst = max(
                     float((a - b).abs().max() / (b.abs().max() if dtype == torch.float32 else 1))
                     for a, b in zip(results[variant], results["reference"], strict=True)
@@ -225,7 +261,7 @@ def exactness(device: torch.device) -> list[str]:
     layer = KANLinear(48, 24, device=device)
     x = torch.rand(300, 48, device=device) * 2 - 1
     exact = layer(x).detach()
-    for variant in variants(device)[:-3]:
+    for variant in eager:
         layer.fused = variant == "fused"
         with torch.autocast(device.type, dtype=torch.bfloat16):
             approx = layer(x.requires_grad_(True))

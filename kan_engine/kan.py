@@ -180,13 +180,19 @@ def _padded_basis(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tenso
     return buffer
 
 
-def _input_grad(grad_basis: torch.Tensor, local: _Local) -> torch.Tensor:
-    """dL/dx (N, in) from dL/dB in a padded buffer (N, G+3k, in) whose padding slabs are zero."""
+def _input_grad(grad_basis: torch.Tensor, local: _Local, scale: float) -> torch.Tensor:
+    """scale * dL/dx (N, in) from dL/dB in a padded buffer (N, G+3k, in) whose padding slabs
+    are zero."""
     total = torch.zeros_like(local.vals[0])  # (N, in)
     for column, slope in zip(local.columns, local.slopes or (), strict=False):
         picked = grad_basis.gather(1, column).squeeze(1)  # (N, in)
         total.addcmul_(picked.to(total.dtype), slope)
-    return total * local.slope_scale
+    return total * (local.slope_scale * scale)
+
+
+def _scaled(t: torch.Tensor, factor: float) -> torch.Tensor:
+    """t * factor in place, skipping the pass when factor is 1 (the fused path's usual case)."""
+    return t if factor == 1.0 else t.mul_(factor)
 
 
 def _value_scale(order: int, uniform: bool) -> float:
@@ -312,32 +318,32 @@ class _SplineLinear(torch.autograd.Function):
                 grad_base = (g * scale_base).to(base_dtype)
             if need_x or need_w:
                 xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
-                g_x = g * scale_spline if scale_spline != 1.0 else g  # (N, out)
                 if need_x:
                     grad_x = torch.empty_like(x)
                 scale = 1.0 if fused else _value_scale(order, uniform)
-                g_w = g * (scale_spline * scale)  # (N, out)
                 for rows in _chunks(x.shape[0], rows_per_chunk):
                     buffer, basis, local = _basis_rows(
                         xw[rows], gw, order, uniform, fused, cdt, need_x
                     )
                     if need_w:
-                        part = g_w[rows].t() @ basis  # (out, (G+k)*in)
+                        part = g[rows].t() @ basis  # (out, (G+k)*in), scaled at the end
                         grad_w = part.to(work) if grad_w is None else grad_w.add_(part)
                     if not need_x:
                         continue
                     if fused:
                         del buffer, basis  # one buffer alive at a time
-                        grad_basis = (g_x[rows] @ w).view(-1, n_cols, x.shape[1])  # dL/dB
-                        grad_x[rows] = fused_basis.input_grad(grad_basis, xw[rows], gw, order)
+                        grad_basis = (g[rows] @ w).view(-1, n_cols, x.shape[1])  # dL/dB / s
+                        fused_basis.input_grad(
+                            grad_basis, xw[rows], gw, order, scale=scale_spline, out=grad_x[rows]
+                        )
                     else:
                         # Reuse the buffer for dL/dB; the padding slabs must read as zero.
                         buffer[:, :order].zero_()
                         buffer[:, order + n_cols :].zero_()
-                        torch.mm(g_x[rows], w, out=basis)  # dL/dB
-                        grad_x[rows] = _input_grad(buffer, local).to(x.dtype)
+                        torch.mm(g[rows], w, out=basis)  # dL/dB / scale_spline
+                        grad_x[rows] = _input_grad(buffer, local, scale_spline).to(x.dtype)
                 if need_w:
-                    grad_w = grad_w.to(weight.dtype)
+                    grad_w = _scaled(grad_w, scale_spline * scale).to(weight.dtype)
         return grad_x, grad_base, grad_w, *(None,) * 8
 
 

@@ -11,9 +11,21 @@ from scipy.interpolate import BSpline
 
 from kan_engine import fused_basis
 from kan_engine import kan as kan_module
+from kan_engine.bspline import reference_basis
 from kan_engine.kan import KANLinear, TensorMemoryPeak
 
 torch.set_num_threads(1)
+needs_kernels = pytest.mark.skipif(
+    not fused_basis.runnable(torch.device("cpu")), reason="needs Triton (its CPU interpreter)"
+)
+FUSED = pytest.param(True, marks=needs_kernels)
+
+
+@pytest.fixture(autouse=True)
+def _few_kernel_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton's interpreter runs a kernel's programs one after another: 8-row tiles here (the
+    GPU's 1-row tiles have no row mask to test) make the fused tests about 4x faster."""
+    monkeypatch.setattr(fused_basis, "BLOCK_N", 8)
 
 SAMPLERS: dict[str, Callable[[torch.Generator, int, int], torch.Tensor]] = {
     "uniform": lambda g, n, i: torch.rand(n, i, generator=g) * 2 - 1,
@@ -121,10 +133,10 @@ def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[to
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("grid", ["uniform", "updated"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("fused", [False, True], ids=["local", "fused"])
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
 def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype, fused: bool) -> None:
-    """Both fast paths: the eager local scheme and the formulas `fused_basis` compiles on CUDA
-    (run eagerly here; `test_compiled_kernels_equal_their_formulas` checks the compilation)."""
+    """Both fast paths: the eager local scheme and the Triton kernels of `fused_basis` (run by
+    Triton's interpreter here, compiled on a GPU)."""
     layer = rough_layer(6, 5, grid_size=5, spline_order=order, scale_base=2.5, dtype=dtype)
     layer.fused = fused
     if grid == "updated":
@@ -143,7 +155,7 @@ def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype, f
             torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["local", "fused"])
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
 def test_chunked_forward_and_backward_equal_unchunked(fused: bool) -> None:
     layer = rough_layer(6, 4, dtype=torch.float64)
     layer.fused = fused
@@ -175,27 +187,40 @@ def test_without_chunk_size_rows_are_chunked_to_the_basis_budget(
     assert chunked_peak.peak < whole_peak.peak - 20 * row_bytes
 
 
-@pytest.mark.slow
-def test_compiled_kernels_equal_their_formulas() -> None:
-    """What CUDA runs: `fused_basis`'s functions through torch.compile (Inductor's C++ backend
-    here, Triton on a GPU), for two batch sizes and widths (one dynamic-shape compilation)."""
-    compiled_basis = fused_basis._compiled(fused_basis._dense_basis)
-    compiled_grad = fused_basis._compiled(fused_basis._input_grad)
-    for n, n_in in ((37, 6), (5, 11)):
-        layer = rough_layer(n_in, 3, dtype=torch.float32)
-        updated(layer)
-        x = torch.randn(n, n_in, generator=gen(n)) * 1.5
-        grad_basis = torch.randn(n, 8, n_in, generator=gen(1))
-        torch.testing.assert_close(
-            compiled_basis(x, layer.grid, 3, torch.float32),
-            fused_basis._dense_basis(x, layer.grid, 3, torch.float32),
-            atol=1e-6, rtol=0,
-        )  # fmt: skip
-        torch.testing.assert_close(
-            compiled_grad(grad_basis, x, layer.grid, 3),
-            fused_basis._input_grad(grad_basis, x, layer.grid, 3),
-            atol=1e-5, rtol=1e-5,
-        )  # fmt: skip
+@needs_kernels
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_kernels_on_many_tiles_and_a_fine_grid_equal_the_reference(out_dtype: torch.dtype) -> None:
+    """Rows and inputs over several kernel tiles (with ragged edges), a 40-interval refit grid
+    (six binary-search steps), values on and beyond the knots; the basis stored in the matmul
+    dtype, the input gradient read back from it."""
+    n, n_in = 2 * fused_basis.BLOCK_N + 3, fused_basis.BLOCK_I + 7
+    layer = updated(KANLinear(n_in, 2, grid_size=40, spline_order=3, dtype=torch.float64), n=512)
+    grid = layer.grid
+    x = torch.randn(n, n_in, generator=gen(8), dtype=torch.float64)
+    x[0], x[1], x[2, :9] = grid[:, 0], grid[:, 17], 50.0  # first knot, an inner knot, outside
+    basis = fused_basis.dense_basis(x, grid, 3, out_dtype)
+    expected = reference_basis(x, grid, 3).transpose(1, 2)  # (N, G+k, in)
+    atol = 1e-12 if out_dtype == torch.float32 else 4e-3  # float32 storage of float64 values
+    torch.testing.assert_close(basis.double(), expected, atol=max(atol, 1e-7), rtol=0)
+    grad_basis = torch.randn(expected.shape, generator=gen(9), dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    (reference_basis(xr, grid, 3).transpose(1, 2) * grad_basis).sum().backward()
+    got = fused_basis.input_grad(grad_basis.to(out_dtype), x, grid, 3)
+    want = xr.grad if out_dtype == torch.float32 else None
+    if want is not None:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    else:  # dL/dB rounded to bfloat16 first: compare with the same rounding
+        xr.grad = None
+        (reference_basis(xr, grid, 3).transpose(1, 2) * grad_basis.bfloat16().double()).sum().backward()
+        torch.testing.assert_close(got, xr.grad, atol=1e-9, rtol=1e-9)
+
+
+def test_fused_kernels_refuse_the_cpu_without_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fused_basis.INTERPRET_ENV, "0")
+    x = torch.rand(3, 4)
+    with pytest.raises(RuntimeError, match="need CUDA with Triton"):
+        fused_basis.dense_basis(x, KANLinear(4, 2).grid, 3, torch.float32)
+    assert not fused_basis.available(torch.device("cpu"))
 
 
 def test_cpu_autocast_runs_the_fast_path_in_bf16() -> None:
