@@ -222,7 +222,7 @@ async def test_save_list_load_round_trip_of_a_user_preset() -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: setup.preset_name == "lite", "lite loaded")
         await pilot.pause()
-        assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.001
+        assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.0005
 
         presets.highlighted = presets.get_option_index("mine")
         await pilot.press("enter")
@@ -388,7 +388,9 @@ async def test_an_error_mid_run_shows_a_panel_marks_the_run_failed_and_the_app_s
         assert 0 < dash.state.global_step <= FAIL_AFTER  # it failed mid-run, after logged steps
         assert dash.query_one("#chart-loss", SeriesChart).points_drawn > 0
         panel = dash.query_one("#error-panel", Static)
-        assert panel.display and "injected failure in the forward" in visible_text(panel)
+        assert panel.display
+        shown = lambda: "injected failure in the forward" in visible_text(panel)  # noqa: E731
+        await wait_until(pilot, shown, "the error panel laid out and drawn")
         assert "failed" in visible_text(dash.query_one("#run-status", Static))
         await pilot.press("t")  # still answering keys
         assert dash.query_one("#charts").active == "tab-acc"
@@ -424,7 +426,7 @@ async def test_a_broken_user_preset_is_explained_inline_and_the_form_keeps_its_v
             assert str(folder / f"{name}.toml") in shown, visible_text(panel)
             assert reason.replace(" ", "") in shown, visible_text(panel)
             assert setup.preset_name == "lite"  # the form keeps the last good preset
-            assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.001
+            assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.0005
             assert not setup.query_one("#start", Button).disabled
         presets.highlighted = presets.get_option_index("lite")
         await pilot.press("enter")

@@ -70,7 +70,7 @@ def test_every_option_maps_to_a_schema_key() -> None:
 
 
 def test_precedence_preset_then_set_then_named_option() -> None:
-    assert resolved()["optim"]["lr"] == 0.001  # lite
+    assert resolved()["optim"]["lr"] == 0.0005  # lite
     assert resolved("--set", "optim.lr=0.02")["optim"]["lr"] == 0.02
     config = resolved("--set", "optim.lr=0.02", "--lr", "0.03", "--set", "train.patience=4")
     assert config["optim"]["lr"] == 0.03
