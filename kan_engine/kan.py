@@ -247,7 +247,7 @@ class _SplineLinear(torch.autograd.Function):
 
     The basis is rebuilt in backward (a few elementwise passes over (N, in), far less than
     keeping N * in * (G+k) values alive between forward and backward). `fused` selects the two
-    compiled kernels of `fused_basis` (CUDA) instead of the eager local scheme. Rows are processed
+    Triton kernels of `fused_basis` (CUDA) instead of the eager local scheme. Rows are processed
     in chunks (`chunk_size`, or as many as keep one basis buffer within `BASIS_BUDGET_BYTES`), so
     the transient memory is bounded whatever the batch. Autocast is handled explicitly: the basis
     is evaluated in float32 (or float64) and only the matmul operands are cast to the autocast
@@ -395,8 +395,8 @@ class KANLinear(nn.Module):
       and the base branch carries the output.
 
     `fast=False` selects the textbook reference path (kept for tests and benchmarks). `fused`
-    picks the compiled kernels of `fused_basis` (None: on CUDA when Triton is there; True on the
-    CPU runs the same formulas eagerly, for tests). `chunk_size` bounds the transient memory of
+    picks the Triton kernels of `fused_basis` (None: on CUDA when Triton is there; True on the
+    CPU needs Triton's interpreter, for tests). `chunk_size` bounds the transient memory of
     the spline part (see `_SplineLinear`). Set
     `track_regularization = True` before the forwards whose `regularization_loss()` you want.
     """
