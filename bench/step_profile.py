@@ -3,10 +3,12 @@
 At small batches a GPU step is bound by the host launching kernels, not by arithmetic, so the
 figures that matter are the kernel count and the host time per step. Runs a real training run of
 the preset (`Trainer.run`: forward, backward, clipping, fused optimizer, grid updates when due,
-CUDA graphs when on) and watches it through its events: the step-metrics event after `--steps`
-steps starts the clock and the profiler, the one after `2 * --steps` stops both and the run. Step
-metrics are emitted every `--steps` steps here, and each one reads the device back, so the
-interval between them is exactly `--steps` steps of device work.
+CUDA graphs when on) and watches it through its events. Step metrics are emitted every `--steps`
+steps here, and each one reads the device back, so the interval between two of them is exactly
+`--steps` steps of device work. After `--steps` warm-up steps, one interval is timed with nothing
+else running, then the next one is profiled (launch counts, top ops; the profiler's own overhead
+would inflate a timed interval, so the two are never the same). An interval in which any other
+event arrives (an epoch's end and its evaluation) is dropped and the phase starts again.
 
     python bench/step_profile.py --preset lite --device cuda --data-dir DIR
     python bench/step_profile.py --preset sprint --device cuda --set train.cuda_graphs=false
@@ -28,27 +30,41 @@ from kan_tui import options
 
 
 class Probe:
-    """Event sink: times and profiles the steps between two step-metrics events, then stops."""
+    """Event sink: times one clean interval of `steps` steps, profiles the next, then stops."""
 
     def __init__(self, steps: int, cuda: bool) -> None:
         self.steps = steps
         self.trainer: Trainer | None = None
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        self.profiler = profile(activities=activities)
-        self.started = 0.0
+        self.activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        self.profiler = profile(activities=self.activities)
+        self.phase = "warm-up"  # -> "timed" -> "profiled" -> "done"
+        self.started: float | None = None  # start of the running interval (None: none runs)
         self.ms_per_step: float | None = None
 
     def __call__(self, event: Event) -> None:
-        if not isinstance(event, StepMetrics) or self.ms_per_step is not None:
+        if self.phase == "done":
             return
-        if event.global_step == self.steps:  # warm-up done: compiled, captured, allocated
-            self.started = time.perf_counter()
+        if not isinstance(event, StepMetrics):  # an epoch's end, its evaluation: drop the interval
+            if self.started is not None and self.phase == "profiled":
+                self.profiler.stop()
+                self.profiler = profile(activities=self.activities)
+            self.started = None
+            return
+        if self.phase == "warm-up":
+            self.phase = "timed"
+        elif self.started is not None:  # a clean interval ends here
+            if self.phase == "timed":
+                self.ms_per_step = (time.perf_counter() - self.started) * 1e3 / self.steps
+                self.phase = "profiled"
+            else:
+                self.profiler.stop()
+                self.phase = "done"
+                assert self.trainer is not None
+                self.trainer.stop()
+                return
+        if self.phase == "profiled":
             self.profiler.start()
-        elif event.global_step == 2 * self.steps:
-            self.ms_per_step = (time.perf_counter() - self.started) * 1e3 / self.steps
-            self.profiler.stop()
-            assert self.trainer is not None
-            self.trainer.stop()
+        self.started = time.perf_counter()
 
 
 def main() -> None:
@@ -69,8 +85,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         trainer = probe.trainer = Trainer(config, sink=probe, out_dir=Path(out), preset_name=name)
         trainer.run()
-    if probe.ms_per_step is None:
-        raise SystemExit(f"the run ended before {2 * args.steps} steps: lower --steps")
+    if probe.phase != "done":
+        raise SystemExit("the run ended before a timed and a profiled interval: lower --steps")
     events = probe.profiler.key_averages()
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel"))
     batch = config.train.batch_size
