@@ -259,7 +259,7 @@ def test_hand_edited_user_presets(isolated: Path) -> None:
     assert ["garbage", "user", "(unreadable)"] in rows
     assert sum(row[0] == "lite" for row in rows) == 1  # the built-in only
     shown = cli("run", "--print-config", "-p", "lite")
-    assert shown.exit_code == 0 and "lr = 0.001" in shown.stdout  # built-ins win
+    assert shown.exit_code == 0 and "lr = 0.0005" in shown.stdout  # built-ins win
     error_line(cli("run", "--headless", "-p", "garbage"), 2, "garbage.toml", "not a text file")
     assert not (isolated / "runs").exists()  # nothing started
 
