@@ -86,7 +86,8 @@ def dense_basis(
 ) -> torch.Tensor:
     """Basis of x (N, in) on grid (in, M+1) -> (N, G+k, in) in `dtype`; true values (no scale)."""
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
-    out = torch.empty(x.shape[0], grid.shape[1] - 1 - order, x.shape[1], device=x.device, dtype=dtype)
+    n_cols = grid.shape[1] - 1 - order
+    out = torch.empty(x.shape[0], n_cols, x.shape[1], device=x.device, dtype=dtype)
     _launch("basis_kernel", x, grid, order, x, grid, out)
     return out
 
