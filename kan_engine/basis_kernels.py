@@ -22,10 +22,9 @@ __all__ = ["basis_kernel", "input_grad_kernel"]
 
 
 @triton.jit
-def _knot(row_ptr, q, last: tl.constexpr, ends, mask):
+def _knot(row_ptr, q, last: tl.constexpr, t_first, t_second, t_penult, t_last, mask):
     """Knot t_q of each input's row (q may lie beyond 0..last: extrapolated from the end
-    intervals; `ends` = (t_0, t_1, t_last-1, t_last))."""
-    t_first, t_second, t_penult, t_last = ends
+    intervals, whose knots are passed in)."""
     clamped = tl.minimum(tl.maximum(q, 0), last)
     t = tl.load(row_ptr + clamped, mask=mask, other=clamped.to(t_first.dtype))
     t = tl.where(q < 0, t_first + q * (t_second - t_first), t)
@@ -56,12 +55,13 @@ def _local(
         go = x >= tl.load(row_ptr + mid, mask=mask, other=mid.to(x.dtype))
         lo = tl.where(go, mid, lo)
         hi = tl.where(go, hi, mid)
-    ends = (t_first, t_second, t_penult, t_last)
     left = ()
     right = ()
     for j in tl.static_range(1, ORDER + 1):
-        left = left + (x - _knot(row_ptr, lo + 1 - j, last, ends, mask),)
-        right = right + (_knot(row_ptr, lo + j, last, ends, mask) - x,)
+        t_left = _knot(row_ptr, lo + 1 - j, last, t_first, t_second, t_penult, t_last, mask)
+        t_right = _knot(row_ptr, lo + j, last, t_first, t_second, t_penult, t_last, mask)
+        left = left + (x - t_left,)
+        right = right + (t_right - x,)
     inside = (x >= t_first) & (x < t_last)
     vals = (tl.where(inside, 1.0, 0.0).to(x.dtype),)
     lower = vals
