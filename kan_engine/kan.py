@@ -318,8 +318,8 @@ class _SplineLinear(torch.autograd.Function):
                 grad_base = (g * scale_base).to(base_dtype)
             if need_x or need_w:
                 xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
-                if need_x:
-                    grad_x = torch.empty_like(x)
+                if need_x:  # contiguous whatever x's strides: the kernel writes row slices
+                    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
                 scale = 1.0 if fused else _value_scale(order, uniform)
                 for rows in _chunks(x.shape[0], rows_per_chunk):
                     buffer, basis, local = _basis_rows(
@@ -517,7 +517,7 @@ class KANLinear(nn.Module):
         else:
             basis = self.b_splines(x)  # (N, in, G+k)
             weight = self.spline_weight.transpose(1, 2).reshape(self.out_features, -1)
-            spline = F.linear(basis.view(x.shape[0], -1), weight)  # (N, out)
+            spline = F.linear(basis.reshape(x.shape[0], -1), weight)  # (N, out)
             out = self.scale_base * base + self.scale_spline * spline
             col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
         with torch.no_grad():

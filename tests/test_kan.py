@@ -188,6 +188,19 @@ def test_without_chunk_size_rows_are_chunked_to_the_basis_budget(
     assert chunked_peak.peak < whole_peak.peak - 20 * row_bytes
 
 
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
+def test_a_transposed_input_gets_the_reference_gradients(fused: bool) -> None:
+    """x a column-major view (a transpose upstream): the backward writes row slices of dL/dx."""
+    layer = rough_layer(6, 4, dtype=torch.float64)
+    layer.fused = fused
+    x = torch.randn(6, 37, generator=gen(5), dtype=torch.float64).t()  # (37, 6), not contiguous
+    layer.chunk_size = 16
+    fast = outputs_and_grads(layer, x, fast=True)
+    ref = outputs_and_grads(layer, x, fast=False)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
 @needs_kernels
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_kernels_on_many_tiles_and_a_fine_grid_equal_the_reference(out_dtype: torch.dtype) -> None:
