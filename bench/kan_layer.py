@@ -6,7 +6,7 @@ memory of one forward+backward, then prints a table with ratios to the textbook 
 measured in the same run:
 
 * fused (CUDA only): `KANLinear`'s default on a GPU: the basis and its input gradient as two
-  compiled kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
+  Triton kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
 * fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
   runs its steps: the GPU time of the layer without Python's launch overhead;
 * local: `KANLinear(fused=False)`: the eager local scheme (the CPU's path), optionally
