@@ -190,11 +190,6 @@ def _input_grad(grad_basis: torch.Tensor, local: _Local, scale: float) -> torch.
     return total * (local.slope_scale * scale)
 
 
-def _scaled(t: torch.Tensor, factor: float) -> torch.Tensor:
-    """t * factor in place, skipping the pass when factor is 1 (the fused path's usual case)."""
-    return t if factor == 1.0 else t.mul_(factor)
-
-
 def _value_scale(order: int, uniform: bool) -> float:
     """The factor between `_local_basis` values and the true basis (1/k! on a uniform grid)."""
     return 1.0 / math.factorial(order) if uniform else 1.0
@@ -320,13 +315,14 @@ class _SplineLinear(torch.autograd.Function):
                 xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
                 if need_x:  # contiguous whatever x's strides: the kernel writes row slices
                     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-                scale = 1.0 if fused else _value_scale(order, uniform)
+                scale = scale_spline * (1.0 if fused else _value_scale(order, uniform))
+                g_w = g if scale == 1.0 else g * scale  # (N, out): smaller than dL/dC to scale
                 for rows in _chunks(x.shape[0], rows_per_chunk):
                     buffer, basis, local = _basis_rows(
                         xw[rows], gw, order, uniform, fused, cdt, need_x
                     )
                     if need_w:
-                        part = g[rows].t() @ basis  # (out, (G+k)*in), scaled at the end
+                        part = g_w[rows].t() @ basis  # (out, (G+k)*in)
                         grad_w = part.to(work) if grad_w is None else grad_w.add_(part)
                     if not need_x:
                         continue
@@ -343,7 +339,7 @@ class _SplineLinear(torch.autograd.Function):
                         torch.mm(g[rows], w, out=basis)  # dL/dB / scale_spline
                         grad_x[rows] = _input_grad(buffer, local, scale_spline).to(x.dtype)
                 if need_w:
-                    grad_w = _scaled(grad_w, scale_spline * scale).to(weight.dtype)
+                    grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_base, grad_w, *(None,) * 8
 
 
