@@ -138,7 +138,9 @@ def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[to
 def test_fast_path_equals_reference(order: int, grid: str, dtype: torch.dtype, fused: bool) -> None:
     """Both fast paths: the eager local scheme and the Triton kernels of `fused_basis` (run by
     Triton's interpreter here, compiled on a GPU)."""
-    layer = rough_layer(6, 5, grid_size=5, spline_order=order, scale_base=2.5, dtype=dtype)
+    layer = rough_layer(
+        6, 5, grid_size=5, spline_order=order, scale_base=2.5, scale_spline=0.7, dtype=dtype
+    )
     layer.fused = fused
     if grid == "updated":
         updated(layer)
