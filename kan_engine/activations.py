@@ -142,7 +142,7 @@ def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANL
     path = runs.checkpoint_path(run_dir, checkpoint)
     state = ckpt.load(path, keys=("model", "config"))
     config = validate_config(state["config"], str(path))
-    model = state["model"]
+    model = ckpt.evaluated_weights(state)
     layers: dict[str, KANLinear] = {}
     for key in model:
         if not key.endswith(".spline_weight"):

@@ -5,7 +5,9 @@ objects), so `torch.load(..., weights_only=True)` reads it and nothing in a run 
 executed. The trainer puts in it: `model`, `optimizer`, `schedule`, `scaler` state dicts, `rng`
 (`rng_state()`), the position (`epoch`, `step_in_epoch`), the trainer `counters` (the global step
 among them), the resolved `config` as plain data and `metrics_offset`. The KAN grids are buffers,
-so they are in `model`.
+so they are in `model`. With a weight average (`train.ema_decay`), `ema` holds it (`model`: a whole
+state dict, `updates`): the weights that were validated, and so the ones to evaluate
+(`evaluated_weights`); `model` stays the raw weights that training resumes from.
 
 Writes go through `atomic.write_with`: the previous file stays whole until the new one is
 complete and fsynced. A failing write (disk full) raises `CheckpointWriteError` naming the file and
@@ -89,6 +91,12 @@ def fitting(path: Path, against: str) -> Iterator[None]:
         yield
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise RunDirError(f"{path}: does not fit {against}: {_one_line(exc)}") from None
+
+
+def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model state dict that validation judged: the weight average where the run kept one."""
+    ema = state.get("ema")
+    return ema["model"] if isinstance(ema, dict) else state["model"]
 
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:

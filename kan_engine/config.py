@@ -46,6 +46,9 @@ class DataSection(_Section):
         0.1, description="share of the training set held out for validation"
     )
     augment: bool = Field(False, description="random shifts / flips of training images")
+    erase_prob: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="chance per training image of erasing a random rectangle (0 = off)"
+    )
     test_every_epoch: bool = Field(
         False, description="also evaluate the test split after every epoch"
     )
@@ -100,6 +103,12 @@ class TrainSection(_Section):
     )
     clip_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = Field(
         1.0, description="gradient clipping max-norm (0 = off)"
+    )
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="share of each training target spread over the other classes"
+    )
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="decay of the weight average used for eval and best.pt (0 = off)"
     )
     mixed_precision: Precision = Field(
         "auto", description="auto (bf16 on CUDA, off on CPU), bf16, fp16, off"

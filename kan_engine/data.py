@@ -3,7 +3,7 @@
 Why this shape: the data sets we train on are small (Fashion-MNIST is 47 MB as uint8), so keeping
 them on the device as uint8 and making each batch by indexing is much faster than a DataLoader with
 worker processes, and it is the same code on the CPU. Normalisation (per-channel mean/std of the
-training split) and augmentation (shifts, flips) run per batch on the device.
+training split) and augmentation (shifts, flips, random erasing) run per batch on the device.
 
 Determinism: the batch order and the augmentation of an epoch come from a CPU `torch.Generator`
 seeded with (seed, epoch), so CPU and CUDA see the same order, and a run resumed mid-epoch replays
@@ -21,6 +21,7 @@ Where the files are found, and how they are read, is in `kan_engine.datasets`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -67,6 +68,8 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
 # Horizontal flips keep the label for clothes and photos, not for digits (a flipped 2 is no digit).
 _FLIPS = frozenset({"fashion-mnist", "cifar10", "images"})
 _MAX_SHIFT = 2  # pixels; 1 for images smaller than 16 px, where 2 px is a quarter of the picture
+ERASE_AREA = (0.02, 0.33)  # share of the image a random-erasing rectangle covers (torchvision's)
+ERASE_ASPECT = (0.3, 3.3)  # its height / width ratio, drawn log-uniformly (torchvision's)
 
 
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -97,6 +100,18 @@ def _shard(lo: int, hi: int, rank: int, world: int) -> tuple[int, int]:
     size, extra = divmod(hi - lo, world)
     start = lo + rank * size + min(rank, extra)
     return start, start + size + int(rank < extra)
+
+
+def _erase(x: Tensor, boxes: Tensor) -> Tensor:
+    """Set each image's rectangle [top, bottom) x [left, right) to 0 (the mean, after
+    normalisation), on every channel, as one masked fill. x: (B, C, H, W); boxes: (B, 4)."""
+    rows = torch.arange(x.shape[2], device=x.device)  # (H,)
+    cols = torch.arange(x.shape[3], device=x.device)  # (W,)
+    top, bottom, left, right = boxes[:, :, None].unbind(1)  # each (B, 1)
+    in_rows = (rows >= top) & (rows < bottom)  # (B, H)
+    in_cols = (cols >= left) & (cols < right)  # (B, W)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(mask, 0.0)
 
 
 def _shift_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None, pad: int) -> Tensor:
@@ -168,20 +183,25 @@ class DataBundle:
         epoch: int = 0,
         skip: int = 0,
         augment: bool = False,
+        erase_prob: float = 0.0,
         rank: int = 0,
         world: int = 1,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(x normalised float32, y int64) batches on the device; the order (and augmentation) is a
         pure function of (seed, epoch); the first `skip` batches are left out. With `world` > 1,
         `batch_size` is the global batch and this yields rank `rank`'s part of each (a rank whose
-        part of the last evaluation batch is empty gets no batch there)."""
+        part of the last evaluation batch is empty gets no batch there). `augment` shifts (and,
+        where labels survive it, flips) images; `erase_prob` is the chance that an image gets a
+        random rectangle set to the mean (random erasing, Zhong et al. 2017)."""
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in [0, {world}) (got {rank})")
         x, y = self._split(split)
         n = len(y)
         generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0))
         order = torch.randperm(n, generator=generator).to(self.device) if shuffle else None
-        shifts = self._augmentation(n, generator) if augment and x.dim() == 4 else None
+        images = x.dim() == 4
+        shifts = self._augmentation(n, generator) if augment and images else None
+        erasing = self._erasing(n, erase_prob, epoch) if erase_prob > 0 and images else None
         for step in range(skip, self.steps(split, batch_size, world=world)):
             lo, hi = _shard(step * batch_size, min((step + 1) * batch_size, n), rank, world)
             if lo == hi:
@@ -193,7 +213,10 @@ class DataBundle:
                 xb = _shift_flip(
                     xb, dy[lo:hi], dx[lo:hi], None if flip is None else flip[lo:hi], pad
                 )
-            yield self.normalize(xb), yb
+            xb = self.normalize(xb)
+            if erasing is not None:
+                xb = _erase(xb, erasing[lo:hi])
+            yield xb, yb
 
     def _augmentation(
         self, n: int, generator: torch.Generator
@@ -206,6 +229,25 @@ class DataBundle:
         if self._flips:
             flip = (torch.rand(n, generator=generator) < 0.5).to(self.device)
         return dy, dx, flip, pad
+
+    def _erasing(self, n: int, prob: float, epoch: int) -> Tensor:
+        """(n, 4) rectangles [top, bottom, left, right) for a whole epoch, empty where an image is
+        not erased; their own stream, so turning erasing on leaves the order and shifts alone.
+        Area a share in [ERASE_AREA) of the image, aspect ratio log-uniform in [ERASE_ASPECT)."""
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 1))
+        height, width = self.input_shape[1:]
+        draws = torch.rand(5, n, generator=generator, dtype=torch.float64)
+        low, high = ERASE_AREA
+        area = (low + (high - low) * draws[0]) * height * width
+        log_low, log_high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+        aspect = torch.exp(log_low + (log_high - log_low) * draws[1])
+        h = (area * aspect).sqrt().round().clamp(1, height)
+        w = (area / aspect).sqrt().round().clamp(1, width)
+        top = (draws[2] * (height - h + 1)).floor()
+        left = (draws[3] * (width - w + 1)).floor()
+        h = torch.where(draws[4] < prob, h, torch.zeros_like(h))  # not erased: an empty rectangle
+        boxes = torch.stack([top, top + h, left, left + w], 1).long()  # (n, 4)
+        return boxes.to(self.device)
 
     def describe(self) -> str:
         """One line for logs and the TUI header."""

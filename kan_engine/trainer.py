@@ -66,6 +66,7 @@ from kan_engine import checkpoint as ckpt
 from kan_engine import cuda_graph, distributed, models, optim, runs
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig, check_names, to_data
+from kan_engine.ema import WeightAverage
 from kan_engine.errors import ConfigError, KanError, RunDirError
 from kan_engine.events import (
     CheckpointWritten,
@@ -359,6 +360,7 @@ class Trainer:
                 epoch=self.epoch,
                 skip=self.step_in_epoch,
                 augment=self.config.data.augment,
+                erase_prob=self.config.data.erase_prob,
                 rank=self.dist.rank,
                 world=self.dist.world,
             )
@@ -460,6 +462,8 @@ class Trainer:
             layer.track_regularization = config.kan.reg_weight > 0
         self.c.grid_updates = {name: 0 for name in self.kan}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = config.train.ema_decay
+        self.ema = WeightAverage(self.model, decay) if decay > 0 else None
         graphs = self._cuda_graphs(use_scaler)
         self.optimizer = optim.build_optimizer(
             config, models.param_groups(self.model), self.device, capturable=graphs
@@ -511,6 +515,8 @@ class Trainer:
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
             self.monitor.load_state_dict(state["monitor"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
             self.grid_rng.setstate(ckpt.unpack_random(state["grid_rng"]))
             self.epoch = int(state["epoch"])
             self.step_in_epoch = int(state["step_in_epoch"])
@@ -579,12 +585,15 @@ class Trainer:
             self.device.type, dtype=amp, enabled=amp is not None, cache_enabled=False
         ):
             logits = model(x)  # (N, classes)
-        loss = F.cross_entropy(logits.float(), y)
-        objective = loss
+        logits = logits.float()
+        smoothing = self.config.train.label_smoothing
+        objective = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        # the loss reported is the plain cross-entropy, comparable with the validation loss
+        loss = F.cross_entropy(logits.detach(), y) if smoothing else objective
         weight = self.config.kan.reg_weight
         if weight > 0:
             reg = sum(layer.regularization_loss() for layer in self.kan.values())
-            objective = loss + weight * reg
+            objective = objective + weight * reg
         correct = (logits.argmax(1) == y).sum()
         return objective, loss, correct
 
@@ -596,6 +605,8 @@ class Trainer:
         if weight != 1.0:
             objective = objective * weight
         norm, ok = self._backward_and_step(objective)
+        if self.ema is not None:
+            self.ema.update()
         return PendingSteps.pack(loss, correct, norm, ok)
 
     def _backward_and_step(self, objective: Tensor) -> tuple[Tensor, Tensor]:
@@ -772,6 +783,8 @@ class Trainer:
                 # every rank refits on the whole global batch, so the grids stay identical
                 samples = self.dist.gather_rows(inputs[name])  # (N_global, in)
                 layer.update_grid(samples, keep_range=True)
+                if self.ema is not None:  # an average over two grids would mean nothing
+                    self.ema.restart(layer.parameters())
                 counts[name] += 1
                 self._emit(
                     GridUpdated(self.c.global_step, name, counts[name], sum(counts.values()))
@@ -787,14 +800,15 @@ class Trainer:
         train_seconds = c.epoch_seconds
         self._reduce_epoch_sums()
         self.dist.average_batchnorm_stats(self.model)
-        val_loss, val_acc = eval_split(
-            self.model, self.data, "val", train.batch_size, self.amp_dtype, self.dist
-        )
-        test_loss = test_acc = None
-        if self.config.data.test_every_epoch:
-            test_loss, test_acc = eval_split(
-                self.model, self.data, "test", train.batch_size, self.amp_dtype, self.dist
+        with self._evaluated_weights():
+            val_loss, val_acc = eval_split(
+                self.model, self.data, "val", train.batch_size, self.amp_dtype, self.dist
             )
+            test_loss = test_acc = None
+            if self.config.data.test_every_epoch:
+                test_loss, test_acc = eval_split(
+                    self.model, self.data, "test", train.batch_size, self.amp_dtype, self.dist
+                )
         self._advance_clock()
         improved = val_acc > c.best_val_acc
         if improved:
@@ -834,6 +848,10 @@ class Trainer:
         self._good = self._snapshot()
         self._consistent = True
 
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The weights that validation and the test judge: the average when there is one."""
+        return contextlib.nullcontext() if self.ema is None else self.ema.applied()
+
     def _advance_clock(self) -> None:
         now = time.perf_counter()
         self.c.epoch_seconds += now - self._tick
@@ -868,6 +886,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "monitor": self.monitor.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "rng": ckpt.rng_state(),
             "grid_rng": ckpt.pack_random(self.grid_rng.getstate()),
             "epoch": self.epoch,
@@ -963,7 +982,7 @@ class Trainer:
         def load_best() -> bool:
             if not best.exists():
                 return False
-            self.model.load_state_dict(ckpt.load(best, self.device)["model"])
+            self.model.load_state_dict(ckpt.evaluated_weights(ckpt.load(best, self.device)))
             return True
 
         # rank 0 reads best.pt and hands its weights on: only rank 0 is sure to see the file
@@ -1039,7 +1058,7 @@ def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> di
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
     model = build_model(config, bundle, device)
     with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
-        model.load_state_dict(state["model"])
+        model.load_state_dict(ckpt.evaluated_weights(state))
     amp_dtype = precision(config, device)[0]
     loss, acc = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
     return {

@@ -51,6 +51,8 @@ FIXED_ESTIMATE = memory.MemoryEstimate(
     data_bytes=55_160_000,
 )
 
+LITE_LR = presets_io.resolve("lite")[0].optim.lr  # what the form shows for lite
+
 
 def fix_memory_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
@@ -222,7 +224,7 @@ async def test_save_list_load_round_trip_of_a_user_preset() -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: setup.preset_name == "lite", "lite loaded")
         await pilot.pause()
-        assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.0005
+        assert setup.query_one(ConfigForm).values()["optim.lr"] == LITE_LR
 
         presets.highlighted = presets.get_option_index("mine")
         await pilot.press("enter")
@@ -426,7 +428,7 @@ async def test_a_broken_user_preset_is_explained_inline_and_the_form_keeps_its_v
             assert str(folder / f"{name}.toml") in shown, visible_text(panel)
             assert reason.replace(" ", "") in shown, visible_text(panel)
             assert setup.preset_name == "lite"  # the form keeps the last good preset
-            assert setup.query_one(ConfigForm).values()["optim.lr"] == 0.0005
+            assert setup.query_one(ConfigForm).values()["optim.lr"] == LITE_LR
             assert not setup.query_one("#start", Button).disabled
         presets.highlighted = presets.get_option_index("lite")
         await pilot.press("enter")

@@ -43,6 +43,9 @@ def test_registry_lists_every_model_with_a_description() -> None:
         "fast_exact_kan",
         "cnn",
         "kan",
+        "rapid_kan_lite_mlp",
+        "rapid_kan_mlp",
+        "rapid_kan_power_mlp",
     }
     assert set(MODELS) == expected
     assert all(desc and "\n" not in desc for desc in MODELS.values())
@@ -90,7 +93,7 @@ def test_groups_partition_the_trainable_parameters(
     counts = count_params(model)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["total"] == counts["cnn"] + counts["kan"] + counts["other"]
-    assert bool(groups["kan"]) == (name != "cnn")
+    assert bool(groups["kan"]) == (name != "cnn" and not name.endswith("_mlp"))
 
 
 def _owned(

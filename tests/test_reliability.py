@@ -25,7 +25,7 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from kan_engine import checkpoint, runs, trainer
+from kan_engine import checkpoint, presets_io, runs, trainer
 from kan_engine.errors import RunDirError
 from kan_tui.cli import app
 
@@ -259,7 +259,8 @@ def test_hand_edited_user_presets(isolated: Path) -> None:
     assert ["garbage", "user", "(unreadable)"] in rows
     assert sum(row[0] == "lite" for row in rows) == 1  # the built-in only
     shown = cli("run", "--print-config", "-p", "lite")
-    assert shown.exit_code == 0 and "lr = 0.0005" in shown.stdout  # built-ins win
+    builtin_lr = presets_io.resolve("lite")[0].optim.lr
+    assert shown.exit_code == 0 and f"lr = {builtin_lr}" in shown.stdout  # built-ins win
     error_line(cli("run", "--headless", "-p", "garbage"), 2, "garbage.toml", "not a text file")
     assert not (isolated / "runs").exists()  # nothing started
 

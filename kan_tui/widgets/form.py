@@ -45,7 +45,11 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("train.batch_size", "batch size"),
     FieldSpec("train.patience", "patience"),
     FieldSpec("train.clip_grad_norm", "clip max-norm"),
+    FieldSpec("train.label_smoothing", "label smooth."),
+    FieldSpec("train.ema_decay", "EMA decay"),
+    FieldSpec("data.erase_prob", "erase p"),
     FieldSpec("kan.prob_update_grid", "grid update p"),
+    FieldSpec("kan.grid_update_until", "grid upd until"),
     FieldSpec("train.mixed_precision", "mixed prec."),
     FieldSpec("train.seed", "seed"),
 )
