@@ -141,11 +141,18 @@ def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANL
     """The KAN layers of a run's checkpoint by module path (on the CPU), and its epoch."""
     path = runs.checkpoint_path(run_dir, checkpoint)
     state = ckpt.load(path, keys=("model", "config"))
+    if not isinstance(state["config"], dict):
+        raise RunDirError(f"{path}: config: not a config")
     config = validate_config(state["config"], str(path))
+    ema = state.get("ema")
+    if isinstance(ema, dict) and not isinstance(ema.get("model"), dict):
+        raise RunDirError(f"{path}: ema: not a weight average")
     model = ckpt.evaluated_weights(state)
+    if not isinstance(model, dict):
+        raise RunDirError(f"{path}: model: not a state dict")
     layers: dict[str, KANLinear] = {}
     for key in model:
-        if not key.endswith(".spline_weight"):
+        if not isinstance(key, str) or not key.endswith(".spline_weight"):
             continue
         name = key[: -len(".spline_weight")]
         try:
@@ -154,8 +161,12 @@ def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANL
             )
         except KeyError as exc:
             raise RunDirError(f"{path}: KAN layer {name} lacks {exc.args[0]}") from None
+        if not (isinstance(spline, torch.Tensor) and spline.dim() == 3):
+            raise RunDirError(f"{path}: {key}: not a 3-d tensor")
         out_features, n_basis, in_features = spline.shape
         order = config.kan.spline_order
+        if n_basis <= order:  # G + k basis functions per edge, G >= 1
+            raise RunDirError(f"{path}: {key}: {n_basis} basis functions for order {order}")
         with torch.device("meta"):
             layer = KANLinear(
                 in_features,
@@ -174,7 +185,7 @@ def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANL
         raise RunDirError(f"{path}: the model ({config.model.name}) has no KAN layer")
     counters = state.get("counters")
     epoch = counters.get("epochs_run", 0) if isinstance(counters, dict) else 0
-    return layers, int(epoch)
+    return layers, epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
 def pick_layer(layers: dict[str, KANLinear], spec: str) -> tuple[str, KANLinear]:
@@ -197,8 +208,10 @@ def outside_share(run_dir: Path, layer: str, epoch: int = 0) -> tuple[float, int
     found = None
     for row in history.epoch_rows(run_dir):
         shares = row.get("outside_grid")
-        if isinstance(shares, dict) and layer in shares:
-            found = (float(shares[layer]), int(row.get("epoch", 0)))
-            if found[1] == epoch:
+        share = shares.get(layer) if isinstance(shares, dict) else None
+        at = row.get("epoch", 0)
+        if isinstance(share, (int, float)) and isinstance(at, int):  # a damaged row is passed by
+            found = (float(share), at)
+            if at == epoch:
                 break
     return found

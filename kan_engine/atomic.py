@@ -8,7 +8,9 @@ fails (a full disk), the temporary file is removed and the previous file is unto
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +19,39 @@ from typing import IO
 TEMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` beside their target
 
 
+class NotRegularFileError(OSError):
+    """The target exists and is not a regular file (a device, a FIFO, a folder, a symlink)."""
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise NotRegularFileError unless `path` is absent or a regular file (not followed).
+
+    Only regular files are ever replaced: renaming over `/dev/full`, a FIFO or a symlink would
+    swap a system file or a link the user made for a regular file of ours.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a symlink"
+            if stat.S_ISLNK(mode)
+            else ("a special file (device, FIFO or socket)")
+        )
+        raise NotRegularFileError(
+            errno.EEXIST, f"it exists and is {kind}, not a regular file: not replaced", str(path)
+        )
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file object; on clean exit it replaces `path`, on error it vanishes."""
+    """Yield a binary file object; on clean exit it replaces `path`, on error it vanishes.
+    A `path` that exists and is not a regular file is refused before anything is written."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
@@ -28,6 +59,7 @@ def atomic_open(path: Path) -> Iterator[IO[bytes]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        check_replaceable(path)  # it may have appeared while we wrote
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

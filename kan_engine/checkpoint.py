@@ -17,6 +17,7 @@ the reason; the previous checkpoint is untouched.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import random
 import warnings
@@ -32,6 +33,7 @@ from kan_engine.errors import RunDirError
 from kan_engine.runs import RunWriteError
 
 FORMAT = 1
+LOW_SPACE = 64 * 2**20  # free bytes below which a failed write is put down to a full disk
 
 
 class CheckpointWriteError(RunWriteError):
@@ -42,11 +44,24 @@ def save(path: Path, state: dict[str, Any]) -> None:
     path = Path(path)
     try:
         atomic.write_with(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer reports a failed write (a full disk) as a RuntimeError from C++
+        # ("[enforce fail at inline_container.cc ...] file write failed"), not as an OSError
         raise CheckpointWriteError(
-            f"{path}: cannot write checkpoint: {reason}; the previous checkpoint is unchanged"
+            f"{path}: cannot write checkpoint: {_write_reason(exc, path.parent)}; "
+            "the previous checkpoint is unchanged"
         ) from exc
+
+
+def _write_reason(exc: BaseException, folder: Path) -> str:
+    """An OSError's own reason; for torch's RuntimeError, what the folder's free space says."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    with contextlib.suppress(OSError):
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < LOW_SPACE:
+            return "No space left on device"
+    return f"write failed ({_one_line(exc)})"
 
 
 def load(

@@ -10,10 +10,20 @@ Model and dataset names are checked against the registries when a config is reso
 from __future__ import annotations
 
 import math
+import re
+import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from kan_engine import untrusted
 from kan_engine.errors import ConfigError
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -23,24 +33,71 @@ Init = Literal["identity", "noise"]
 
 GROUPS = ("cnn", "kan", "other")
 
+NAME_MAX = 100  # characters of a model or data set name (the registries' are < 20)
+PATH_MAX = 4096  # characters of a path (Linux's PATH_MAX)
+DESCRIPTION_MAX = 200
+GRID_BOUND = 1e4  # |grid_range| ends: KAN layer inputs are normalised (mean 0, std ~1)
+GRID_STEP_MIN = 1e-3  # an interval, relative to max(1, |low|, |high|): float32 knots stay apart
+
+
+def _numeric(annotation: Any) -> bool:
+    """An int or float field, or a tuple of them (grid_range)."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) is tuple and all(a in (int, float) for a in args)
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(item, bool) for item in value)
+    return isinstance(value, bool)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """TOML's `true` is not a number: pydantic would read it as 1 (`batch_size = true` was
+        a batch of one). One check for every numeric field of every section, present and
+        future; ints stay welcome in float fields, and the CLI's option text still parses."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _numeric(field.annotation) and _holds_bool(value):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+
+def _check_path_text(value: str | None) -> str | None:
+    """A path or column name: NUL ends a C string, so every os call would raise ValueError on
+    it mid-run. (Bytes that are not UTF-8, lone surrogates, pydantic refuses already.)"""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
 
 class ModelSection(_Section):
-    name: str = Field("rapid_kan_lite", description="model from the registry (kan-tui models)")
+    name: str = Field(
+        "rapid_kan_lite",
+        max_length=NAME_MAX,
+        description="model from the registry (kan-tui models)",
+    )
 
 
 class DataSection(_Section):
     dataset: str = Field(
-        "fashion-mnist", description="fashion-mnist, mnist, cifar10, digits, images, csv"
+        "fashion-mnist",
+        max_length=NAME_MAX,
+        description="fashion-mnist, mnist, cifar10, digits, images, csv",
     )
     data_dir: str | None = Field(
-        None, description="folder holding the data set (or the folder/CSV of your own data)"
+        None,
+        max_length=PATH_MAX,
+        description="folder holding the data set (or the folder/CSV of your own data)",
     )
     target: str | None = Field(
-        None, description="CSV only: label column (default: the last column)"
+        None, max_length=PATH_MAX, description="CSV only: label column (default: the last column)"
     )
     val_fraction: Annotated[float, Field(ge=0.01, le=0.5)] = Field(
         0.1, description="share of the training set held out for validation"
@@ -52,6 +109,8 @@ class DataSection(_Section):
     test_every_epoch: bool = Field(
         False, description="also evaluate the test split after every epoch"
     )
+
+    _paths = field_validator("data_dir", "target")(_check_path_text)
 
 
 class GroupMultipliers(_Section):
@@ -97,7 +156,8 @@ class TrainSection(_Section):
     epochs: Annotated[int, Field(ge=1, le=100000)] = Field(
         50, description="maximum number of epochs"
     )
-    batch_size: Annotated[int, Field(ge=1, le=1048576)] = Field(64, description="samples per step")
+    # >= 2: BatchNorm and the KAN grid update need two samples of a batch
+    batch_size: Annotated[int, Field(ge=2, le=1048576)] = Field(64, description="samples per step")
     patience: Annotated[int, Field(ge=0, le=100000)] = Field(
         15, description="early stopping: epochs without a better val accuracy (0 = off)"
     )
@@ -128,16 +188,17 @@ class TrainSection(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        ok = value in ("auto", "cpu", "cuda", "mps") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        )
+        # ASCII digits only, at most 4 (str.isdigit takes '²' and torch then fails to parse it)
+        ok = value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]{1,4}", value)
         if not ok:
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
 
 
 class KanSection(_Section):
-    grid_size: Annotated[int, Field(ge=1, le=1000)] = Field(
+    # <= 100: a layer holds in x out x (grid_size + spline_order + 1) weights and builds a basis
+    # of that size per sample; at 1000 one digits epoch took minutes on a CPU core
+    grid_size: Annotated[int, Field(ge=1, le=100)] = Field(
         5, description="B-spline intervals per edge"
     )
     spline_order: Annotated[int, Field(ge=1, le=10)] = Field(
@@ -166,17 +227,31 @@ class KanSection(_Section):
 
     @field_validator("grid_range")
     @classmethod
-    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+    def _range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        """Finite, ordered, near the normalised inputs, and with intervals that float32 can
+        tell apart: [-1e300, 1e300] overflowed the knots to inf and crashed training."""
         low, high = value
         if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-            raise ValueError(f"must be two finite numbers, low < high (got {list(value)})")
+            raise ValueError("must be two finite numbers, low < high")
+        if max(abs(low), abs(high)) > GRID_BOUND:
+            raise ValueError(f"must lie within [-{GRID_BOUND:g}, {GRID_BOUND:g}]")
+        grid_size = info.data.get("grid_size")  # absent when it was invalid itself
+        if grid_size is not None:
+            step, least = (high - low) / grid_size, GRID_STEP_MIN * max(1.0, abs(low), abs(high))
+            if step < least:
+                raise ValueError(
+                    f"is too narrow for {grid_size} intervals: each would be {step:.3g} wide, "
+                    f"under {least:.3g} ({GRID_STEP_MIN:g} x max(1, |low|, |high|))"
+                )
         return value
 
 
 class RunConfig(_Section):
     """Everything that defines a run; a preset file is this object as TOML."""
 
-    description: str = Field("", description="one line shown in preset lists")
+    description: str = Field(
+        "", max_length=DESCRIPTION_MAX, description="one line shown in preset lists"
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -184,11 +259,21 @@ class RunConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     kan: KanSection = Field(default_factory=KanSection)
 
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        """Shown in lists and tables: a terminal escape, CR or LF would retitle the window or
+        forge a line there (display escapes it too; this says so where the text is made)."""
+        bad = untrusted.has_unprintable(value)
+        if bad is not None:
+            raise ValueError(f"must be one line of printable text (holds {bad})")
+        return value
+
 
 def first_error(exc: ValidationError, source: str) -> ConfigError:
     """Turn pydantic's report into the one line the user sees: `source: key: reason (got value)`."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    key = ".".join(untrusted.short(str(p), 40) for p in err["loc"])
     reason = err["msg"]
     if reason.startswith("Value error, "):
         reason = reason[len("Value error, ") :]
@@ -196,12 +281,16 @@ def first_error(exc: ValidationError, source: str) -> ConfigError:
         reason = "unknown key"
     elif err["loc"] and "input" in err and err["type"] != "missing" and "(got" not in reason:
         # a whole-config check (empty loc) has the entire config as its input: not worth echoing
-        reason = f"{reason} (got {err['input']!r})"
+        reason = f"{reason} (got {untrusted.short_repr(err['input'])})"
     return ConfigError(source, key, reason)
 
 
 def validate_config(data: dict[str, Any], source: str = "") -> RunConfig:
-    """Build a RunConfig from plain data, raising ConfigError that names the source and key."""
+    """Build a RunConfig from plain data, raising ConfigError that names the source and key.
+
+    Absurd nesting is refused first: pydantic (and repr) recurse into it and a table a thousand
+    levels deep ended in RecursionError."""
+    untrusted.check_depth(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -214,13 +303,18 @@ def to_data(config: RunConfig) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """Read the value part of `--set key=value` as TOML, falling back to a bare string."""
+    """Read the value part of `--set key=value` as TOML, falling back to a bare string.
+
+    Never raises (the TUI form calls it on every keystroke): text that TOML refuses, nests
+    hundreds deep (RecursionError), holds an integer past Python's digit limit (ValueError) or
+    smuggles in a second key after a newline is the bare string, which the schema then judges."""
     import tomllib
 
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        parsed = tomllib.loads(f"v = {text}")
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
         return text
+    return parsed["v"] if len(parsed) == 1 else text
 
 
 def apply_overrides(
@@ -250,11 +344,12 @@ def check_names(config: RunConfig, source: str = "") -> None:
         raise ConfigError(
             source,
             "model.name",
-            f"unknown model {config.model.name!r} (known: {', '.join(MODELS)})",
+            f"unknown model {untrusted.short_repr(config.model.name)} (known: {', '.join(MODELS)})",
         )
     if config.data.dataset not in DATASETS:
         raise ConfigError(
             source,
             "data.dataset",
-            f"unknown dataset {config.data.dataset!r} (known: {', '.join(DATASETS)})",
+            f"unknown dataset {untrusted.short_repr(config.data.dataset)} "
+            f"(known: {', '.join(DATASETS)})",
         )

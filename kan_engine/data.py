@@ -16,7 +16,10 @@ exactly the batch one process would see. Every rank holds the whole (small) data
 and indexes its share of each epoch's permutation, which keeps the order a pure function of
 (seed, epoch) whatever the number of processes.
 
-Where the files are found, and how they are read, is in `kan_engine.datasets`.
+Where the files are found, and how they are read, is in `kan_engine.datasets` (the built-in sets)
+and `kan_engine.user_data` (the user's CSV or image folder). `read` reads and checks a data set
+without a device, so the CLI can refuse bad data before a run folder is made, and hand what it
+read to the trainer (`load(..., raw=...)`) instead of reading it twice.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kan_engine import datasets
+from kan_engine import datasets, user_data
 from kan_engine.config import DataSection
-from kan_engine.errors import ConfigError, DataNotFoundError
+from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 
-__all__ = ["DATASETS", "DataBundle", "DataNotFoundError", "Split", "load"]
+__all__ = ["DATASETS", "DataBundle", "DataError", "DataNotFoundError", "Split", "load", "read"]
 
 Split = Literal["train", "val", "test"]
 
@@ -61,8 +64,8 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "mnist": lambda s: datasets.load_idx("mnist", s.data_dir),
     "cifar10": lambda s: datasets.load_cifar10(s.data_dir),
     "digits": lambda s: datasets.load_digits(),
-    "images": lambda s: datasets.load_images(s.data_dir),
-    "csv": lambda s: datasets.load_csv(s.data_dir, s.target),
+    "images": lambda s: user_data.load_images(s.data_dir),
+    "csv": lambda s: user_data.load_csv(s.data_dir, s.target),
 }
 
 # Horizontal flips keep the label for clothes and photos, not for digits (a flipped 2 is no digit).
@@ -141,8 +144,10 @@ class DataBundle:
         std: Tensor,
         seed: int,
         source: str,
+        warnings: list[str] | None = None,
     ) -> None:
         self.name = name
+        self.warnings = warnings or []  # what reading skipped; the trainer shows them
         self.class_names = class_names
         self.num_classes = len(class_names)
         self.source = source
@@ -258,11 +263,12 @@ class DataBundle:
         return f"{self.name}: {sizes}, {shape}, {self.num_classes} classes, from {self.source}"
 
 
-def load(section: DataSection, *, device: torch.device, seed: int) -> DataBundle:
-    """Read the data set named in `section`, carve the validation split, move it to `device`.
+def read(section: DataSection) -> datasets.Raw:
+    """Read and check the data set named in `section` (on the host, no device yet).
 
-    Raises DataNotFoundError (missing files, with the places looked at) or ConfigError (bad name,
-    bad --target, non-numeric CSV values).
+    Raises DataNotFoundError (missing files, with the places looked at), DataError (files that are
+    there but wrong: corrupt, one class, a regression target...) or ConfigError (bad name, bad
+    --target). Splits that would come out empty are refused here too.
     """
     if section.dataset not in _LOADERS:
         raise ConfigError(
@@ -270,7 +276,38 @@ def load(section: DataSection, *, device: torch.device, seed: int) -> DataBundle
             "data.dataset",
             f"unknown dataset {section.dataset!r} (known: {', '.join(DATASETS)})",
         )
-    raw = _LOADERS[section.dataset](section)
+    try:
+        raw = _LOADERS[section.dataset](section)
+    except OSError as exc:  # a reader's own checks name the file; this is the net under them
+        raise datasets.unreadable(
+            exc.filename or section.data_dir or section.dataset, exc
+        ) from None
+    _check_sizes(raw, section.val_fraction)
+    return raw
+
+
+def _check_sizes(raw: datasets.Raw, val_fraction: float) -> None:
+    """Every split gets a sample (an empty one would divide by zero at evaluation)."""
+    _, held = datasets.stratified_split(raw.y_train, val_fraction, datasets.SPLIT_SEED)
+    sizes = {"training": len(raw.y_train) - len(held), "validation": len(held)}
+    sizes["test"] = len(raw.y_test)
+    empty = [split for split, size in sizes.items() if size == 0]
+    if empty:
+        reason = (
+            f"too few samples: the {empty[0]} split would be empty ({len(raw.y_train)} to split)"
+        )
+        fix = "add samples (every class needs a few, for each split)"
+        raise DataError(datasets.show(raw.source), reason, fix=fix)
+
+
+def load(
+    section: DataSection, *, device: torch.device, seed: int, raw: datasets.Raw | None = None
+) -> DataBundle:
+    """The data set named in `section` (`read`, unless `raw` is what it read already), with the
+    validation split carved, on `device`. Raises what `read` raises.
+    """
+    if raw is None:
+        raw = read(section)
     kept, held = datasets.stratified_split(raw.y_train, section.val_fraction, datasets.SPLIT_SEED)
     arrays = {
         "train": (raw.x_train[kept], raw.y_train[kept]),
@@ -290,4 +327,5 @@ def load(section: DataSection, *, device: torch.device, seed: int) -> DataBundle
         std=std,
         seed=seed,
         source=raw.source,
+        warnings=raw.warnings,
     )

@@ -8,19 +8,26 @@ Fashion-MNIST and MNIST are searched, in order, in `--data-dir`, `$KAN_TUI_DATA`
 folder (`$KAN_TUI_CACHE` or platformdirs), the Debian package folders in `SYSTEM_DIRS`, and finally
 downloaded by torchvision into the cache. We read the IDX files ourselves (gzipped or not), so
 Debian's read-only files are used in place, with no copy.
+
+Files that are there but wrong (not gzip, wrong magic or length, labels that do not match the
+images, a CIFAR batch whose checksum fails) raise `DataError` naming the file, before any run folder
+exists. The user's own CSV files and image folders are read in `kan_engine.user_data`.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
+import math
 import os
-from dataclasses import dataclass
+import pickle
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from kan_engine.errors import ConfigError, DataNotFoundError
+from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 
 # Debian's `dataset-*` packages; tests point this at empty folders to exercise the not-found path.
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
@@ -54,6 +61,8 @@ class Raw:
     y_test: np.ndarray
     class_names: list[str]
     source: str
+    # things skipped while reading (an unreadable image among many); the trainer shows them
+    warnings: list[str] = field(default_factory=list)
 
 
 def cache_dir() -> Path:
@@ -82,7 +91,47 @@ def stratified_split(
     return kept_idx, held_idx
 
 
-def _split_test(x: np.ndarray, y: np.ndarray, names: list[str], source: str) -> Raw:
+# Samples each class needs: when we carve the test split, one each for training, validation and
+# test (stratified_split holds out one of any class with two); beside an official test split, one
+# each for training and validation. Fewer leaves a split without the class, or empty.
+CARVED_MINIMUM = 3
+OFFICIAL_MINIMUM = 2
+_CHUNK = 1 << 24  # bytes read at a time from an IDX file
+
+
+def show(path: Path | str) -> str:
+    """A path as printable text: names that are not UTF-8 keep their bytes as \\xNN escapes
+    (printing the raw surrogates Python decodes them to would itself fail)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """repr of a value read from a file, shortened: a binary 'field' can be megabytes long."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
+
+
+def unreadable(path: Path | str, exc: OSError) -> DataError:
+    """An OSError while reading a data file (permission denied, an I/O error) as the one line."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        fix = "make it readable (chmod u+r) or run as a user who may read it"
+    else:
+        fix = "check the file and the disk it is on"
+    return DataError(show(path), f"cannot be read ({reason})", fix=fix)
+
+
+def small_class(y: np.ndarray, n_classes: int, minimum: int) -> tuple[int, int, int] | None:
+    """(class, its count, how many classes are that small) of the first class with fewer than
+    `minimum` samples, or None: a smaller class would be missing from a split, or leave it empty."""
+    counts = np.bincount(y, minlength=n_classes)
+    small = np.flatnonzero(counts < minimum)
+    if not small.size:
+        return None
+    return int(small[0]), int(counts[small[0]]), int(small.size)
+
+
+def split_test(x: np.ndarray, y: np.ndarray, names: list[str], source: str) -> Raw:
     """For data without an official test split: a fixed, seeded, stratified one."""
     train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
     return Raw(x[train], y[train], x[test], y[test], names, source)
@@ -98,32 +147,85 @@ def _search_roots(name: str, data_dir: str | None) -> list[Path]:
     return roots
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as uint8: magic 00 00 08 ndim, big-endian dims, then bytes."""
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        data = gzip.decompress(data)
-    data = bytearray(data)  # writable, so torch can share it without a copy
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise DataNotFoundError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = data[3]
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataNotFoundError(f"{path}: truncated ({body.size} bytes for shape {dims})")
-    return body.reshape(dims)
+def _read_up_to(handle: BinaryIO, count: int) -> bytearray:
+    """At most `count` bytes, in chunks: a header that declares a huge shape costs no more memory
+    than the file really holds. A bytearray is writable, so torch shares it without a copy."""
+    data = bytearray()
+    while len(data) < count:
+        chunk = handle.read(min(_CHUNK, count - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
-def _idx_files(folder: Path) -> dict[str, Path] | None:
-    """The four IDX files in `folder` (each plain or .gz), or None if any is missing."""
-    found = {}
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions (3: images, 1: labels):
+    magic 00 00 08 ndim, big-endian dims, then exactly prod(dims) bytes; DataError otherwise."""
+    gzipped = path.suffix == ".gz"
+    try:
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as handle:
+            return _parse_idx(path, handle, ndim)
+    except gzip.BadGzipFile as exc:
+        if str(exc).startswith("Not a gzipped file"):
+            reason = "is not gzip data although its name ends in .gz"
+            fix = "download it again (a plain IDX file must not be named .gz)"
+        else:
+            reason, fix = f"holds corrupt gzip data ({exc})", "download it again"
+        raise DataError(show(path), reason, fix=fix) from None
+    except (EOFError, zlib.error) as exc:
+        reason = f"holds truncated or corrupt gzip data ({exc})"
+        raise DataError(show(path), reason, fix="download it again") from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def _parse_idx(path: Path, handle: BinaryIO, ndim: int) -> np.ndarray:
+    source, fix = show(path), "download it again"
+    head = _read_up_to(handle, 4)
+    if head[:2] == b"\x1f\x8b":
+        reason = "is gzip-compressed but its name does not end in .gz"
+        raise DataError(source, reason, fix=f"rename it to {path.name}.gz (or gunzip it)")
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+        reason = f"is not an IDX file of unsigned bytes (starts with {head.hex(' ') or 'nothing'})"
+        raise DataError(source, reason, fix=fix)
+    if head[3] != ndim:
+        what = "image" if ndim == 3 else "label"
+        reason = f"has {head[3]} dimensions, an IDX {what} file has {ndim}"
+        raise DataError(source, reason, fix="check that no two files were swapped or renamed")
+    header = _read_up_to(handle, 4 * ndim)
+    if len(header) < 4 * ndim:
+        raise DataError(source, "truncated in its header", fix=fix)
+    dims = tuple(int(d) for d in np.frombuffer(header, ">u4"))
+    expected = math.prod(dims)
+    body = _read_up_to(handle, expected + 1)
+    if len(body) < expected:
+        reason = f"truncated ({len(body):,} bytes of data for shape {dims}: {expected:,} bytes)"
+        raise DataError(source, reason, fix=fix)
+    if len(body) > expected:
+        reason = f"longer than its header says (more than the {expected:,} bytes of shape {dims})"
+        raise DataError(source, reason, fix=fix)
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def _idx_files(folder: Path) -> tuple[dict[str, Path] | None, str]:
+    """The four IDX files in `folder` (each plain or .gz), or None and, when the folder holds some
+    of them, a note of what is missing (the not-found message shows it)."""
+    found, missing = {}, []
     for stem in (*_IDX_FILES["train"], *_IDX_FILES["test"]):
         candidates = [folder / stem, folder / f"{stem}.gz"]
         hit = next((p for p in candidates if p.is_file()), None)
         if hit is None:
-            return None
-        found[stem] = hit
-    return found
+            odd = [p.name for p in candidates if p.exists()]  # a folder or a device by that name
+            missing.append(f"{stem}[.gz]" + (f" ({odd[0]} is not a regular file)" if odd else ""))
+        else:
+            found[stem] = hit
+    if not missing:
+        return found, ""
+    return (
+        None,
+        f" (holds {len(found)} of the 4 files; missing {', '.join(missing)})" if found else "",
+    )
 
 
 def _download(name: str, root: Path) -> None:
@@ -142,7 +244,7 @@ def _not_found(name: str, looked: list[str], download_error: BaseException) -> D
     ]
     if name in SYSTEM_DIRS:
         how.insert(0, f"install Debian's package: sudo apt-get install dataset-{name}")
-    places = "\n".join(f"  - {place}" for place in looked)
+    places = "\n".join(f"  - {show(place)}" for place in looked)
     # torchvision's message ends with the cause ("Tried <mirror>, got: <urlopen error ...>")
     lines = str(download_error).strip().splitlines()
     cause = lines[-1] if lines else ""
@@ -154,11 +256,42 @@ def _not_found(name: str, looked: list[str], download_error: BaseException) -> D
     )
 
 
+def _check_idx_pair(
+    image_path: Path, images: np.ndarray, label_path: Path, labels: np.ndarray
+) -> None:
+    """One label in 0..9 per image: files from different downloads, or cut short, are refused."""
+    if len(images) == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise DataError(
+            show(image_path), f"holds no images (shape {images.shape})", fix="download it again"
+        )
+    if len(labels) != len(images):
+        reason = f"has {len(labels):,} labels for the {len(images):,} images of {image_path.name}"
+        fix = "both files must come from the same download: download them again"
+        raise DataError(show(label_path), reason, fix=fix)
+    if labels.max() > 9:
+        at = int(np.argmax(labels > 9))
+        reason = f"label {int(labels[at])} (sample {at}) is not a class 0-9"
+        raise DataError(show(label_path), reason, fix="download it again")
+
+
 def _from_idx(files: dict[str, Path], name: str) -> Raw:
-    parts = []
+    parts, paths = [], []
     for split in ("train", "test"):
-        images, labels = (_read_idx(files[stem]) for stem in _IDX_FILES[split])
+        image_path, label_path = (files[stem] for stem in _IDX_FILES[split])
+        images, labels = _read_idx(image_path, 3), _read_idx(label_path, 1)
+        _check_idx_pair(image_path, images, label_path, labels)
         parts += [images[:, None], labels.astype(np.int64)]  # (N, 28, 28) -> (N, 1, 28, 28)
+        paths.append((image_path, label_path))
+    (train_images, train_labels), (test_images, _) = paths
+    if parts[2].shape[2:] != parts[0].shape[2:]:
+        reason = (
+            f"images are {parts[2].shape[2:]}, those of {train_images.name} {parts[0].shape[2:]}"
+        )
+        fix = "the train and t10k files must come from the same data set"
+        raise DataError(show(test_images), reason, fix=fix)
+    if len(np.unique(parts[1])) < 2:
+        reason = f"every training label is {int(parts[1][0])}: nothing to tell apart"
+        raise DataError(show(train_labels), reason, fix="download it again")
     names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
     return Raw(*parts, class_names=names, source=str(files[_IDX_FILES["train"][0]].parent))
 
@@ -169,21 +302,54 @@ def load_idx(name: str, data_dir: str | None) -> Raw:
     for root in _search_roots(name, data_dir):
         folders += [root, root / _TORCHVISION[name] / "raw"]
     folders += SYSTEM_DIRS.get(name, ())
+    looked = []
     for folder in folders:
-        files = _idx_files(folder)
+        files, note = _idx_files(folder)
         if files is not None:
             return _from_idx(files, name)
+        looked.append(f"{folder}{note}")
     target = cache_dir() / name
     try:
         _download(name, target)
     except (OSError, RuntimeError) as exc:
-        raise _not_found(name, [str(f) for f in folders], exc) from None
-    files = _idx_files(target / _TORCHVISION[name] / "raw")
+        raise _not_found(name, looked, exc) from None
+    files, _ = _idx_files(target / _TORCHVISION[name] / "raw")
     if files is None:
-        raise _not_found(
-            name, [str(f) for f in folders], FileNotFoundError("download left no files")
-        )
+        raise _not_found(name, looked, FileNotFoundError("download left no files"))
     return _from_idx(files, name)
+
+
+_CIFAR_FIX = (
+    "copy the whole cifar-10-batches-py folder again, or delete it and run once online so that "
+    "torchvision downloads it"
+)
+
+
+# what torchvision raises on a folder it refuses (checksums) or cannot unpickle
+_CIFAR_READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.PickleError)
+
+
+def _cifar_problem(folder: Path) -> DataError | None:
+    """The first missing or corrupt file of a `cifar-10-batches-py` folder (against torchvision's
+    checksums), so that the error names it; only called once torchvision has refused the folder."""
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_integrity
+
+    meta = tvd.CIFAR10.meta
+    expected = [*tvd.CIFAR10.train_list, *tvd.CIFAR10.test_list, [meta["filename"], meta["md5"]]]
+    for filename, md5 in expected:
+        path = folder / filename
+        if not path.is_file():
+            return DataError(show(path), "is missing", fix=_CIFAR_FIX)
+        try:
+            intact = check_integrity(str(path), md5)
+        except OSError as exc:
+            return unreadable(path, exc)
+        if not intact:
+            return DataError(
+                show(path), "is corrupt (its checksum is not CIFAR-10's)", fix=_CIFAR_FIX
+            )
+    return None
 
 
 def load_cifar10(data_dir: str | None) -> Raw:
@@ -204,8 +370,14 @@ def load_cifar10(data_dir: str | None) -> Raw:
 
     roots = _search_roots("cifar10", data_dir)
     for root in roots:
-        if (root / "cifar-10-batches-py").is_dir():
-            return read(root, download=False)
+        folder = root / "cifar-10-batches-py"
+        if folder.is_dir():
+            try:
+                return read(root, download=False)
+            except _CIFAR_READ_ERRORS as exc:
+                found = _cifar_problem(folder)
+                reason = f"cannot be read ({type(exc).__name__}: {exc})"
+                raise found or DataError(show(folder), reason, fix=_CIFAR_FIX) from None
     try:
         return read(cache_dir() / "cifar10", download=True)
     except (OSError, RuntimeError) as exc:
@@ -219,109 +391,23 @@ def load_digits() -> Raw:
     bunch = sk_digits()
     x = bunch.images.astype(np.uint8)[:, None]  # (1797, 8, 8) -> (1797, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    return _split_test(x, y, [str(d) for d in range(10)], "scikit-learn load_digits")
+    return split_test(x, y, [str(d) for d in range(10)], "scikit-learn load_digits")
 
 
-def _require_dir_path(data_dir: str | None, what: str) -> Path:
+def require_path(data_dir: str | None, what: str) -> Path:
+    """`--data-dir` of the user's own data: given, and there (a link to nothing is named as one)."""
     if not data_dir:
         raise ConfigError("", "data.data_dir", f"the {what} data set needs --data-dir")
     path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise DataNotFoundError(f"data.data_dir: {path} does not exist")
-    return path
-
-
-def _read_image_folder(
-    root: Path, classes: list[str] | None = None
-) -> tuple[list, np.ndarray, list[str]]:
-    """PIL images, labels and class names of an ImageFolder tree; `classes` (the train folder's)
-    must match, so that test labels mean the same classes."""
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-
-    folder = ImageFolder(str(root))
-    if classes is not None and folder.classes != classes:
-        raise DataNotFoundError(
-            f"{root}: classes {folder.classes} differ from the train folder's {classes}"
-        )
-    images = []
-    for path, _ in folder.samples:
-        with Image.open(path) as img:
-            images.append(img.copy())
-    return images, np.asarray(folder.targets, np.int64), folder.classes
-
-
-def _to_array(images: list, gray: bool, size: tuple[int, int] | None) -> np.ndarray:
-    """(N, C, H, W) uint8; `size` (W, H) resizes every image, None keeps them as they are."""
-    arrays = []
-    for img in images:
-        img = img.convert("L" if gray else "RGB")
-        if size is not None and img.size != size:
-            img = img.resize(size)
-        arr = np.asarray(img, np.uint8)
-        arrays.append(arr[None] if gray else arr.transpose(2, 0, 1))  # (H, W[, C]) -> (C, H, W)
-    return np.stack(arrays)
-
-
-def load_images(data_dir: str | None) -> Raw:
-    """A folder per class (or `train/` and `test/` folders of those). Grey if every image is grey,
-    else RGB; kept at their size when all match, else resized to 32x32."""
-    root = _require_dir_path(data_dir, "images")
-    has_test = (root / "train").is_dir() and (root / "test").is_dir()
-    train_imgs, y_train, classes = _read_image_folder(root / "train" if has_test else root)
-    test_imgs, y_test = ([], np.zeros(0, np.int64))
-    if has_test:
-        test_imgs, y_test, _ = _read_image_folder(root / "test", classes)
-    everything = train_imgs + test_imgs
-    gray = all(img.mode in ("1", "L", "I", "I;16", "F") for img in everything)
-    size = None if len({img.size for img in everything}) == 1 else (32, 32)
-    x_train = _to_array(train_imgs, gray, size)
-    if not has_test:
-        return _split_test(x_train, y_train, classes, str(root))
-    return Raw(x_train, y_train, _to_array(test_imgs, gray, size), y_test, classes, str(root))
-
-
-def _label_order(values: list[str]) -> list[str]:
-    """Distinct labels, numerically sorted when they are all numbers, else alphabetically."""
-    distinct = set(values)
     try:
-        return sorted(distinct, key=float)
-    except ValueError:
-        return sorted(distinct)
-
-
-def load_csv(data_dir: str | None, target: str | None) -> Raw:
-    """A table with a header row: numeric features, the label in `target` (default: last column)."""
-    path = _require_dir_path(data_dir, "csv")
-    if path.is_dir():
-        raise ConfigError("", "data.data_dir", f"the csv data set needs a file, {path} is a folder")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
-        raise DataNotFoundError(f"{path}: needs a header row and at least one data row")
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
-    column = target if target is not None else header[-1]
-    if column not in header:
-        known = ", ".join(header)
-        raise ConfigError(str(path), "data.target", f"no column {column!r} (columns: {known})")
-    label_at = header.index(column)
-    features = [i for i in range(len(header)) if i != label_at]
-    x = np.empty((len(body), len(features)), np.float32)
-    for r, row in enumerate(body):
-        if len(row) != len(header):
-            reason = f"has {len(row)} fields, the header has {len(header)}"
-            raise ConfigError(str(path), f"row {r + 2}", reason)
-        for c, i in enumerate(features):
-            try:
-                x[r, c] = float(row[i])
-            except ValueError:
-                raise ConfigError(
-                    str(path), f"column {header[i]!r}", f"row {r + 2}: not a number ({row[i]!r})"
-                ) from None
-    if not np.isfinite(x).all():
-        raise ConfigError(str(path), "features", "contain NaN or infinite values")
-    labels = [row[label_at].strip() for row in body]
-    names = _label_order(labels)
-    index = {name: k for k, name in enumerate(names)}
-    y = np.asarray([index[v] for v in labels], np.int64)
-    return _split_test(x, y, names, str(path))
+        exists = path.exists()
+    except OSError as exc:  # EACCES on a folder above it
+        raise unreadable(path, exc) from None
+    if not exists and path.is_symlink():
+        target = show(os.readlink(path))
+        raise DataNotFoundError(
+            f"data.data_dir: {show(path)} is a link to {target}, which does not exist"
+        )
+    if not exists:
+        raise DataNotFoundError(f"data.data_dir: {show(path)} does not exist")
+    return path

@@ -85,6 +85,13 @@ def per_rank_batch(batch_size: int, world: int) -> int:
             f"{batch_size} (the global batch) does not split evenly across {world} processes: "
             f"use a multiple of {world}",
         )
+    if batch_size < 2 * world:  # the schema's batch >= 2 holds per process, not just in all
+        raise ConfigError(
+            "torchrun",
+            "train.batch_size",
+            f"{batch_size} (the global batch) leaves one sample per process: BatchNorm and the "
+            f"grid update need two; use at least {2 * world}",
+        )
     return batch_size // world
 
 

@@ -32,3 +32,22 @@ class DataNotFoundError(KanError):
 
 class RunDirError(KanError):
     """A run folder is missing files needed to resume or evaluate it."""
+
+
+class DataError(KanError):
+    """The user's data is there but cannot be trained on (a corrupt file, a CSV with one class...).
+
+    Raised while the data is read and checked, before a run folder exists, so bad data is exit 2
+    and not a failed run. One line: the file, where in it (line, column, image), what is wrong,
+    and how to fix it; `where` and `fix` may be empty.
+    """
+
+    def __init__(self, source: str, reason: str, *, where: str = "", fix: str = "") -> None:
+        self.source = source
+        self.where = where
+        self.reason = reason
+        self.fix = fix
+        message = ": ".join(part for part in (source, where, reason) if part)
+        if fix:
+            message = f"{message}; {fix}"
+        super().__init__(" ".join(message.splitlines()))

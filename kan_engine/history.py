@@ -18,7 +18,7 @@ from typing import Any
 
 from kan_engine import runs
 from kan_engine.config import GROUPS
-from kan_engine.errors import KanError
+from kan_engine.errors import KanError, RunDirError
 
 __all__ = [
     "CSV_COLUMNS",
@@ -61,12 +61,12 @@ class RunRow:
 
 
 def _number(value: Any) -> float | None:
-    """JSON numbers, and the strings runs.py writes for non-finite floats."""
+    """JSON numbers, and the strings runs.py writes for non-finite floats; None for the rest."""
     if isinstance(value, bool) or value is None:
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -79,23 +79,39 @@ def _started(run_dir: Path) -> float:
 
 
 def read_row(run_dir: Path) -> RunRow:
-    """The row of one run folder; RunDirError names the file that cannot be read."""
+    """The row of one run folder; RunDirError names the file that cannot be read, or the key of
+    summary.json that holds the wrong type (a row must not show a made-up status or model)."""
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
-    summary = runs.read_summary(run_dir) if (run_dir / runs.SUMMARY).is_file() else {}
+    path = run_dir / runs.SUMMARY
+    summary = runs.read_summary(run_dir) if path.exists() else {}
+    text = {key: _text(summary, key, path) for key in ("preset", "model", "dataset", "status")}
+    status = text["status"] or "unknown"
+    if status not in (*runs.STATUSES, "unknown"):
+        raise RunDirError(f"{path}: status: not a run status (got {status!r})")
     epochs = summary.get("epochs_run")
     return RunRow(
         path=run_dir,
         started=_started(run_dir),
-        preset=str(summary.get("preset") or runs.preset_of(run_dir)),
-        model=str(summary.get("model") or config.model.name),
-        dataset=str(summary.get("dataset") or config.data.dataset),
-        status=str(summary.get("status") or "unknown"),
+        preset=text["preset"] or runs.preset_of(run_dir),
+        model=text["model"] or config.model.name,
+        dataset=text["dataset"] or config.data.dataset,
+        status=status,
         best_val_acc=_number(summary.get("best_val_acc")),
         test_acc=_number(summary.get("test_acc")),
         seconds=_number(summary.get("seconds")),
-        epochs=epochs if isinstance(epochs, int) else 0,
+        epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0,
     )
+
+
+def _text(summary: dict[str, Any], key: str, path: Path) -> str:
+    """A text field of summary.json ("" when absent); any other type is a damaged summary."""
+    value = summary.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RunDirError(f"{path}: {key}: not text (got {value!r:.40})")
+    return value
 
 
 def list_runs(out_dir: Path, depth: int = 3) -> tuple[list[RunRow], list[tuple[Path, str]]]:

@@ -99,7 +99,9 @@ def _local_basis(
         h = (grid[:, -1] - t0) / n_intervals  # (in,)
         s = (x - t0) / h  # (N, in)
         inside = (s >= 0) & (s < n_intervals)
-        cell = torch.floor(s).clamp_(0, n_intervals - 1)
+        # a NaN input (a diverged layer below) must give a NaN loss that the trainer handles,
+        # not a NaN cast to an index out of bounds: it gets cell 0 and, not inside, no basis
+        cell = torch.floor(s).nan_to_num_(0.0).clamp_(0, n_intervals - 1)
         u = (s - cell).clamp_(0, 1)  # (N, in) fractional position
         start = cell.to(torch.long)
         left = [None, u, *(u + (j - 1) for j in range(2, k + 1))]
@@ -649,7 +651,9 @@ class KANLinear(nn.Module):
         high = self.grid[:, -k - 1, None, None].to(grid.dtype)
         weights = widths[..., None] * ((points >= low) & (points <= high))  # (in, M, q)
         total = weights.sum((1, 2), keepdim=True).clamp_min(torch.finfo(grid.dtype).tiny)
-        weights = weights * (ANCHOR_WEIGHT * n_samples / total)
+        # divide first: when no anchor falls in a narrow current range, total is `tiny` and
+        # ANCHOR_WEIGHT * n / tiny overflows to inf, and 0 * inf made the whole refit NaN
+        weights = weights / total * (ANCHOR_WEIGHT * n_samples)
         return points.flatten(1).t(), weights.flatten(1).t()  # (M*q, in) each
 
     def _basis(self, x: torch.Tensor, grid: torch.Tensor, uniform: bool) -> torch.Tensor:

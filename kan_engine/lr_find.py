@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kan_engine.config import RunConfig
+from kan_engine.datasets import Raw
 
 __all__ = ["LRFinderResult", "find_lr", "range_test", "suggest"]
 
@@ -179,9 +180,11 @@ def find_lr(
     start: float = START,
     end: float = END,
     progress: Callable[[int, float, float], None] | None = None,
+    raw: Raw | None = None,
 ) -> LRFinderResult:
     """The range test on `config`'s model, data and optimizer (the result is a base LR:
-    `optim.lr`, which the per-group multipliers scale as in training)."""
+    `optim.lr`, which the per-group multipliers scale as in training); `raw`: the data as
+    `data.read` gave it, if the caller has read it already."""
     from kan_engine import data as data_mod
     from kan_engine import models, optim
     from kan_engine.config import check_names
@@ -190,7 +193,7 @@ def find_lr(
     check_names(config)
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
-    bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
+    bundle = data_mod.load(config.data, device=device, seed=config.train.seed, raw=raw)
     model = build_model(config, bundle, device)
     optimizer = optim.build_optimizer(config, models.param_groups(model), device)
     mult = config.optim.lr_mult

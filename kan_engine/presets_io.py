@@ -20,12 +20,13 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel
 
-from kan_engine import atomic
+from kan_engine import atomic, untrusted
 from kan_engine.config import RunConfig, to_data, validate_config
 from kan_engine.errors import ConfigError, PresetError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BUILTIN_NAMES = ("lite", "standard", "power", "sprint")
+DESCRIPTION_SHOWN = 200  # characters of a description that a listing shows
 
 
 @dataclass(frozen=True)
@@ -68,27 +69,31 @@ def check_name(name: str) -> str:
 
 
 def read_file(path: Path) -> RunConfig:
-    """Parse and validate one preset file; every failure names the file."""
+    """Parse and validate one preset file (or a run's config.toml); every failure names the file.
+
+    Only a regular file of at most `untrusted.PRESET_LIMIT` bytes is read, so a FIFO, a device or
+    a symlink to /dev/zero is refused at once instead of hanging or filling memory."""
     source = str(path)
-    if not path.exists():
-        raise ConfigError(source, "", "file not found")
-    if path.is_dir():
-        raise ConfigError(source, "", "is a folder, not a preset file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(source, "", "not a text file (invalid UTF-8)") from None
+    text = untrusted.read_text(path)
     if not text.strip():
         raise ConfigError(source, "", "file is empty")
+    return validate_config(parse_toml(text, source), source)
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """tomllib.loads whose every failure is one ConfigError line: bad syntax, and also what is
+    legal but absurd, which tomllib answers with RecursionError (arrays or inline tables a few
+    hundred deep) or ValueError (an integer past Python's 4300-digit limit)."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"TOML syntax error: {exc}") from None
-    return validate_config(data, source)
+    except RecursionError:
+        reason = f"nested more than {untrusted.MAX_DEPTH} tables or arrays deep"
+        raise ConfigError(source, "", reason) from None
+    except ValueError:
+        reason = "holds an integer too long to read (at most 4300 digits)"
+        raise ConfigError(source, "", reason) from None
 
 
 def resolve(ref: str) -> tuple[RunConfig, str]:
@@ -99,7 +104,7 @@ def resolve(ref: str) -> tuple[RunConfig, str]:
     check_name(ref)
     for folder in (builtin_dir(), user_dir()):
         path = folder / f"{ref}.toml"
-        if path.is_file():
+        if os.path.lexists(path):  # not is_file(): a FIFO there is refused by name, not unknown
             return read_file(path), ref
     known = ", ".join(p.name for p in list_presets())
     raise PresetError(f"unknown preset {ref!r} (known: {known}); or give a path to a .toml file")
@@ -118,10 +123,13 @@ def list_presets() -> list[PresetInfo]:
 
 
 def _description(path: Path) -> str:
+    """The file's description as it is (not validated: a listing shows broken presets too);
+    callers escape it for display. A file that cannot be read safely says so instead."""
     try:
-        return str(tomllib.loads(path.read_text("utf-8")).get("description", ""))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = parse_toml(untrusted.read_text(path), str(path))
+    except ConfigError:
         return "(unreadable)"
+    return str(data.get("description", ""))[:DESCRIPTION_SHOWN]
 
 
 def render(config: RunConfig) -> str:
@@ -129,7 +137,17 @@ def render(config: RunConfig) -> str:
     data = to_data(config)
     lines: list[str] = []
     _render_table(RunConfig, data, [], lines)
-    return "\n".join(lines).rstrip() + "\n"
+    return _escape_invisible("\n".join(lines).rstrip() + "\n")
+
+
+def _escape_invisible(text: str) -> str:
+    """tomli_w escapes C0 controls but writes C1 controls, bidi overrides and line separators as
+    they are; as `\\uXXXX` (valid TOML: user text only ever sits in basic strings here) the file
+    shows the same on any terminal, `cat` or `presets show`."""
+    return text.translate(_TOML_ESCAPES)
+
+
+_TOML_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), *untrusted.INVISIBLE)}
 
 
 def _render_table(
@@ -181,7 +199,8 @@ def delete(name: str) -> Path:
     if name in BUILTIN_NAMES:
         raise PresetError(f"{name!r} is a built-in preset and cannot be deleted")
     path = user_dir() / f"{name}.toml"
-    if not path.is_file():
+    # a FIFO or a symlink that `list` shows as unreadable can be deleted too; a folder cannot
+    if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink()):
         raise PresetError(f"no user preset {name!r} in {user_dir()}")
     path.unlink()
     return path

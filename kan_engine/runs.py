@@ -5,6 +5,7 @@
         metrics.jsonl      one event per line (`Event.to_record()`), flushed as written
         summary.json       status and headline numbers, rewritten atomically
         checkpoints/last.pt, checkpoints/best.pt
+        run.lock           held by the process training in the folder (`run_lock.py`)
 
 `metrics.jsonl` is append-only while a run lives; every line goes to the OS in one write (not
 fsynced: a kill -9 loses at most the line being written, the OS keeps the rest), and a write that
@@ -70,16 +71,21 @@ def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", preset).strip("-") or "custom"
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = f"{stamp}-{safe}"
-    for attempt in range(1, 10000):
-        path = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        (path / CHECKPOINTS).mkdir()
-        return path
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 10000):
+            path = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            (path / CHECKPOINTS).mkdir()
+            return path
+    except OSError as exc:  # under a file, read-only, no permission, no space
+        reason = exc.strerror or str(exc)
+        where = exc.filename or out_dir
+        raise RunDirError(f"{where}: cannot create a run folder there: {reason}") from None
     raise RunDirError(f"{out_dir}: cannot find a free run folder name for {base!r}")
 
 
@@ -178,18 +184,33 @@ def truncate_metrics(run_dir: Path, offset: int) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records; a partial last line (a run killed mid-write) is ignored."""
+    """All records; an unterminated last line (a run killed mid-write) is ignored.
+
+    Any other line that is not UTF-8 text holding a JSON object (a damaged or foreign file) is a
+    RunDirError naming the file and the line: callers print one line instead of a traceback.
+    """
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
+    if not path.is_file():  # a FIFO would block the read forever, a device never end it
+        raise RunDirError(f"{path}: not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    # the last part is b"" after a final newline, else the line a kill cut short: left out
+    lines = data.split(b"\n")[:-1]
     records = []
-    lines = path.read_text("utf-8").splitlines()
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RunDirError(f"{path}:{number}: not UTF-8 text (a damaged log)") from None
         except json.JSONDecodeError:
-            if number != len(lines):
-                raise RunDirError(f"{path}:{number}: not a JSON line") from None
+            raise RunDirError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}:{number}: not a JSON object")
+        records.append(record)
     return records
 
 
@@ -207,6 +228,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         summary = json.loads(path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunDirError(f"{path}: not readable JSON ({exc})") from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(summary, dict):
         raise RunDirError(f"{path}: not a JSON object")
     return summary

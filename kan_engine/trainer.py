@@ -23,10 +23,13 @@ only then). MAX_BAD_STREAK skipped steps in a row restore the in-memory copy of 
 and halve every LR; after MAX_RESTORES restores the next streak stops the run as `diverged`.
 
 Resume. `last.pt` holds the position (epoch, steps done in it) and the byte offset of
-`metrics.jsonl` when it was written. `from_run_dir` cuts `metrics.jsonl` back to that offset (the
-rows after it belong to steps about to be replayed), reloads every state, and the data order, a
-pure function of (seed, epoch), is replayed with `skip`; so each epoch row appears exactly once and
-the weights equal those of an uninterrupted run.
+`metrics.jsonl` when it was written. `from_run_dir` checks the folder first (`resume_plan`: the
+config.toml must agree with the config in last.pt, a run that is over is not resumed), `run` cuts
+`metrics.jsonl` back to that offset (the rows after it belong to steps about to be replayed),
+reloads every state, and the data order, a pure function of (seed, epoch), is replayed with
+`skip`; so each epoch row appears exactly once and the weights equal those of an uninterrupted
+run. `run` holds the run folder's lock (`run_lock`) from before anything in it is written until it
+returns, so two processes never train one folder.
 
 Many processes (torchrun, see `distributed.py`). The model is wrapped in DistributedDataParallel
 without the per-forward buffer broadcast (`distributed.wrap`): the KAN grids are buffers, and they
@@ -63,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kan_engine import checkpoint as ckpt
-from kan_engine import cuda_graph, distributed, models, optim, runs
+from kan_engine import cuda_graph, distributed, models, optim, resume_plan, run_lock, runs
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig, check_names, to_data
 from kan_engine.ema import WeightAverage
@@ -89,10 +92,7 @@ MAX_RESTORES = 2  # restores (each halving the LR) before the run is declared di
 EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
 WIDE_OUTSIDE = 0.05  # share of first-KAN-layer inputs outside the grid worth a warning
 # what `_checkpoint_state` writes and a resume reads: a last.pt without one of them is refused
-RESUME_KEYS = (
-    "model", "optimizer", "schedule", "scaler", "monitor", "rng", "grid_rng", "epoch",
-    "step_in_epoch", "counters", "config", "preset", "metrics_offset",
-)  # fmt: skip
+RESUME_KEYS = resume_plan.RESUME_KEYS
 
 
 @dataclass
@@ -107,6 +107,7 @@ class Counters:
     restores: int = 0
     best_val_acc: float = -1.0
     best_epoch: int = 0
+    patience_from: int = 0  # early stopping counts stale epochs from here (an extended run)
     epochs_run: int = 0
     seconds: float = 0.0  # finished epochs
     # the epoch in progress
@@ -213,9 +214,11 @@ class Trainer:
         out_dir: Path = Path("runs"),
         preset_name: str = "custom",
         run_dir: Path | None = None,
+        raw: data_mod.datasets.Raw | None = None,
     ) -> None:
         """Creates the run folder (with config.toml) unless `run_dir` names an existing one
-        (`from_run_dir` does that). Nothing heavy happens until `setup()` / `run()`."""
+        (`from_run_dir` does that). Nothing heavy happens until `setup()` / `run()`. `raw`: the
+        data as `data.read` gave it (the CLI reads and checks it before making the folder)."""
         self.config = config
         self.sink = sink
         self.preset_name = preset_name
@@ -232,6 +235,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self._resume: dict[str, Any] | None = None
         self._metrics_offset: int | None = None  # where a resume cuts metrics.jsonl back to
+        self._plan: resume_plan.ResumePlan | None = None
+        self._lock: run_lock.RunLock | None = None  # held by rank 0 while `run` trains
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._checkpoint_now = threading.Event()
@@ -246,34 +251,34 @@ class Trainer:
         self.forward_step = 0  # global step of the forward in progress (diagnosis re-runs too)
         self.graphed: cuda_graph.GraphedStep | None = None
         self._notices: list[Notice] = []
+        self._raw = raw
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path, *, sink: EventSink) -> Trainer:
-        """Continue a run from `checkpoints/last.pt`, with the run folder's config.toml.
+    def from_run_dir(
+        cls,
+        run_dir: Path,
+        *,
+        sink: EventSink,
+        epochs: int | None = None,
+        plan: resume_plan.ResumePlan | None = None,
+    ) -> Trainer:
+        """Continue a run from `checkpoints/last.pt`, with the run folder's config.toml, which
+        must agree with the config the checkpoint trained with (`resume_plan`); `epochs`
+        extends it. A run that is over raises RunFinished: there is nothing to train.
 
         A run killed before its first `last.pt` (at most one epoch row, which the start-over
-        replays) starts over in the same folder. Temporary files of writes a kill cut short are
-        deleted.
+        replays) starts over in the same folder. `run` takes the folder's lock before anything
+        in it is written, then deletes the temporary files of writes a kill cut short.
         """
-        run_dir = Path(run_dir)
-        config = runs.read_config(run_dir)
-        last = runs.checkpoint_path(run_dir, "last")
-        epochs = sum(r.get("event") == "epoch" for r in runs.read_metrics(run_dir))
-        if not last.exists() and epochs <= 1:
-            trainer = cls(config, sink=sink, preset_name=runs.preset_of(run_dir), run_dir=run_dir)
-            trainer._metrics_offset = 0
-            message = f"{last} not written yet (killed in the first epoch): starting over"
-            trainer._notices.append(Notice(message, "warning"))
-        else:
-            state = ckpt.load(last, keys=RESUME_KEYS)
-            preset, offset = state["preset"], state["metrics_offset"]
-            if not isinstance(preset, str) or not isinstance(offset, int):
-                raise RunDirError(f"{last}: not a kan-tui checkpoint (preset, metrics_offset)")
-            trainer = cls(config, sink=sink, preset_name=preset, run_dir=run_dir)
-            trainer._resume = state
-            trainer._metrics_offset = offset
-        if trainer.dist.is_main:  # the only rank that writes in the run folder
-            runs.remove_leftovers(run_dir)
+        if plan is None:
+            plan = resume_plan.read(run_dir, epochs=epochs)
+        if plan.done:
+            raise resume_plan.RunFinished(plan.message)
+        trainer = cls(plan.config, sink=sink, preset_name=plan.preset, run_dir=plan.run_dir)
+        trainer._plan = plan
+        trainer._resume = plan.state
+        trainer._metrics_offset = plan.metrics_offset
+        trainer._notices += [Notice(message, level) for message, level in plan.notices]
         return trainer
 
     # ------------------------------------------------------------------ controls (any thread)
@@ -303,26 +308,57 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the end; returns the summary (also in summary.json).
 
-        Raises KanError for bad config or missing data before training starts. A first Ctrl-C
-        (main thread) stops after the current step, then KeyboardInterrupt is re-raised once the
-        checkpoint and summary are written; anything unexpected emits Failed and is re-raised.
+        Raises KanError for bad config or missing data before training starts, and
+        RunLockedError when another process trains in the run folder (`run_lock`: rank 0 holds
+        the folder's lock until the run ends). A first Ctrl-C (main thread) stops after the
+        current step, then KeyboardInterrupt is re-raised once the checkpoint and summary are
+        written; anything unexpected emits Failed and is re-raised.
         """
-        try:
-            self.setup()
-        except KanError:
-            if self._fresh and self.dist.is_main:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise
         self.metrics: runs.MetricsLog | None = None  # rank 0 alone writes the log
-        if self.dist.is_main:
-            if self._metrics_offset is not None:
-                runs.truncate_metrics(self.run_dir, self._metrics_offset)
-            self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
+        self.dist.on_main(self._claim_run_dir)
         try:
-            return self._run_logged()
+            try:
+                self.setup()
+            except (KanError, KeyboardInterrupt):
+                # bad input, or Ctrl-C while loading data / building the model: nothing was
+                # trained, so a new run folder goes again (a resumed one is left as it was)
+                if self._fresh and self.dist.is_main:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            if self.dist.is_main:
+                self._prepare_run_dir()
+                self.metrics = runs.MetricsLog(self.run_dir / runs.METRICS)
+            try:
+                return self._run_logged()
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
+            if self._lock is not None:
+                self._lock.release()
+
+    def _claim_run_dir(self) -> None:
+        """Lock the run folder (rank 0); a resume also checks that last.pt is still the one it
+        read, since another process may have trained the run before the lock was free."""
+        lock = run_lock.RunLock(self.run_dir)
+        lock.acquire()
+        try:
+            if self._plan is not None:
+                self._plan.check_unchanged()
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def _prepare_run_dir(self) -> None:
+        """Under the lock, before the log opens: a resume's leftovers go, config.toml gets an
+        extension's epochs, metrics.jsonl is cut back to the checkpoint's offset."""
+        if self._plan is not None:
+            runs.remove_leftovers(self.run_dir)
+            if self._plan.write_config:
+                runs.write_config(self.run_dir, self.config)
+        if self._metrics_offset is not None:
+            runs.truncate_metrics(self.run_dir, self._metrics_offset)
 
     def _run_logged(self) -> dict[str, Any]:
         self._emit(self._run_started())
@@ -436,7 +472,11 @@ class Trainer:
         else:
             self.device = pick_device(config.train.device)
         seed_everything(config.train.seed)
-        self.data = data_mod.load(config.data, device=self.device, seed=config.train.seed)
+        self.data = data_mod.load(
+            config.data, device=self.device, seed=config.train.seed, raw=self._raw
+        )
+        self._raw = None  # the bundle holds its own copy
+        self._notices += [Notice(warning, "warning") for warning in self.data.warnings]
         self.amp_dtype, use_scaler, message = precision(config, self.device)
         if message:
             self._notices.append(Notice(message, "warning"))
@@ -522,6 +562,8 @@ class Trainer:
             self.step_in_epoch = int(state["step_in_epoch"])
             self.c = Counters(**state["counters"])
             ckpt.set_rng_state(state["rng"])  # last: building the model consumed random numbers
+        if self._plan is not None and self._plan.restart_patience:
+            self.c.patience_from = self.c.epochs_run
         if not self.dist.is_main:  # the epoch's sums so far are every rank's: count them once
             self.c.epoch_loss = self.c.epoch_correct = 0.0
             self.c.epoch_samples = 0
@@ -876,7 +918,8 @@ class Trainer:
 
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.patience
-        stale_epochs = self.c.epochs_run - self.c.best_epoch  # epochs since the best one
+        # epochs since the best one, or since an extension of an early-stopped run
+        stale_epochs = self.c.epochs_run - max(self.c.best_epoch, self.c.patience_from)
         return patience > 0 and stale_epochs >= patience
 
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -982,7 +1025,13 @@ class Trainer:
         def load_best() -> bool:
             if not best.exists():
                 return False
-            self.model.load_state_dict(ckpt.evaluated_weights(ckpt.load(best, self.device)))
+            try:
+                state = ckpt.load(best, self.device)
+                with ckpt.fitting(best, str(self.run_dir / runs.CONFIG)):
+                    self.model.load_state_dict(ckpt.evaluated_weights(state))
+            except RunDirError as exc:  # a damaged best.pt costs the test, not the run
+                self._emit(Notice(f"{exc}: no test accuracy", "warning"))
+                return False
             return True
 
         # rank 0 reads best.pt and hands its weights on: only rank 0 is sure to see the file
@@ -1055,6 +1104,11 @@ def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> di
     device = pick_device(config.train.device)
     path = runs.checkpoint_path(run_dir, checkpoint)
     state = ckpt.load(path, device, keys=("model", "counters"))
+    counters = state["counters"]
+    epoch = counters.get("epochs_run") if isinstance(counters, dict) else None
+    if not isinstance(epoch, int):
+        raise RunDirError(f"{path}: not a kan-tui checkpoint (counters)")
+    resume_plan.check_matches(config, state, path, run_dir)
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
     model = build_model(config, bundle, device)
     with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
@@ -1064,7 +1118,7 @@ def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> di
     return {
         "split": split,
         "checkpoint": checkpoint,
-        "epoch": int(state["counters"]["epochs_run"]),
+        "epoch": epoch,
         "acc": acc,
         "loss": loss,
         "n": bundle.sizes[split],

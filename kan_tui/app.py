@@ -19,6 +19,7 @@ from textual.binding import Binding
 from kan_engine import presets_io
 from kan_engine.config import RunConfig
 from kan_engine.errors import KanError
+from kan_engine.untrusted import printable
 from kan_tui.messages import StartRun
 from kan_tui.screens.dashboard import JOIN_TIMEOUT_S, DashboardScreen
 from kan_tui.screens.run_model import TrainingRun
@@ -131,7 +132,7 @@ class KanApp(App[None]):
         try:
             return presets_io.resolve(self.preset_name or DEFAULT_PRESET)[0]
         except KanError as exc:
-            self.notify(str(exc), title="cannot start", severity="error")
+            self.notify(printable(exc), title="cannot start", severity="error", markup=False)
             return None
 
     def on_start_run(self, message: StartRun) -> None:
@@ -162,7 +163,8 @@ class KanApp(App[None]):
             ]
             run_dir = with_checkpoint[0] if with_checkpoint else None
         if run_dir is None:
-            self.notify(f"no run with a checkpoint in {self.out_dir} yet", severity="warning")
+            message = f"no run with a checkpoint in {printable(self.out_dir)} yet"
+            self.notify(message, severity="warning", markup=False)
             return
         self.push_screen(ActivationsScreen(run_dir))
 

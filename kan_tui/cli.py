@@ -25,11 +25,13 @@ import typer
 
 from kan_engine.config import RunConfig, parse_value
 from kan_engine.errors import ConfigError, KanError
+from kan_engine.untrusted import printable
 from kan_tui.options import OPTION_KEYS, describe, flags
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from kan_engine.datasets import Raw
     from kan_engine.trainer import Trainer
     from kan_tui.headless import HeadlessReporter
 
@@ -101,7 +103,7 @@ def _user_errors(command: F) -> F:
         except KanError as exc:
             if debug:
                 traceback.print_exc()
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {printable(exc)}", file=sys.stderr)  # it may quote user text
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -195,16 +197,24 @@ def run(
     _check_out(out)
     from kan_engine import distributed
 
+    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # the TUI needs a terminal: in a pipe or a file it would write escape codes and wait for
+        # keys that never come
+        print("note: not a terminal: training headless (add --headless to say so)", file=sys.stderr)
+        headless = True
     if not headless:
         if distributed.launched():
             raise ConfigError("torchrun", "--headless", "the TUI is one process: add --headless")
+        _read_data(config)  # bad data: one error line here, not a failed run in the TUI
         tui_options = {"config": config, "preset_name": preset_name, "start": True, "out_dir": out}
         raise typer.Exit(_open_tui(mouse=not no_mouse, **tui_options))
     from kan_engine.trainer import Trainer
 
     with distributed.launch(config.train.device) as dist:
         reporter = _reporter()
-        trainer = Trainer(config, sink=reporter, out_dir=out, preset_name=preset_name)
+        raw = _read_data(config)  # before the run folder is made: bad data leaves none
+        trainer = Trainer(config, sink=reporter, out_dir=out, preset_name=preset_name, raw=raw)
+        del raw  # the trainer drops it once on the device
         _finish(trainer, reporter, debug, quiet=not dist.is_main)
 
 
@@ -213,19 +223,43 @@ def run(
 def resume(
     ctx: typer.Context,
     run_dir: Path = RUN_DIR,
+    epochs: int | None = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        metavar="INT",
+        help="train to this many epochs in all: extends a finished, early-stopped or stopped run "
+        "(the cosine / one-cycle LR then follows the longer schedule from here on)",
+    ),
+    config_from_checkpoint: bool = typer.Option(
+        False,
+        "--config-from-checkpoint",
+        help="rewrite config.toml from checkpoints/last.pt (the config the run trained with), "
+        "after it was damaged or edited",
+    ),
     headless: bool = HEADLESS,
     debug: bool = DEBUG,
 ) -> None:
     """Continue a stopped or crashed run from its last checkpoint, in the same folder (under
-    torchrun too, with any number of processes: the data order is that of the global batches)."""
-    from kan_engine import distributed, runs
+    torchrun too, with any number of processes: the data order is that of the global batches).
+    A finished or early-stopped run is left as it is (exit 0) unless --epochs extends it."""
+    import os
+
+    from kan_engine import distributed, resume_plan
     from kan_engine.trainer import Trainer
 
-    with distributed.launch(runs.read_config(run_dir).train.device) as dist:
+    plan = resume_plan.read(run_dir, epochs=epochs, config_from_checkpoint=config_from_checkpoint)
+    if plan.done:  # over: exit 0, as a run that ends finished or early-stopped does
+        if plan.write_config:
+            resume_plan.restore_config(plan)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it for all
+            typer.echo(plan.message)
+        return
+    with distributed.launch(plan.config.train.device) as dist:
         if not headless and dist.is_main:
             print("note: the TUI cannot resume a run yet; resuming here", file=sys.stderr)
         reporter = _reporter()
-        trainer = Trainer.from_run_dir(run_dir, sink=reporter)
+        trainer = Trainer.from_run_dir(run_dir, sink=reporter, plan=plan)
         _finish(trainer, reporter, debug, quiet=not dist.is_main)
 
 
@@ -244,7 +278,7 @@ def evaluate(
     result = evaluate_run(run_dir, split=split, checkpoint=checkpoint)
     typer.echo(
         f"{split} accuracy {result['acc']:.4f}  loss {result['loss']:.4f}  "
-        f"({result['n']} samples, {checkpoint} checkpoint of {run_dir})"
+        f"({result['n']} samples, {checkpoint} checkpoint of {printable(run_dir)})"
     )
 
 
@@ -348,6 +382,8 @@ def compare(
     _check_out(out)
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         raise ConfigError("--json", "", f"{json_out}: not a file in an existing folder")
+    for checked in {_data_key(c): c for c in configs.values()}.values():
+        _read_data(checked)  # bad data: exit 2 before the comparison's folder is made
     result = comparing.run_models(
         configs,
         out_dir=out,
@@ -423,7 +459,11 @@ def lr_find(
     preset_config, _, source = _load_preset(preset)
     keys = ("model", "dataset", "data_dir", "batch_size", "device")
     config = options.resolve(preset_config, source, sets, {k: ctx.params[k] for k in keys})
-    result = find_lr(config, steps=steps, start=start, end=end)
+    raw = _read_data(config)
+    for warning in raw.warnings:
+        print(f"warning: {printable(warning)}", file=sys.stderr)
+    result = find_lr(config, steps=steps, start=start, end=end, raw=raw)
+    del raw
     marks = [(result.suggestion, "suggested")] if result.suggestion else []
     typer.echo(
         _text_plot(
@@ -466,13 +506,18 @@ def inspect(
     name, kan = activations.pick_layer(layers, layer)
     console = _console()
     console.print(
-        f"{run_dir}: {checkpoint} checkpoint (epoch {epoch}); layer {name}: "
+        f"{printable(run_dir)}: {checkpoint} checkpoint (epoch {epoch}); layer {name}: "
         f"{kan.in_features} inputs -> {kan.out_features} outputs, {kan.grid_size} grid "
         f"intervals, order {kan.spline_order}",
         markup=False,
         highlight=False,
     )
-    recorded = activations.outside_share(run_dir, name, epoch)
+    try:
+        recorded = activations.outside_share(run_dir, name, epoch)
+    except KanError as exc:  # a damaged log costs this line only: the checkpoint is fine
+        note = f"warning: {printable(exc)}; the share of inputs outside the grid is not shown"
+        print(note, file=sys.stderr)
+        recorded = None
     if recorded is not None:
         share, at = recorded
         console.print(f"inputs outside the grid: {share:.1%} (last training batch of epoch {at})")
@@ -503,19 +548,20 @@ def runs_list(ctx: typer.Context, out: Path = OUT, debug: bool = DEBUG) -> None:
     from rich.table import Table
 
     from kan_engine import history
-    from kan_tui.formatting import RUN_COLUMNS, run_cells
+    from kan_tui.formatting import RUN_COLUMNS, plain, run_cells
 
     rows, skipped = history.list_runs(out)
     console = _console()
     if not rows and not skipped:
-        console.print(f"no runs in {out}", markup=False, highlight=False)
+        console.print(f"no runs in {printable(out)}", markup=False, highlight=False)
         return
     table = Table(*RUN_COLUMNS, "folder", box=None, pad_edge=False)
     for row in rows:
-        table.add_row(*run_cells(row, digits=2), row.path.name)
+        table.add_row(*run_cells(row, digits=2), plain(row.path.name))
     console.print(table)
     for path, reason in skipped:
-        console.print(f"skipped {path}: {reason}", markup=False, highlight=False)
+        line = f"skipped {printable(path)}: {printable(reason)}"
+        console.print(line, markup=False, highlight=False)
 
 
 CSV_OUT = typer.Option(
@@ -535,10 +581,14 @@ def runs_export(
     from kan_engine import history
 
     if csv_path is not None and str(csv_path) == "-":
-        history.read_row(run_dir)  # a clear error for a folder that is not a run
-        typer.echo(history.metrics_csv(run_dir), nl=False)
+        from kan_engine import runs
+
+        runs.read_config(run_dir)  # a clear error for a folder that is not a run
+        # the file keeps every value as it is; on a terminal a control character in a damaged
+        # or forged metrics.jsonl is shown escaped (rows stay rows: newlines are kept)
+        typer.echo(printable(history.metrics_csv(run_dir), keep_newlines=True), nl=False)
         return
-    typer.echo(f"wrote {history.export_csv(run_dir, csv_path)}")
+    typer.echo(f"wrote {printable(history.export_csv(run_dir, csv_path))}")
 
 
 def _text_plot(
@@ -590,13 +640,16 @@ def presets_list(ctx: typer.Context, debug: bool = DEBUG) -> None:
     from rich.table import Table
 
     from kan_engine import presets_io
+    from kan_tui.formatting import plain
 
     table = Table("preset", "kind", "description", box=None, pad_edge=False)
     for info in presets_io.list_presets():
-        table.add_row(info.name, "built-in" if info.builtin else "user", info.description)
+        # a description is anyone's text, read unvalidated: escaped, and not Rich markup
+        table.add_row(info.name, "built-in" if info.builtin else "user", plain(info.description))
     console = _console()
     console.print(table)
-    console.print(f"user presets live in {presets_io.user_dir()}", markup=False, highlight=False)
+    where = printable(presets_io.user_dir())
+    console.print(f"user presets live in {where}", markup=False, highlight=False)
 
 
 @presets_app.command("show")
@@ -630,7 +683,7 @@ def presets_save(
     presets_io.check_name(name)
     base, _, label = _load_preset(source)
     config = options.resolve(base, label, sets, {})
-    typer.echo(f"saved {presets_io.save(name, config, force=force)}")
+    typer.echo(f"saved {printable(presets_io.save(name, config, force=force))}")
 
 
 @presets_app.command("delete")
@@ -643,7 +696,7 @@ def presets_delete(
     """Delete a user preset (built-ins cannot be deleted)."""
     from kan_engine import presets_io
 
-    typer.echo(f"deleted {presets_io.delete(name)}")
+    typer.echo(f"deleted {printable(presets_io.delete(name))}")
 
 
 @presets_app.command("path")
@@ -653,6 +706,20 @@ def presets_path(ctx: typer.Context, debug: bool = DEBUG) -> None:
     from kan_engine import presets_io
 
     typer.echo(str(presets_io.user_dir()))
+
+
+def _read_data(config: RunConfig) -> Raw:
+    """The data set, read and checked before anything is written: bad data (a corrupt file, one
+    class, a regression target...) is one `error:` line and exit 2, and no run folder is made."""
+    from kan_engine import data
+
+    return data.read(config.data)
+
+
+def _data_key(config: RunConfig) -> tuple[Any, ...]:
+    """What decides which data `data.read` reads (augmentation does not)."""
+    section = config.data
+    return (section.dataset, section.data_dir, section.target, section.val_fraction)
 
 
 def _check_out(out: Path) -> None:
@@ -684,4 +751,5 @@ def _finish(trainer: Trainer, reporter: HeadlessReporter, debug: bool, quiet: bo
 
     with reporter:
         code = headless.train(trainer, debug=debug, quiet=quiet)
+    headless.ignore_late_signals()
     raise typer.Exit(code)

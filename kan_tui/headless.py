@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from kan_engine.errors import KanError
 from kan_engine.events import (
@@ -41,6 +43,7 @@ from kan_engine.events import (
     StepMetrics,
 )
 from kan_engine.runs import RunWriteError
+from kan_engine.untrusted import printable
 
 # summary.json status -> exit code; "stopped" only happens on a signal and exits 128 + its number
 EXIT_CODES = {"finished": 0, "early_stopped": 0, "diverged": 1, "failed": 1}
@@ -56,6 +59,10 @@ class Stoppable(Protocol):
     def run(self) -> dict[str, Any]: ...
 
     def stop(self) -> None: ...
+
+
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError(32, "Broken pipe")
 
 
 class HeadlessReporter:
@@ -74,6 +81,11 @@ class HeadlessReporter:
         self._progress: Progress | None = None
         self._epoch_task = TaskID(0)
         self._batch_task = TaskID(0)
+        self._lost = False  # stdout closed or full: nothing more is printed
+        # running totals at the last epoch row, so the epoch line can say this epoch's counts
+        self._totals: dict[str, Any] = {"layers": {}, "grid": 0, "warnings": 0, "skipped": 0}
+        # Rich's own answer to a closed pipe is SystemExit(1): the run would die unsaved
+        console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
 
     def __enter__(self) -> HeadlessReporter:
         return self
@@ -88,6 +100,29 @@ class HeadlessReporter:
             self._progress = None
 
     def __call__(self, event: Event) -> None:
+        """Show the event; a stdout that is gone (`| head -1`, a full disk under `> file`) must
+        not end a run: the reporter goes quiet, says so once on stderr, and training goes on
+        (the run folder holds every event anyway)."""
+        if self._lost:
+            return
+        try:
+            self._show(event)
+        except OSError as exc:  # BrokenPipeError, ENOSPC
+            self._lose_stdout(exc)
+
+    def _lose_stdout(self, exc: OSError) -> None:
+        self._lost = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush has nowhere to fail
+        self.console.file = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the console)
+        with contextlib.suppress(Exception):
+            self.close()
+        reason = exc.strerror or type(exc).__name__
+        with contextlib.suppress(OSError):
+            os.write(2, f"note: stdout is gone ({reason}): training goes on, quietly\n".encode())
+
+    def _show(self, event: Event) -> None:
         match event:
             case StepMetrics():
                 self._step(event)
@@ -112,6 +147,7 @@ class HeadlessReporter:
             case RunStarted():
                 self._started(event)
             case Finished():
+                ignore_late_signals()  # summary.json is written: nothing is left to stop
                 self.close()
                 self.summary = event.summary
                 self._summary(summary_rows({"run_dir": self.run_dir, **event.summary}))
@@ -119,8 +155,11 @@ class HeadlessReporter:
                 self.close()
 
     def _line(self, text: str, style: str | None = None) -> None:
-        # soft_wrap: a log line is never cut or wrapped at the console width (80 in a pipe)
-        self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+        # soft_wrap: a log line is never cut or wrapped at the console width (80 in a pipe);
+        # printable: lines quote paths, names and data (CSV headers, class folders) as they are
+        self.console.print(
+            printable(text), style=style, markup=False, highlight=False, soft_wrap=True
+        )
 
     def _started(self, event: RunStarted) -> None:
         self.run_dir = event.run_dir
@@ -182,17 +221,40 @@ class HeadlessReporter:
         ]
         if event.test_acc is not None:
             parts.append(f"test_acc {event.test_acc:.3f}")
-        parts += [f"lr {self._lr(event.lr):.3g}", f"grid_updates {event.grid_updates}"]
-        if event.grad_norm_warnings:
-            parts.append(f"grad_warnings {event.grad_norm_warnings}")
-        if event.skipped_steps:
-            parts.append(f"skipped_steps {event.skipped_steps}")
+        grid, warnings, skipped = self._this_epoch(event)
+        parts += [f"lr {self._lr(event.lr):.3g}", f"grid_updates_this_epoch {grid}"]
+        if warnings:
+            parts.append(f"grad_warnings_this_epoch {warnings}")
+        if skipped:
+            parts.append(f"skipped_steps_this_epoch {skipped}")
         parts.append(f"{event.seconds:.1f}s")
         self._line("  ".join(parts))
         if self._progress is not None:
             best = f"best val_acc {event.best_val_acc:.4f} (epoch {event.best_epoch})"
             self._progress.update(self._epoch_task, completed=event.epoch, info=best)
             self._progress.reset(self._batch_task, info="")
+
+    def _this_epoch(self, event: EpochEnd) -> tuple[int, int, int]:
+        """(grid-update steps, gradient-norm warnings, skipped steps) of this epoch alone: the
+        event holds running totals, and its grid count is layer refits (every layer is refit at
+        each grid-update step), so the steps are the largest per-layer increase."""
+        layers = event.grid_updates_per_layer or {}
+        grid = max(
+            (n - self._totals["layers"].get(name, 0) for name, n in layers.items()),
+            default=event.grid_updates - self._totals["grid"],
+        )
+        counts = (
+            grid,
+            event.grad_norm_warnings - self._totals["warnings"],
+            event.skipped_steps - self._totals["skipped"],
+        )
+        self._totals = {
+            "layers": dict(layers),
+            "grid": event.grid_updates,
+            "warnings": event.grad_norm_warnings,
+            "skipped": event.skipped_steps,
+        }
+        return counts
 
     def _grad_warning(self, event: GradNormWarning) -> None:
         """Printed up to the cap per epoch; a warning naming the layer that went non-finite (the
@@ -224,7 +286,7 @@ class HeadlessReporter:
         table.add_column("label", style="bold")
         table.add_column("value")
         for label, value in rows.items():
-            table.add_row(label, value)
+            table.add_row(label, Text(printable(value)))  # a str cell would be Rich markup
         self.console.print(table)
 
     def _lr(self, lrs: dict[str, float]) -> float:
@@ -265,23 +327,39 @@ def train(trainer: Stoppable, *, debug: bool = False, quiet: bool = False) -> in
     except RunWriteError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: training failed: {exc}", file=sys.stderr)
+        print(f"error: training failed: {printable(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KanError:
         raise
     except KeyboardInterrupt:
         if not quiet:
-            print("interrupted: the run can continue with `kan-tui resume`", file=sys.stderr)
+            run_dir = getattr(trainer, "run_dir", None)
+            if run_dir is not None and not os.path.isdir(run_dir):
+                message = "interrupted before training started: no run folder was kept"
+            else:
+                message = "interrupted: the run can continue with `kan-tui resume`"
+            print(message, file=sys.stderr)
         return 128 + caught[0] if caught else EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: training failed: {type(exc).__name__}: {printable(exc)}", file=sys.stderr)
         return EXIT_FAILED
     status = summary.get("status", "failed")
     if status == "stopped":
         return 128 + caught[0] if caught else EXIT_INTERRUPTED
     return EXIT_CODES.get(status, EXIT_FAILED)
+
+
+def ignore_late_signals() -> None:
+    """Once the run has saved its state and summary, Ctrl-C (and SIGTERM / SIGHUP) during the
+    interpreter's shutdown (torch's exit hooks take a moment) would only print a traceback or
+    abort mid-cleanup: there is nothing left to stop, so they are ignored from here on."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @contextlib.contextmanager

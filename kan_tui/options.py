@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from kan_engine.config import RunConfig, apply_overrides, check_names, parse_value
 from kan_engine.errors import ConfigError
+from kan_engine.untrusted import short_repr
 
 # parameter name of `kan-tui run` -> dotted config key (the dashed flag is derived from the name)
 OPTION_KEYS: dict[str, str] = {
@@ -64,7 +65,8 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             raise ConfigError("--set", item, "expected section.key=value (e.g. optim.lr=0.003)")
         value = parse_value(text.strip())
         if key in overrides and overrides[key] != value:
-            reason = f"given twice with different values ({overrides[key]!r} and {value!r})"
+            first, second = short_repr(overrides[key]), short_repr(value)
+            reason = f"given twice with different values ({first} and {second})"
             raise ConfigError("--set", key, reason)
         overrides[key] = value
     return overrides

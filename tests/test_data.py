@@ -13,7 +13,7 @@ from PIL import Image
 
 from kan_engine import data, datasets
 from kan_engine.config import DataSection
-from kan_engine.errors import ConfigError, DataNotFoundError
+from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 
 CPU = torch.device("cpu")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -124,7 +124,7 @@ def test_corrupt_idx_file_names_the_file(tmp_path: Path) -> None:
     write_idx(tmp_path, 10, 10)
     bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09" + bytes(3)))
-    with pytest.raises(DataNotFoundError, match="t10k-labels-idx1-ubyte.gz: truncated"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: truncated"):
         data.load(DataSection(data_dir=str(tmp_path)), device=CPU, seed=0)
 
 
@@ -256,7 +256,7 @@ def test_csv_errors_name_the_column(tmp_path: Path) -> None:
         data.load(
             DataSection(dataset="csv", data_dir=str(path), target="label"), device=CPU, seed=0
         )
-    with pytest.raises(ConfigError, match=r"column 'kind': row 2: not a number \('dog'\)"):
+    with pytest.raises(DataError, match=r"t\.csv: line 2, column 'kind': not a number \('dog'\)"):
         data.load(DataSection(dataset="csv", data_dir=str(path)), device=CPU, seed=0)
     with pytest.raises(ConfigError, match="data.data_dir: the csv data set needs --data-dir"):
         data.load(DataSection(dataset="csv"), device=CPU, seed=0)
@@ -290,6 +290,26 @@ def test_image_folder_with_train_and_test_keeps_grey_size(tmp_path: Path) -> Non
         data.load(
             DataSection(dataset="images", data_dir=str(tmp_path / "nope")), device=CPU, seed=0
         )
+
+
+def test_sixteen_bit_grey_images_keep_their_contrast(tmp_path: Path) -> None:
+    """Pillow clips 16-bit grey to 255 when converting; the top 8 bits are kept instead."""
+    for cls in ("dark", "light"):
+        for k in range(3):
+            value = 10_000 if cls == "dark" else 60_000
+            tmp_path.joinpath(cls).mkdir(exist_ok=True)
+            Image.fromarray(np.full((4, 4), value, np.uint16)).save(tmp_path / cls / f"{k}.png")
+    raw = data.read(DataSection(dataset="images", data_dir=str(tmp_path)))
+    pixels = {int(v) for v in np.unique(np.concatenate([raw.x_train.ravel(), raw.x_test.ravel()]))}
+    assert pixels == {10_000 >> 8, 60_000 >> 8}
+
+
+def test_csv_numeric_labels_are_classes_by_value(tmp_path: Path) -> None:
+    labels = ["1", "1.0", "01", "2", "2.00", "2", "1", "2"]
+    path = write_csv(tmp_path / "t.csv", "a,y", [f"{i},{label}" for i, label in enumerate(labels)])
+    raw = data.read(DataSection(dataset="csv", data_dir=str(path)))
+    assert raw.class_names == ["1", "2"]
+    assert sorted(np.concatenate([raw.y_train, raw.y_test]).tolist()) == [0] * 4 + [1] * 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -88,8 +88,8 @@ def test_plain_output_has_one_line_per_epoch_and_a_summary() -> None:
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert epoch_lines == [
         f"epoch {n}/2  train_loss 0.412  train_acc 0.853  val_loss 0.388  val_acc 0.861  "
-        "lr 0.004  grid_updates 12  3.2s"
-        for n in (1, 2)
+        f"lr 0.004  grid_updates_this_epoch {12 if n == 1 else 0}  3.2s"
+        for n in (1, 2)  # the events hold running totals: 12 refits by epoch 1, none after
     ]
     assert lines[0].startswith("run runs/x: kan (35 params) on digits")
     assert "loss 0.5" not in text  # step events only drive the progress bars
@@ -124,7 +124,8 @@ def test_plain_output_reports_notices_warnings_and_stops() -> None:
     assert "non-finite in kan.1" in warned[-2] and "at step 1:" in warned[-2]
     assert "non-finite in kan.1" in warned[-1]
     epoch = next(line for line in lines if line.startswith("epoch 1/2"))
-    assert "test_acc 0.840" in epoch and "grad_warnings 9" in epoch and "skipped_steps 1" in epoch
+    assert "test_acc 0.840" in epoch and "grad_warnings_this_epoch 9" in epoch
+    assert "skipped_steps_this_epoch 1" in epoch
     assert any(line.startswith("early stop at epoch 1") for line in lines)
     assert [line for line in lines if line.startswith("checkpoint")] == [
         "checkpoint (stop, epoch 1): runs/x/checkpoints/last.pt"

@@ -26,6 +26,7 @@ import torch
 from typer.testing import CliRunner, Result
 
 from kan_engine import checkpoint, presets_io, runs, trainer
+from kan_engine.config import to_data
 from kan_engine.errors import RunDirError
 from kan_tui.cli import app
 
@@ -231,14 +232,14 @@ def test_unreadable_preset_file(how: str, isolated: Path, monkeypatch: pytest.Mo
             pytest.skip("root reads any file: chmod 000 cannot lock it (the simulated case runs)")
         path.chmod(0)
     else:
-        real = Path.read_bytes
+        real = os.open  # presets are read through os.open (non-blocking, see kan_engine.untrusted)
 
-        def read_bytes(self: Path) -> bytes:
-            if self == path:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-            return real(self)
+        def os_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(file) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return real(file, flags, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        monkeypatch.setattr(os, "open", os_open)
     for args in (
         ["run", "--print-config", "-p"],
         ["presets", "show"],
@@ -336,9 +337,12 @@ def test_bad_checkpoints_are_refused(command: str, case: str, run_folder: Path) 
 
 @pytest.mark.parametrize("command", ["resume", "eval"])
 def test_checkpoint_of_another_model_does_not_fit(command: str, run_folder: Path) -> None:
-    """A last.pt / best.pt that loads but whose weights do not fit config.toml's model."""
+    """A last.pt / best.pt that loads, says it trained with config.toml's config, but whose
+    weights do not fit config.toml's model."""
     state = {key: {} for key in trainer.RESUME_KEYS}
     state |= {"format": 1, "model": {"w": torch.ones(2)}, "preset": "x", "metrics_offset": 0}
+    state |= {"epoch": 1, "step_in_epoch": 0, "counters": {"epochs_run": 0, "best_epoch": 0}}
+    state["config"] = to_data(runs.read_config(run_folder))
     for which in ("last", "best"):
         torch.save(state, runs.checkpoint_path(run_folder, which))
     args = ["--headless", "--debug"] if command == "resume" else ["--checkpoint", "last"]

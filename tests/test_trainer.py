@@ -50,6 +50,7 @@ def test_run_folder_holds_config_metrics_summary_and_checkpoints(finished_run) -
         "checkpoints",
         "config.toml",
         "metrics.jsonl",
+        "run.lock",  # held while the run trained (run_lock.py); it stays, unlocked
         "summary.json",
     ]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -25,6 +26,7 @@ from textual_plotext import PlotextPlot
 from kan_engine import activations, runs
 from kan_engine.errors import KanError
 from kan_engine.kan import KANLinear
+from kan_tui.formatting import plain, printable
 
 POLL_S = 2.0
 TOP_EDGES = 50
@@ -146,9 +148,17 @@ class ActivationsScreen(Screen[None]):
             epoch=epoch,
             name=name,
             ranked=activations.rank_edges(importance, TOP_EDGES),
-            outside=activations.outside_share(self.run_dir, name, epoch),
+            outside=self._outside(name, epoch),
             stamp=stamp,
         )
+
+    def _outside(self, name: str, epoch: int) -> tuple[float, int] | None:
+        """The recorded outside-grid share; a damaged metrics.jsonl only loses this number
+        (the info line then says it was not recorded), not the whole view."""
+        try:
+            return activations.outside_share(self.run_dir, name, epoch)
+        except KanError:
+            return None
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "act-load":
@@ -156,7 +166,7 @@ class ActivationsScreen(Screen[None]):
         if event.state == WorkerState.ERROR:
             error = event.worker.error
             reason = str(error) if isinstance(error, KanError) else repr(error)
-            self.query_one("#act-info", Static).update(f"cannot show activations: {reason}")
+            self.query_one("#act-info", Static).update(plain(f"cannot show activations: {reason}"))
         elif event.state == WorkerState.SUCCESS and isinstance(event.worker.result, LayerView):
             self.apply(event.worker.result)
 
@@ -170,11 +180,13 @@ class ActivationsScreen(Screen[None]):
             if view.outside
             else "outside-grid share not recorded"
         )
-        self.query_one("#act-info", Static).update(
+        info = (
             f"{self.run_dir.name} · {self.checkpoint} checkpoint, epoch {view.epoch} · layer "
             f"{view.name} ({self.layer_index % len(view.layers) + 1}/{len(view.layers)}): "
-            f"{layer.in_features} -> {layer.out_features} · {outside}\n"
-            f"ranked by mean |phi| over {activations.UNIFORM}"
+            f"{layer.in_features} -> {layer.out_features} · {outside}"
+        )  # the folder's name is anyone's text: escaped, and a Text (no markup)
+        self.query_one("#act-info", Static).update(
+            Text.assemble(printable(info), f"\nranked by mean |phi| over {activations.UNIFORM}")
         )
         table = self.query_one(DataTable)
         table.clear()
@@ -212,7 +224,8 @@ class ActivationsScreen(Screen[None]):
                 return
         layer = self.view.layers[self.view.name] if self.view else None
         limits = f" (inputs < {layer.in_features}, outputs < {layer.out_features})" if layer else ""
-        self.notify(f"not an edge: {event.value!r}{limits}", severity="warning")
+        typed = printable(repr(event.value))
+        self.notify(f"not an edge: {typed}{limits}", severity="warning", markup=False)
 
     def action_layer(self, step: int) -> None:
         self.layer_index += step

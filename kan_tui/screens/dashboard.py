@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState
 
 from kan_engine.config import RunConfig
 from kan_engine.events import Event
+from kan_tui.formatting import printable
 from kan_tui.screens.dialogs import ConfirmDialog
 from kan_tui.screens.run_model import RunState, TrainingRun, memory_in_use
 from kan_tui.widgets.charts import SeriesChart
@@ -160,7 +161,8 @@ class DashboardScreen(Screen[None]):
         panel.display = bool(state.error)
         if state.error:
             detail = "\n".join(state.error_detail.strip().splitlines()[-4:])
-            message = Text.assemble(("run failed: ", "bold"), state.error, "\n", (detail, "dim"))
+            error, detail = printable(state.error), printable(detail, keep_newlines=True)
+            message = Text.assemble(("run failed: ", "bold"), error, "\n", (detail, "dim"))
             panel.update(message)
         due = not throttle or state.done or now - self._charts_at >= CHART_S
         if state.curves_version != self._charts_version and due:
@@ -181,7 +183,7 @@ class DashboardScreen(Screen[None]):
             parts.append("n: new run")
         return Text.assemble(
             (f" {state.status} ", STATUS_STYLE.get(state.status, "bold reverse")),
-            " " + " · ".join(p for p in parts if p),
+            " " + printable(" · ".join(p for p in parts if p)),  # a preset name may be a path
         )
 
     # --- keys ---------------------------------------------------------------------------------

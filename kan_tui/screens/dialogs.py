@@ -10,6 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from kan_tui.formatting import plain
+
 
 class ConfirmDialog(ModalScreen[bool]):
     """`y` confirms, `n` or escape declines; the buttons do the same for mouse users."""
@@ -62,7 +64,7 @@ class NameDialog(ModalScreen[str | None]):
         if reason is None:
             self.dismiss(name)
         else:
-            self.query_one("#name-error", Static).update(reason)
+            self.query_one("#name-error", Static).update(plain(reason))  # quotes the name
 
     def action_cancel(self) -> None:
         self.dismiss(None)

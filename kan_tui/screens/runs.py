@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from kan_engine import history
 from kan_engine.errors import KanError
-from kan_tui.formatting import RUN_COLUMNS, run_cells
+from kan_tui.formatting import RUN_COLUMNS, plain, printable, run_cells
 from kan_tui.widgets.charts import SeriesChart
 
 CHART_KINDS = ("acc", "loss")
@@ -73,7 +73,7 @@ class RunsScreen(Screen[None]):
             if self.rows
             else f"no runs in {self.out_dir}"
         )
-        self.query_one("#runs-hint", Static).update(count + broken)
+        self.query_one("#runs-hint", Static).update(plain(count + broken))  # holds a path
         self.redraw()
 
     @property
@@ -94,7 +94,11 @@ class RunsScreen(Screen[None]):
         shown = self.marked or ([self.current.path] if self.current else [])
         series = {}
         for number, path in enumerate(shown, 1):
-            curves = history.curves(path)
+            try:
+                curves = history.curves(path)
+            except KanError as exc:  # a damaged metrics.jsonl: said once, the rest still drawn
+                self.notify(printable(exc), severity="error", markup=False)
+                continue
             prefix = f"{number}:" if len(shown) > 1 else ""
             series[f"{prefix}train"] = curves[f"train_{self.kind}"]
             series[f"{prefix}val"] = curves[f"val_{self.kind}"]
@@ -125,9 +129,9 @@ class RunsScreen(Screen[None]):
         try:
             path = history.export_csv(row.path)
         except KanError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(printable(exc), severity="error", markup=False)
             return
-        self.notify(f"wrote {path}")
+        self.notify(f"wrote {printable(path)}", markup=False)
 
     def action_activations(self) -> None:
         row = self.current

@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 from kan_engine import presets_io
 from kan_engine.config import RunConfig
 from kan_engine.errors import KanError, PresetError
+from kan_tui.formatting import plain, printable
 from kan_tui.messages import FormChanged, StartRun
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
 from kan_tui.widgets.charts import SeriesChart
@@ -95,7 +96,8 @@ class SetupScreen(Screen[None]):
         try:
             config, _ = presets_io.resolve(name)
         except KanError as exc:
-            panel.update(Text.assemble((f"cannot load preset {name!r}: ", "bold"), str(exc)))
+            reason = printable(exc)  # quotes the file's path and values
+            panel.update(Text.assemble((f"cannot load preset {name!r}: ", "bold"), reason))
             panel.display = True
             return None
         panel.display = False
@@ -112,15 +114,16 @@ class SetupScreen(Screen[None]):
         self._preview_timer = self.set_timer(PREVIEW_DEBOUNCE_S, self.redraw_preview)
         self.refresh_bindings()
 
-    def _status_text(self) -> str:
+    def _status_text(self) -> Text:
+        """A Text, not markup: the reason quotes what the user typed."""
         if self.errors:
             key, reason = next(iter(self.errors.items()))
             label = next((f.label for f in FIELDS if f.key == key), key or "form")
             more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-            return f"[b red]cannot start[/]: {label}: {reason}{more}"
+            return Text.assemble(("cannot start", "b red"), printable(f": {label}: {reason}{more}"))
         changed = len(self.query(".field.-changed"))
         edits = f", {changed} field{'s' * (changed != 1)} changed" if changed else ""
-        return f"[b green]ready[/]: preset {self.preset_name}{edits}"
+        return Text.assemble(("ready", "b green"), printable(f": preset {self.preset_name}{edits}"))
 
     def redraw_preview(self) -> None:
         """The LR of each group over the whole run, epochs on x, and the memory estimate
@@ -197,9 +200,10 @@ class SetupScreen(Screen[None]):
             reason = str(worker.error) if isinstance(worker.error, KanError) else repr(worker.error)
             if group == "memory":
                 short = reason.split(";")[0].split("\n")[0][:80]
-                self.query_one("#memory-line", Static).update(f"memory: {short}")
+                self.query_one("#memory-line", Static).update(plain(f"memory: {short}"))
             else:
-                self.notify(f"LR range test failed: {reason}", severity="error")
+                failed = printable(f"LR range test failed: {reason}")
+                self.notify(failed, severity="error", markup=False)
         elif group == "memory":
             from kan_engine.memory import format_bytes
 
@@ -282,7 +286,8 @@ class SetupScreen(Screen[None]):
         assert self.config is not None
         self.query_one(ConfigForm).load(self.config)
         self.query_one(PresetList).reload(highlight=name)
-        self.notify(f"saved user preset {name!r} in {presets_io.user_dir()}")
+        where = printable(presets_io.user_dir())
+        self.notify(f"saved user preset {name!r} in {where}", markup=False)
 
     def action_delete_preset(self) -> None:
         presets = self.query_one(PresetList)
@@ -301,10 +306,10 @@ class SetupScreen(Screen[None]):
         try:
             path = presets_io.delete(name)
         except PresetError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(printable(exc), severity="error", markup=False)
             return
         self.query_one(PresetList).reload(highlight=self.preset_name)
-        self.notify(f"deleted {path}")
+        self.notify(f"deleted {printable(path)}", markup=False)
 
     # --- start --------------------------------------------------------------------------------
 

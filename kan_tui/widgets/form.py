@@ -19,6 +19,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from kan_engine.config import RunConfig, apply_overrides, check_names, parse_value, to_data
 from kan_engine.errors import ConfigError
+from kan_tui.formatting import plain
 from kan_tui.messages import FormChanged
 
 SOURCE = "form"
@@ -157,7 +158,8 @@ class ConfigField(Horizontal):
         self.set_class(changed, "-changed")
         self.set_class(reason is not None, "-invalid")
         self.query_one(".field-mark", Static).update("*" if changed else " ")
-        self.query_one(".field-reason", Static).update(reason or "")
+        # a reason quotes what was typed: as markup, `[/]` in the LR field crashed the app
+        self.query_one(".field-reason", Static).update(plain(reason) if reason else "")
 
 
 def field_id(key: str) -> str:

@@ -1,0 +1,560 @@
+"""The user's own data: a CSV table (`--dataset csv`) or a folder of images (`--dataset images`).
+
+Why so many checks: this is the data most likely to be wrong (an Excel export, a folder of Git LFS
+pointers, a regression target), and a mistake found here costs nothing, while one found by
+training is a failed run folder with a library's traceback. Everything is read and checked before
+a run folder is made; what is wrong raises `DataError` naming the file, the line and column (CSV)
+or the image, and a fix.
+
+Refused, never guessed: anything in a CSV (a missing or non-numeric value, a ragged row, a
+continuous target) since dropping rows silently would change the data. Skipped with a warning:
+an unreadable image among many (a download cut short), as long as it is at most one in
+`SKIP_SHARE` of the images; more than that is refused (the folder is probably not what you think).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import os
+import shlex
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from kan_engine.datasets import (
+    CARVED_MINIMUM,
+    OFFICIAL_MINIMUM,
+    Raw,
+    clip,
+    require_path,
+    show,
+    small_class,
+    split_test,
+    unreadable,
+)
+from kan_engine.errors import ConfigError, DataError
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})  # compared lower-cased
+REGRESSION_DISTINCT = 20  # more distinct non-whole numbers than this in the label: a regression
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SNIFF = 8192  # bytes looked at to tell a text file from a binary one
+_BINARY = {
+    b"PK\x03\x04": ("is a zip file (an Excel .xlsx workbook?)", "export it as CSV (CSV UTF-8)"),
+    b"\x1f\x8b": ("is gzip-compressed", "gunzip it first"),
+    b"\xff\xfe": ("is UTF-16 text", "save it as UTF-8 (CSV UTF-8)"),
+    b"\xfe\xff": ("is UTF-16 text", "save it as UTF-8 (CSV UTF-8)"),
+}
+
+
+@dataclass
+class _Table:
+    """A CSV read and checked cell by cell."""
+
+    header: list[str]
+    label_at: int
+    x: np.ndarray  # (N, F) float32
+    labels: list[str]
+
+
+def load_csv(data_dir: str | None, target: str | None) -> Raw:
+    """A table with a header row: numeric features, the label in `target` (default: last column)."""
+    path = _csv_path(data_dir)
+    source = show(path)
+    try:
+        with path.open("rb") as handle:
+            _sniff(source, handle.read(_SNIFF))
+            handle.seek(0)
+            table = _parse(source, _rows(source, csv.reader(_lines(source, handle))), target)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    column = table.header[table.label_at]
+    names, y = _classes(source, column, table.labels)
+    _check_csv_classes(source, column, names, y)
+    return split_test(table.x, y, names, str(path))
+
+
+def _check_csv_classes(source: str, column: str, names: list[str], y: np.ndarray) -> None:
+    """Two classes or more, each with CARVED_MINIMUM rows (see `datasets.small_class`)."""
+    if len(names) < 2:
+        rows = "its one row" if len(y) == 1 else f"all {len(y)} rows"
+        reason = f"the label column {column!r} holds one value ({names[0]!r}) in {rows}"
+        fix = (
+            "a classifier needs two classes or more: check --target (the default is the last "
+            "column), or add rows of another class"
+        )
+        raise DataError(source, reason, fix=fix)
+    small = small_class(y, len(names), CARVED_MINIMUM)
+    if small is None:
+        return
+    k, count, many = small
+    others = _also_small(many, len(names), CARVED_MINIMUM)
+    reason = f"class {names[k]!r} of the label column {column!r} has {count} row(s){others}"
+    fix = (
+        f"every class needs {CARVED_MINIMUM} rows or more (one each for training, validation "
+        "and test): add rows of it, or delete them" + _many_classes_hint(names, len(y), column)
+    )
+    raise DataError(source, reason, fix=fix)
+
+
+def _csv_path(data_dir: str | None) -> Path:
+    """The CSV file itself: not a folder, not a device or FIFO (reading those never ends)."""
+    path = require_path(data_dir, "csv")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.csv"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        fix = f": pass the file itself, e.g. --data-dir {show(path / inside[0])}" if inside else ""
+        reason = f"the csv data set needs a file, {show(path)} is a folder{hint}{fix}"
+        raise ConfigError("", "data.data_dir", reason)
+    if not path.is_file():
+        raise DataError(
+            show(path), "is not a regular file (a device, FIFO or socket)", fix="pass a CSV file"
+        )
+    return path
+
+
+def _sniff(source: str, head: bytes) -> None:
+    """Refuse what is plainly not a CSV text file before parsing it line by line."""
+    if not head:
+        raise DataError(source, "is empty", fix="a CSV needs a header line and data lines")
+    for magic, (reason, fix) in _BINARY.items():
+        if head.startswith(magic):
+            raise DataError(source, reason, fix=fix)
+    if b"\x00" in head:
+        raise DataError(source, "is not a text file (it holds NUL bytes)", fix="pass a CSV file")
+
+
+def _lines(source: str, handle: BinaryIO) -> Iterator[str]:
+    """The file's lines as text, decoded one by one so that bad UTF-8 is named by its line (no
+    UTF-8 byte of a multi-byte character is a newline). A leading BOM (Excel's) is dropped."""
+    for number, raw in enumerate(handle, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at character {exc.start + 1})"
+            fix = "save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8 IN.csv > OUT.csv)"
+            raise DataError(source, reason, where=f"line {number}", fix=fix) from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _rows(source: str, reader: Iterable[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the rows that are not blank; csv's own errors named by line."""
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = getattr(reader, "line_num", 0)
+            fix = "check the quotes on that line"
+            reason = f"is not valid CSV ({exc})"
+            raise DataError(source, reason, where=f"line {line}", fix=fix) from None
+        if any(field.strip() for field in row):
+            yield getattr(reader, "line_num", 0), row
+
+
+def _parse(source: str, rows: Iterator[tuple[int, list[str]]], target: str | None) -> _Table:
+    first = next(rows, None)
+    if first is None:
+        raise DataError(source, "holds only blank lines", fix="a CSV needs a header and data lines")
+    header_line, fields = first
+    header = [name.strip() for name in fields]
+    _check_header(source, header, header_line)
+    label_at = _label_column(source, header, target)
+    features = [i for i in range(len(header)) if i != label_at]
+    values: array[float] = array("f")
+    labels: list[str] = []
+    lines: list[int] = []
+    for line, row in rows:
+        if len(row) != len(header):
+            reason = f"has {len(row)} fields, the header has {len(header)}"
+            fix = "every line needs one value per header column (quote values holding commas)"
+            raise DataError(source, reason, where=f"line {line}", fix=fix)
+        values.extend(_numbers(source, row, features, header, line))
+        labels.append(_label(source, row[label_at], header[label_at], line))
+        lines.append(line)
+    if not labels:
+        raise DataError(source, "has a header but no data lines", fix="add rows below the header")
+    x = np.frombuffer(values, np.float32).reshape(len(labels), len(features))
+    _check_finite(source, x, header, features, lines)
+    return _Table(header, label_at, x, labels)
+
+
+def _check_header(source: str, header: list[str], line: int) -> None:
+    """Distinct, non-empty names, at least a feature and a label, and not a data line."""
+    where = f"line {line} (the header)"
+    if len(header) < 2:
+        other = next((sep for sep in (";", "\t", "|") if sep in header[0]), None)
+        reason = f"has one column ({clip(header[0])})"
+        fix = "a CSV needs feature columns and a label column, separated by commas"
+        if other is not None:
+            fix = f"save it comma-separated (this one seems to use {other!r})"
+        raise DataError(source, reason, where=where, fix=fix)
+    if all(_finite_number(name) is not None for name in header):
+        reason = "holds only numbers, so it looks like data"
+        raise DataError(source, reason, where=where, fix="add a first line naming the columns")
+    for k, name in enumerate(header):
+        if not name:
+            reason = f"column {k + 1} has no name"
+            raise DataError(source, reason, where=where, fix="name it, or delete the column")
+        if name in header[:k]:
+            reason = f"columns {header.index(name) + 1} and {k + 1} are both named {name!r}"
+            raise DataError(source, reason, where=where, fix="give every column its own name")
+
+
+def _label_column(source: str, header: list[str], target: str | None) -> int:
+    column = target.strip() if target is not None else header[-1]
+    if column not in header:
+        same_case = [name for name in header if name.lower() == column.lower()]
+        close = same_case or difflib.get_close_matches(column, header, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(header)
+        raise ConfigError(source, "data.target", f"no column {column!r} (columns: {known}){hint}")
+    return header.index(column)
+
+
+def _numbers(
+    source: str, row: list[str], features: list[int], header: list[str], line: int
+) -> list[float]:
+    """The row's features; the first that is not a number is named by line and column."""
+    try:
+        return [float(row[i]) for i in features]
+    except ValueError:
+        pass
+    for i in features:
+        try:
+            float(row[i])
+        except ValueError:
+            where = f"line {line}, column {header[i]!r}"
+            if row[i].strip().lower() in MISSING:
+                reason, fix = f"missing value ({clip(row[i])})", "fill it in or delete the line"
+            else:
+                reason = f"not a number ({clip(row[i])})"
+                fix = (
+                    "features must be numbers: encode the column as numbers, delete it, or "
+                    f"make it the label with --target {shlex.quote(header[i])}"
+                )
+            raise DataError(source, reason, where=where, fix=fix) from None
+    raise AssertionError("unreachable: float() failed on a row of numbers")
+
+
+def _label(source: str, text: str, column: str, line: int) -> str:
+    label = text.strip()
+    if label.lower() in MISSING:
+        where = f"line {line}, column {column!r}"
+        reason = f"the label is missing ({clip(text)})"
+        raise DataError(source, reason, where=where, fix="fill it in or delete the line")
+    return label
+
+
+def _check_finite(
+    source: str, x: np.ndarray, header: list[str], features: list[int], lines: list[int]
+) -> None:
+    """NaN (a missing value written as NaN) or infinity, or a number beyond float32's range (it
+    became infinity), named by its line and column."""
+    bad = np.argwhere(~np.isfinite(x))
+    if not bad.size:
+        return
+    row, col = (int(v) for v in bad[0])
+    where = f"line {lines[row]}, column {header[features[col]]!r}"
+    if np.isnan(x[row, col]):
+        reason, fix = "missing value (NaN)", "fill it in or delete the line"
+    else:
+        reason = "infinite, or too large for 32-bit floats"
+        fix = "replace it with a finite number or delete the line"
+    raise DataError(source, reason, where=where, fix=fix)
+
+
+def _finite_number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    """Class names and per-row class indices. Numeric labels are classes by value ("1" and "1.0"
+    are one class, sorted as numbers); many distinct non-whole numbers are a regression target,
+    which is refused until kan-tui does regression."""
+    numbers = [_finite_number(label) for label in labels]
+    if any(n is None for n in numbers):
+        names = sorted(set(labels))
+        index = {name: k for k, name in enumerate(names)}
+        return names, np.asarray([index[label] for label in labels], np.int64)
+    values = np.asarray(numbers, np.float64)
+    distinct = np.unique(values)
+    if (distinct != np.round(distinct)).any() and len(distinct) > REGRESSION_DISTINCT:
+        examples = ", ".join(f"{v:g}" for v in distinct[:: max(1, len(distinct) // 3)][:3])
+        reason = (
+            f"the label column {column!r} holds {len(distinct)} distinct numbers (e.g. {examples}):"
+            " a continuous (regression) target"
+        )
+        fix = (
+            "kan-tui trains classifiers only for now: pick a column of class labels with "
+            "--target, or bin the values into a few classes"
+        )
+        raise DataError(source, reason, fix=fix)
+    names = [f"{v:g}" if v != round(v) else str(int(v)) for v in distinct]
+    return names, np.searchsorted(distinct, values).astype(np.int64)
+
+
+def _also_small(many: int, total: int, minimum: int) -> str:
+    return f" ({many} of {total} classes have fewer than {minimum})" if many > 1 else ""
+
+
+def _many_classes_hint(names: list[str], rows: int, column: str) -> str:
+    """A label column where most classes are tiny is likely not a label column at all."""
+    if len(names) <= max(10, rows // CARVED_MINIMUM):
+        return ""
+    return f" (is {column!r} a label column? it has {len(names)} distinct values in {rows} rows)"
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+)  # torchvision's ImageFolder list, matched case-insensitively
+SKIP_SHARE = 0.1  # unreadable images are skipped if at most this share of them (or just one)
+_GREY = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "F"})
+_DEEP = frozenset({"I", "I;16", "I;16B", "I;16L"})  # 16-bit grey: scaled, not clipped to 255
+_FOLDER_FIX = (
+    "put each class's images in a folder named after the class (DIR/cat/1.png, DIR/dog/2.png)"
+)
+
+
+@dataclass
+class _Listing:
+    """The image files of one class-folder tree (the whole folder, or train/ or test/)."""
+
+    folder: Path
+    classes: list[str]
+    files: list[Path]
+    labels: list[int]
+
+
+def load_images(data_dir: str | None) -> Raw:
+    """A folder per class (or `train/` and `test/` folders of those). Grey if every image is grey,
+    else RGB; kept at their size when all match, else resized to 32x32."""
+    root = require_path(data_dir, "images")
+    if not root.is_dir():
+        hint = " (for a table, use --dataset csv)" if root.suffix.lower() == ".csv" else ""
+        raise DataError(show(root), f"is a file, not a folder{hint}", fix=_FOLDER_FIX)
+    has_test = (root / "train").is_dir() and (root / "test").is_dir()
+    listings = [_list_images(root / "train" if has_test else root)]
+    if has_test:
+        listings.append(_list_images(root / "test", listings[0].classes))
+    files = [path for listing in listings for path in listing.files]
+    pixels, bad = _read_pixels(files)
+    _check_skipped(root, bad, len(files))
+    arrays = [_stack(listing, pixels) for listing in listings]
+    x_train, y_train = arrays[0]
+    names = [show(name) for name in listings[0].classes]
+    _check_image_classes(listings[0].folder, names, y_train, has_test, len(bad))
+    warnings = [_skipped_warning(root, bad, len(files))] if bad else []
+    if not has_test:
+        raw = split_test(x_train, y_train, names, str(root))
+        raw.warnings = warnings
+        return raw
+    x_test, y_test = arrays[1]
+    return Raw(x_train, y_train, x_test, y_test, names, str(root), warnings)
+
+
+def _read_pixels(files: list[Path]) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:
+    """Pixels of every readable image, and (path, reason) of the others. Grey if every image is,
+    else RGB; one common size, else 32x32 (chosen from the headers, before any pixel is held)."""
+    headers, bad = _probe(files)
+    grey = all(mode in _GREY for _, mode in headers.values())
+    sizes = {size for size, _ in headers.values()}
+    size = next(iter(sizes)) if len(sizes) == 1 else (32, 32)
+    return _decode(headers, grey, size, bad), bad
+
+
+def _check_image_classes(
+    folder: Path, names: list[str], y: np.ndarray, has_test: bool, skipped: int
+) -> None:
+    """Each class folder keeps enough readable images for every split (`small_class`)."""
+    minimum = OFFICIAL_MINIMUM if has_test else CARVED_MINIMUM
+    small = small_class(y, len(names), minimum)
+    if small is None:
+        return
+    k, count, many = small
+    after = f" after skipping {skipped} unreadable" if skipped else ""
+    others = _also_small(many, len(names), minimum)
+    reason = f"class folder {names[k]!r} has {count} readable image(s){after}{others}"
+    splits = "training and validation" if has_test else "training, validation and test"
+    fix = f"every class needs {minimum} images or more (one each for {splits}): add images to it"
+    raise DataError(show(folder), reason, fix=fix)
+
+
+def _list_images(folder: Path, classes: list[str] | None = None) -> _Listing:
+    """The class folders of `folder` (hidden ones, such as .ipynb_checkpoints, left out) and
+    their image files; `classes` (the train folder's) must match, so test labels mean the same."""
+    found = _class_folders(folder)
+    names = [name for name, _ in found]
+    if not found:
+        loose = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in _entries(folder))
+        reason = f"holds {loose} images but no class folders" if loose else "holds no class folders"
+        raise DataError(show(folder), reason, fix=_FOLDER_FIX)
+    if classes is not None and names != classes:
+        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+        what = "; ".join(
+            f"{label} {', '.join(show(n) for n in group)}"
+            for label, group in (("no folder for", missing), ("extra", extra))
+            if group
+        )
+        reason = f"its class folders differ from train/'s ({what})"
+        raise DataError(show(folder), reason, fix="test/ needs the class folders of train/")
+    if len(found) == 1:
+        beside = " (a train/ folder needs a test/ folder beside it)" if names[0] == "train" else ""
+        reason = f"holds one class folder ({show(names[0])!r}){beside}"
+        fix = "a classifier needs two classes or more: add a folder of images per class"
+        raise DataError(show(folder), reason, fix=fix)
+    files: list[Path] = []
+    labels: list[int] = []
+    for k, (_, path) in enumerate(found):
+        images = _image_files(path)
+        if not images:
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            fix = f"add images ({kinds}) or delete the folder"
+            raise DataError(show(path), "holds no images", fix=fix)
+        files += images
+        labels += [k] * len(images)
+    return _Listing(folder, names, files, labels)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries that are not hidden, by name; an unreadable folder is named."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise unreadable(folder, exc) from None
+    return [folder / name for name in names if not name.startswith(".")]
+
+
+def _class_folders(folder: Path) -> list[tuple[str, Path]]:
+    return [(path.name, path) for path in _entries(folder) if path.is_dir()]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, in sub-folders too (as torchvision's ImageFolder), following
+    links but never the same folder twice (a link loop would never end)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        stat = current.stat()
+        if (stat.st_dev, stat.st_ino) in seen:
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        for path in _entries(current):
+            if path.is_dir():
+                pending.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(path)
+    return sorted(found)
+
+
+def _why(exc: BaseException) -> str:
+    """Why an image cannot be read, short (decoders raise anything from OSError to SyntaxError)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # its text repeats the path
+        return "not an image, or of a format Pillow cannot read"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _probe(files: list[Path]) -> tuple[dict[Path, tuple[tuple[int, int], str]], list[tuple]]:
+    """Each image's (size, mode) from its header, nothing decoded yet, so the common size is
+    known before any pixels are held; and the (path, reason) of those that cannot be opened."""
+    from PIL import Image
+
+    headers: dict[Path, tuple[tuple[int, int], str]] = {}
+    bad: list[tuple[Path, str]] = []
+    for path in files:
+        if not path.is_file():  # a FIFO would block, a device never end
+            bad.append((path, "not a regular file"))
+            continue
+        try:
+            with Image.open(path) as img:
+                headers[path] = (img.size, img.mode)
+        except Exception as exc:  # noqa: BLE001 - any decoder error makes it unreadable
+            bad.append((path, _why(exc)))
+    return headers, bad
+
+
+def _decode(
+    headers: dict[Path, tuple[tuple[int, int], str]],
+    grey: bool,
+    size: tuple[int, int],
+    bad: list[tuple[Path, str]],
+) -> dict[Path, np.ndarray]:
+    """(C, H, W) uint8 pixels of each image, converted and resized to `size` (W, H); an image
+    that fails now (a truncated file is only found when decoded) joins `bad`."""
+    pixels: dict[Path, np.ndarray] = {}
+    for path in headers:
+        try:
+            pixels[path] = _pixels(path, grey, size)
+        except Exception as exc:  # noqa: BLE001 - any decoder error makes it unreadable
+            bad.append((path, _why(exc)))
+    return pixels
+
+
+def _pixels(path: Path, grey: bool, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in _DEEP:  # Pillow clips 16-bit grey to 255: keep the top 8 bits instead
+            deep = np.clip(np.asarray(img, np.int64), 0, 65535) >> 8
+            img = Image.fromarray(deep.astype(np.uint8), "L")
+        img = img.convert("L" if grey else "RGB")
+        if img.size != size:
+            img = img.resize(size)
+        arr = np.asarray(img, np.uint8)
+    return arr[None] if grey else arr.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+
+
+def _check_skipped(root: Path, bad: list[tuple[Path, str]], total: int) -> None:
+    """A few unreadable images are skipped; many mean the folder is not what it seems."""
+    if len(bad) <= 1 or len(bad) <= SKIP_SHARE * total:
+        return
+    path, why = bad[0]
+    reason = f"cannot be read ({why}); {len(bad)} of the {total} images under {show(root)} cannot"
+    fix = (
+        f"replace or delete them (up to 1 in {round(1 / SKIP_SHARE)} is skipped with a warning); "
+        "are they really images (Git LFS pointers, downloads cut short)?"
+    )
+    raise DataError(show(path), reason, fix=fix)
+
+
+def _skipped_warning(root: Path, bad: list[tuple[Path, str]], total: int) -> str:
+    named = ", ".join(f"{show(path)} ({why})" for path, why in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    them = "it" if len(bad) == 1 else "them"
+    return (
+        f"{show(root)}: skipped {len(bad)} unreadable image(s) of {total}: {named}{more}; "
+        f"delete or replace {them}"
+    )
+
+
+def _stack(listing: _Listing, pixels: dict[Path, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) uint8 and labels of the listing's readable images."""
+    kept = [k for k, path in enumerate(listing.files) if path in pixels]
+    if not kept:
+        reason = "holds no readable image"
+        raise DataError(show(listing.folder), reason, fix="replace or delete the unreadable ones")
+    x = np.stack([pixels[listing.files[k]] for k in kept])
+    return x, np.asarray([listing.labels[k] for k in kept], np.int64)
