@@ -202,5 +202,9 @@ def delete(name: str) -> Path:
     # a FIFO or a symlink that `list` shows as unreadable can be deleted too; a folder cannot
     if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink()):
         raise PresetError(f"no user preset {name!r} in {user_dir()}")
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:  # a read-only folder, no permission
+        reason = exc.strerror or str(exc)
+        raise PresetError(f"{path}: cannot delete: {reason}; nothing was changed") from None
     return path

@@ -93,3 +93,26 @@ def test_runs_export_to_a_special_file_is_refused(tmp_path: Path, special_files)
         mode = os.lstat(path).st_mode
         one_error(cli("runs", "export", str(run_dir), "--csv", str(path)), 2, str(path))
         assert os.lstat(path).st_mode == mode
+
+
+def test_presets_delete_and_save_in_a_read_only_folder(isolated: Path) -> None:
+    presets = isolated / "config" / "presets"
+    assert cli("presets", "save", "mine", "--from", "lite").exit_code == 0
+    if os.geteuid() == 0:
+        bound = subprocess.run(["mount", "--bind", str(presets), str(presets)], check=False)
+        ro = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(presets)], capture_output=True, check=False
+        )
+        if bound.returncode or ro.returncode:
+            subprocess.run(["umount", str(presets)], check=False)
+            pytest.skip("root, and no read-only bind mount can be made here")
+    else:
+        presets.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        one_error(cli("presets", "delete", "mine"), 2, "mine.toml", "cannot delete")
+        one_error(cli("presets", "save", "other", "--from", "lite"), 2, "other.toml")
+        assert (presets / "mine.toml").is_file() and not (presets / "other.toml").exists()
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(presets)], check=False)
+        presets.chmod(stat.S_IRWXU)
