@@ -189,6 +189,7 @@ def run(
     if auto_batch:
         named["batch_size"] = None
     config = options.resolve(preset_config, source, sets, named)
+    config, preset_name = _label_by_model(config, preset_config, preset_name)
     if auto_batch:
         config = _auto_batch_size(config)
     if print_config:
@@ -720,6 +721,19 @@ def _data_key(config: RunConfig) -> tuple[Any, ...]:
     """What decides which data `data.read` reads (augmentation does not)."""
     section = config.data
     return (section.dataset, section.data_dir, section.target, section.val_fraction)
+
+
+def _label_by_model(
+    config: RunConfig, preset_config: RunConfig, preset_name: str
+) -> tuple[RunConfig, str]:
+    """A run whose model is not its preset's is labelled by both (`lite-rapid_kan_power`), in
+    its folder name and `runs list`, and its description says so: the preset's own description
+    would name the wrong model."""
+    model = config.model.name
+    if model == preset_config.model.name:
+        return config, preset_name
+    described = config.model_copy(update={"description": f"{preset_name} preset, model {model}"})
+    return described, f"{preset_name}-{model}"
 
 
 def _check_out(out: Path) -> None:

@@ -224,7 +224,9 @@ def test_headless_run_on_digits(isolated: Path) -> None:
     result = cli("run", "--headless", *TINY, "--out", "out")
     assert result.exit_code == 0, result.output
     (run_dir,) = (isolated / "out").iterdir()
-    assert run_dir.name.endswith("-lite")
+    assert run_dir.name.endswith("-lite-kan")  # labelled by what it is: lite's recipe, kan
+    config = (run_dir / "config.toml").read_text()
+    assert 'description = "lite preset, model kan"' in config
     for name in ("config.toml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())

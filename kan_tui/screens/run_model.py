@@ -279,10 +279,17 @@ class TrainingRun:
     def work(self) -> dict[str, Any]:
         """Build and run the trainer (worker thread). Exceptions propagate to the worker."""
         try:
+            from kan_engine import data
             from kan_engine.trainer import Trainer
 
+            # bad data is bad input: refused (KanError) before a run folder is made
+            raw = data.read(self.config.data)
             trainer = Trainer(
-                self.config, sink=self.sink, out_dir=self.out_dir, preset_name=self.preset_name
+                self.config,
+                sink=self.sink,
+                out_dir=self.out_dir,
+                preset_name=self.preset_name,
+                raw=raw,
             )
             self.trainer = trainer
             if self._stop_requested:
