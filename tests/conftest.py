@@ -109,3 +109,15 @@ def _restore_signal_handlers() -> Iterator[None]:
     for name, handler in saved.items():
         if handler is not None:
             signal.signal(getattr(signal, name), handler)
+
+
+def error_line(result: Any, code: int, *fragments: str) -> str:
+    """A CLI result (typer's CliRunner) that exits `code` with exactly one `error:` line on stderr
+    holding every fragment, and no traceback; returns that line."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

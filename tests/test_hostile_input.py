@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import error_line
 from rich.console import Console
 from test_app import SIZE, fix_memory_estimate, type_into, unwrapped, visible_text, wait_until
 from textual.widgets import Static
@@ -64,18 +65,6 @@ def _isolated(isolated: Path) -> Path:
 
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
-
-
-def error_line(result: Result, *fragments: str) -> str:
-    """Exit 2, exactly one `error:` line on stderr holding every fragment, nothing raw."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert not any(char in result.stderr for char in RAW), repr(result.stderr)
-    return lines[0]
 
 
 def user_presets() -> Path:
@@ -126,7 +115,7 @@ def test_a_fifo_preset_is_refused_at_once(isolated: Path) -> None:
         with unblocked_after(fifo) as rescued:
             result = cli(*args, str(fifo))
         assert not rescued.is_set(), "the CLI blocked on the FIFO"
-        error_line(result, f"{fifo}: is a named pipe (FIFO), not a regular file")
+        error_line(result, 2, f"{fifo}: is a named pipe (FIFO), not a regular file")
     assert not (presets_io.user_dir() / "m.toml").exists()  # nothing half-made
 
 
@@ -148,7 +137,7 @@ def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_not_waited_on(
     with unblocked_after(fifo) as rescued:
         result = cli("presets", "show", str(fifo))
     assert not rescued.is_set(), "the CLI blocked on the FIFO"
-    error_line(result, "swapped.toml: is a named pipe (FIFO), not a regular file")
+    error_line(result, 2, "swapped.toml: is a named pipe (FIFO), not a regular file")
 
 
 def test_a_fifo_among_the_user_presets_is_listed_refused_and_deletable() -> None:
@@ -162,7 +151,7 @@ def test_a_fifo_among_the_user_presets_is_listed_refused_and_deletable() -> None
     assert ["pipe", "user", "(unreadable)"] in [
         line.split() for line in listing.stdout.splitlines()
     ]
-    error_line(by_name, "pipe.toml: is a named pipe (FIFO)")  # not "unknown preset"
+    error_line(by_name, 2, "pipe.toml: is a named pipe (FIFO)")  # not "unknown preset"
     assert cli("presets", "delete", "pipe").exit_code == 0
     assert not os.path.lexists(fifo)
 
@@ -184,17 +173,17 @@ def test_files_that_are_not_regular_files_are_refused_by_kind(
 ) -> None:
     path = isolated / "odd.toml"
     make(path)
-    error_line(cli("run", "--print-config", "-p", "./odd.toml"), "odd.toml: ", kind)
+    error_line(cli("run", "--print-config", "-p", "./odd.toml"), 2, "odd.toml: ", kind)
 
 
 def test_a_preset_over_a_mebibyte_is_refused_without_reading_it(isolated: Path) -> None:
     big = isolated / "big.toml"
     big.write_text("# padding\n" * (untrusted.PRESET_LIMIT // 10 + 1))
-    error_line(cli("presets", "show", str(big)), "big.toml: is too large", "1048576")
+    error_line(cli("presets", "show", str(big)), 2, "big.toml: is too large", "1048576")
     sparse = isolated / "sparse.toml"  # 64 GiB that take no disk: refused by its size alone
     with sparse.open("wb") as handle:
         handle.truncate(64 << 30)
-    error_line(cli("presets", "show", str(sparse)), "sparse.toml: is too large")
+    error_line(cli("presets", "show", str(sparse)), 2, "sparse.toml: is too large")
 
 
 def test_a_file_growing_past_the_limit_while_read_is_cut_off(
@@ -205,7 +194,7 @@ def test_a_file_growing_past_the_limit_while_read_is_cut_off(
     path.write_text("# x\n" * 10)
     real = os.read
     monkeypatch.setattr(os, "read", lambda fd, n: real(fd, n) or b"#" * n)  # never ends
-    error_line(cli("presets", "show", str(path)), "growing.toml: is too large", "more than")
+    error_line(cli("presets", "show", str(path)), 2, "growing.toml: is too large", "more than")
 
 
 # --- class 2: legal but absurd TOML --------------------------------------------------------------
@@ -223,29 +212,33 @@ DEEP = {
 def test_deeply_nested_toml_is_one_error_line(case: str, isolated: Path) -> None:
     path = isolated / f"{case}.toml"
     path.write_text(DEEP[case])
-    line = error_line(cli("run", "--print-config", "-p", str(path)), str(path), "nested more than")
+    line = error_line(
+        cli("run", "--print-config", "-p", str(path)), 2, str(path), "nested more than"
+    )
     assert len(line) < 300  # the path is named, not the structure
 
 
 def test_a_deep_set_value_is_one_error_line() -> None:
     deep = "[" * 3000 + "]" * 3000
-    error_line(cli("run", "--print-config", "--set", f"optim.lr={deep}"), "--set: optim.lr:")
-    error_line(cli("run", "--print-config", "--set", "kan.grid_range=" + "[" * 12 + "]" * 12),
+    error_line(cli("run", "--print-config", "--set", f"optim.lr={deep}"), 2, "--set: optim.lr:")
+    error_line(cli("run", "--print-config", "--set", "kan.grid_range=" + "[" * 12 + "]" * 12), 2,
                "--set: kan.grid_range", "nested more than 8")  # fmt: skip
 
 
 def test_an_integer_past_pythons_digit_limit_is_one_error_line(isolated: Path) -> None:
     path = isolated / "digits.toml"
     path.write_text("[train]\nepochs = " + "9" * 5000 + "\n")
-    error_line(cli("run", "--print-config", "-p", str(path)), str(path), "integer too long")
-    line = error_line(cli("run", "--print-config", "--set", "train.epochs=" + "9" * 5000))
+    error_line(cli("run", "--print-config", "-p", str(path)), 2, str(path), "integer too long")
+    line = error_line(cli("run", "--print-config", "--set", "train.epochs=" + "9" * 5000), 2)
     assert "--set: train.epochs:" in line and len(line) < 300  # the echo is cut short
 
 
 def test_huge_values_are_echoed_short(isolated: Path) -> None:
     path = isolated / "long.toml"
     path.write_text(f'description = "{"x" * 500_000}"\n')
-    line = error_line(cli("run", "--print-config", "-p", str(path)), "description", "at most 200")
+    line = error_line(
+        cli("run", "--print-config", "-p", str(path)), 2, "description", "at most 200"
+    )
     assert len(line) < 400
 
 
@@ -277,6 +270,7 @@ def test_booleans_are_not_numbers_anywhere(key: str, value: str) -> None:
     given = "[true, 2.0]" if key == "kan.grid_range" and value == "true" else value
     error_line(
         cli("run", "--print-config", "--set", f"{key}={given}"),
+        2,
         f"--set: {key}: must be a number, not true or false",
     )
 
@@ -286,9 +280,10 @@ def test_batch_size_true_in_a_preset_names_the_file_and_the_key(isolated: Path) 
     path.write_text("[train]\nbatch_size = true\n")
     error_line(
         cli("run", "--print-config", "-p", str(path)),
+        2,
         f"{path}: train.batch_size: must be a number, not true or false (got True)",
     )
-    error_line(cli("run", "--print-config", "--epochs", "true"), "--epochs: train.epochs")
+    error_line(cli("run", "--print-config", "--epochs", "true"), 2, "--epochs: train.epochs")
 
 
 def test_ints_still_count_for_floats_and_booleans_for_booleans() -> None:
@@ -313,7 +308,7 @@ def test_ints_still_count_for_floats_and_booleans_for_booleans() -> None:
     ],
 )
 def test_absurd_grid_ranges_are_refused(value: str, reason: str) -> None:
-    error_line(cli("run", "--print-config", "--set", f"kan.grid_range={value}"),
+    error_line(cli("run", "--print-config", "--set", f"kan.grid_range={value}"), 2,
                "--set: kan.grid_range", reason)  # fmt: skip
 
 
@@ -321,7 +316,7 @@ def test_a_range_too_narrow_for_its_grid_size_is_refused_whichever_sets_it() -> 
     assert cli("run", "--print-config", "--set", "kan.grid_range=[0, 0.01]").exit_code == 0
     error_line(
         cli("run", "--print-config", "--set", "kan.grid_range=[0, 0.01]", "--set",
-            "kan.grid_size=100"),
+            "kan.grid_size=100"), 2,
         "kan.grid_range: is too narrow for 100 intervals",
     )  # fmt: skip
 
@@ -339,7 +334,7 @@ def test_a_range_too_narrow_for_its_grid_size_is_refused_whichever_sets_it() -> 
     ],
 )
 def test_values_that_could_not_train_are_refused(item: str, fragment: str) -> None:
-    error_line(cli("run", "--print-config", "--set", item), item.split("=")[0], fragment)
+    error_line(cli("run", "--print-config", "--set", item), 2, item.split("=")[0], fragment)
 
 
 def test_nan_inputs_reach_the_loss_instead_of_crashing_the_layer() -> None:
@@ -401,13 +396,13 @@ def test_presets_list_shows_a_hostile_description_escaped_on_one_line() -> None:
 def test_loading_a_hostile_description_is_refused_with_an_escaped_echo() -> None:
     (user_presets() / "evil.toml").write_text(f"description = {toml_string(HOSTILE)}\n")
     for args in (["presets", "show", "evil"], ["run", "--print-config", "-p", "evil"]):
-        error_line(cli(*args), "evil.toml: description: must be one line", r"\x1b]0;pwned")
+        error_line(cli(*args), 2, "evil.toml: description: must be one line", r"\x1b]0;pwned")
 
 
 def test_a_path_with_escapes_is_named_escaped_in_the_error(isolated: Path) -> None:
     name = "x\x1b]0;pwned\x07[red]y[bold].toml"
     (isolated / name).write_text("[train]\nepochs = 0\n")
-    error_line(cli("run", "--print-config", "-p", f"./{name}"), r"x\x1b]0;pwned\x07[red]y[bold]")
+    error_line(cli("run", "--print-config", "-p", f"./{name}"), 2, r"x\x1b]0;pwned\x07[red]y[bold]")
 
 
 def test_printed_toml_escapes_what_tomli_w_leaves_raw() -> None:

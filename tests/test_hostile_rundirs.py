@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import error_line
 from typer.testing import CliRunner, Result
 
 from kan_engine import optim, presets_io, run_lock, runs
@@ -31,17 +32,6 @@ BASE_RUN = ["--dataset", "digits", "--model", "kan", "--device", "cpu", "--epoch
 
 def cli(*args: str | Path) -> Result:
     return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def error_line(result: Result, *fragments: str, code: int = 2) -> str:
-    """Exit `code`, exactly one `error:` line on stderr holding every fragment, no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -112,11 +102,11 @@ def test_truncated_config_toml_is_refused_then_restored_from_the_checkpoint(run_
     presets_io.read_file(config)  # still a valid preset: only the checkpoint can tell
     before = snapshot(run_dir)
 
-    line = error_line(cli("resume", run_dir, "--headless"), f"error: {config}: train.epochs: 50")
+    line = error_line(cli("resume", run_dir, "--headless"), 2, f"error: {config}: train.epochs: 50")
     assert f"but {last_pt(run_dir)} says 2" in line and "(and " in line
     assert f"kan-tui resume {run_dir} --config-from-checkpoint" in line
     evaluated = cli("eval", run_dir)
-    error_line(evaluated, f"error: {config}: ", f"{runs.checkpoint_path(run_dir, 'best')} says")
+    error_line(evaluated, 2, f"error: {config}: ", f"{runs.checkpoint_path(run_dir, 'best')} says")
     assert snapshot(run_dir) == before  # nothing was written
 
     restored = cli("resume", run_dir, "--config-from-checkpoint")
@@ -145,9 +135,9 @@ def test_unreadable_config_toml_names_the_file_and_the_way_out(damage: str, run_
     else:
         config.write_text(config.read_text().replace("epochs = 2 ", 'epochs = "two" ', 1))
     before = snapshot(run_dir)
-    error_line(cli("resume", run_dir, "--headless"), fragment, "--config-from-checkpoint")
-    error_line(cli("eval", run_dir), fragment)
-    error_line(cli("runs", "export", run_dir, "--csv", "-"), fragment)
+    error_line(cli("resume", run_dir, "--headless"), 2, fragment, "--config-from-checkpoint")
+    error_line(cli("eval", run_dir), 2, fragment)
+    error_line(cli("runs", "export", run_dir, "--csv", "-"), 2, fragment)
     listed = cli("runs", "list", "--out", run_dir.parent)
     assert listed.exit_code == 0, listed.output
     assert f"skipped {run_dir}: " in listed.stdout and fragment in listed.stdout
@@ -172,9 +162,9 @@ def test_damaged_metrics_jsonl_is_one_line_everywhere(case: str, run_dir: Path) 
     before = snapshot(run_dir)
 
     resumed = cli("resume", run_dir, "--headless", "--epochs", "3")  # past the finished check
-    error_line(resumed, reason, "move metrics.jsonl aside")
-    error_line(cli("runs", "export", run_dir), reason)
-    error_line(cli("runs", "export", run_dir, "--csv", "-"), reason)
+    error_line(resumed, 2, reason, "move metrics.jsonl aside")
+    error_line(cli("runs", "export", run_dir), 2, reason)
+    error_line(cli("runs", "export", run_dir, "--csv", "-"), 2, reason)
     inspected = cli("inspect", run_dir)  # the checkpoint is fine: shown, with one warning
     assert inspected.exit_code == 0, inspected.output
     assert "Traceback" not in inspected.output
@@ -237,9 +227,9 @@ def test_truncated_last_pt_is_one_line(run_dir: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     before = snapshot(run_dir)
     fragments = (f"error: {path}: not a readable checkpoint", "truncated or corrupt")
-    error_line(cli("resume", run_dir, "--headless"), *fragments)
-    error_line(cli("eval", run_dir, "--checkpoint", "last"), *fragments)
-    error_line(cli("inspect", run_dir, "--checkpoint", "last"), *fragments)
+    error_line(cli("resume", run_dir, "--headless"), 2, *fragments)
+    error_line(cli("eval", run_dir, "--checkpoint", "last"), 2, *fragments)
+    error_line(cli("inspect", run_dir, "--checkpoint", "last"), 2, *fragments)
     listed = cli("runs", "list", "--out", run_dir.parent)  # listed: it reads no checkpoint
     assert listed.exit_code == 0 and "finished" in listed.stdout
     assert cli("eval", run_dir).exit_code == 0  # best.pt is fine
@@ -266,7 +256,7 @@ def test_wrong_typed_last_pt_is_one_line(case: str, run_dir: Path) -> None:
     path = last_pt(run_dir)
     torch.save(change(torch.load(path, weights_only=True)), path)
     before = snapshot(run_dir)
-    error_line(cli("resume", run_dir, "--headless", "--epochs", "3"), f"error: {path}", fragment)
+    error_line(cli("resume", run_dir, "--headless", "--epochs", "3"), 2, f"error: {path}", fragment)
     assert snapshot(run_dir) == before
 
 
@@ -288,7 +278,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(run_dir: Path) -> N
 def test_resume_epochs_extends_a_finished_run(run_dir: Path) -> None:
     before = snapshot(run_dir)
     for too_few in ("1", "2"):
-        error_line(cli("resume", run_dir, "--epochs", too_few), "--epochs: ", "trained 2 epochs")
+        error_line(cli("resume", run_dir, "--epochs", too_few), 2, "--epochs: ", "trained 2 epochs")
     assert snapshot(run_dir) == before
 
     result = cli("resume", run_dir, "--headless", "--epochs", "4")
@@ -359,6 +349,7 @@ def test_a_held_lock_refuses_a_second_resume(run_dir: Path) -> None:
         result = cli("resume", run_dir, "--headless", "--epochs", "3")
     error_line(
         result,
+        2,
         f"error: {run_dir}: another kan-tui process (pid {os.getpid()}) is training in this run",
     )
     assert snapshot(run_dir) == before  # not even config.toml got the new epochs
@@ -387,7 +378,7 @@ def test_a_running_run_holds_its_lock_and_a_kill_leaves_none(tmp_path: Path, env
         else:
             pytest.fail("the run ended before its first epoch")
         refused = cli("resume", folder, "--headless")
-        error_line(refused, f"{folder}: another kan-tui process (pid {process.pid}) is training")
+        error_line(refused, 2, f"{folder}: another kan-tui process (pid {process.pid}) is training")
     finally:
         process.kill()
         process.wait()

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import error_line
 from typer.testing import CliRunner, Result
 
 from kan_engine import checkpoint, presets_io, runs, trainer
@@ -37,17 +38,6 @@ ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
-
-
-def error_line(result: Result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `error:` line on stderr holding every fragment, no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def the_run(isolated: Path) -> Path:

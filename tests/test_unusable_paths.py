@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import error_line
 from typer.testing import CliRunner, Result
 
 from kan_engine import atomic
@@ -22,19 +23,10 @@ def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
-def one_error(result: Result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert all(f in errors[0] for f in fragments), errors[0]
-    return errors[0]
-
-
 def test_out_under_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
-    one_error(cli(*RUN, "--out", str(blocker / "runs")), 2, str(blocker), "Not a directory")
+    error_line(cli(*RUN, "--out", str(blocker / "runs")), 2, str(blocker), "Not a directory")
     assert blocker.read_text() == "mine"
 
 
@@ -53,7 +45,7 @@ def test_out_on_a_read_only_place_is_refused(tmp_path: Path) -> None:
     else:
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        one_error(cli(*RUN, "--out", str(locked / "runs")), 2, "cannot create a run folder")
+        error_line(cli(*RUN, "--out", str(locked / "runs")), 2, "cannot create a run folder")
         assert not (locked / "runs").exists()
     finally:
         if os.geteuid() == 0:
@@ -91,7 +83,7 @@ def test_runs_export_to_a_special_file_is_refused(tmp_path: Path, special_files)
     (run_dir,) = out.iterdir()
     for path in special_files.values():
         mode = os.lstat(path).st_mode
-        one_error(cli("runs", "export", str(run_dir), "--csv", str(path)), 2, str(path))
+        error_line(cli("runs", "export", str(run_dir), "--csv", str(path)), 2, str(path))
         assert os.lstat(path).st_mode == mode
 
 
@@ -109,8 +101,8 @@ def test_presets_delete_and_save_in_a_read_only_folder(isolated: Path) -> None:
     else:
         presets.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        one_error(cli("presets", "delete", "mine"), 2, "mine.toml", "cannot delete")
-        one_error(cli("presets", "save", "other", "--from", "lite"), 2, "other.toml")
+        error_line(cli("presets", "delete", "mine"), 2, "mine.toml", "cannot delete")
+        error_line(cli("presets", "save", "other", "--from", "lite"), 2, "other.toml")
         assert (presets / "mine.toml").is_file() and not (presets / "other.toml").exists()
     finally:
         if os.geteuid() == 0:
