@@ -58,7 +58,7 @@ from typing import Any
 
 from kan_engine import atomic, history, presets_io, runs
 from kan_engine.errors import ConfigError, KanError
-from kan_tui import options
+from kan_tui import headless, options
 
 DEFAULT_PRESETS = "lite,standard,power"
 DEFAULT_SEEDS = "0,1"
@@ -628,14 +628,8 @@ class Signals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Signals]:
-        names = ("SIGINT", "SIGTERM", "SIGHUP")
-        handled = [getattr(signal, n) for n in names if hasattr(signal, n)]
-        previous = {signum: signal.signal(signum, self) for signum in handled}
-        try:
+        with headless.handling(("SIGINT", "SIGTERM", "SIGHUP"), self):
             yield self
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
 
 
 def note(text: str) -> None:

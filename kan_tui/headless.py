@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from rich import box
@@ -376,11 +376,18 @@ def stop_on_signals(trainer: Stoppable, *, quiet: bool = False) -> Iterator[list
         if not quiet:  # os.write, not print: this may interrupt Rich's own printing
             os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step\n".encode())
 
-    # SIGHUP does not exist on Windows
-    handled = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    with handling(("SIGTERM", "SIGHUP"), handler):
+        yield caught
+
+
+@contextlib.contextmanager
+def handling(names: Iterable[str], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for the named signals inside the block (those this platform has: SIGHUP does
+    not exist on Windows), the previous handlers after it."""
+    handled = [getattr(signal, name) for name in names if hasattr(signal, name)]
     previous = {signum: signal.signal(signum, handler) for signum in handled}
     try:
-        yield caught
+        yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
