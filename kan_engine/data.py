@@ -36,6 +36,7 @@ from torch import Tensor
 from kan_engine import datasets, user_data
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
+from kan_engine.untrusted import printable
 
 __all__ = ["DATASETS", "DataBundle", "DataError", "DataNotFoundError", "Split", "load", "read"]
 
@@ -297,7 +298,7 @@ def _check_sizes(raw: datasets.Raw, val_fraction: float) -> None:
             f"too few samples: the {empty[0]} split would be empty ({len(raw.y_train)} to split)"
         )
         fix = "add samples (every class needs a few, for each split)"
-        raise DataError(datasets.show(raw.source), reason, fix=fix)
+        raise DataError(printable(raw.source), reason, fix=fix)
 
 
 def load(

@@ -28,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
+from kan_engine.untrusted import printable
 
 # Debian's `dataset-*` packages; tests point this at empty folders to exercise the not-found path.
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
@@ -99,18 +100,6 @@ OFFICIAL_MINIMUM = 2
 _CHUNK = 1 << 24  # bytes read at a time from an IDX file
 
 
-def show(path: Path | str) -> str:
-    """A path as printable text: names that are not UTF-8 keep their bytes as \\xNN escapes
-    (printing the raw surrogates Python decodes them to would itself fail)."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-
-
-def clip(text: str, limit: int = 40) -> str:
-    """repr of a value read from a file, shortened: a binary 'field' can be megabytes long."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
-
-
 def unreadable(path: Path | str, exc: OSError) -> DataError:
     """An OSError while reading a data file (permission denied, an I/O error) as the one line."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -118,7 +107,7 @@ def unreadable(path: Path | str, exc: OSError) -> DataError:
         fix = "make it readable (chmod u+r) or run as a user who may read it"
     else:
         fix = "check the file and the disk it is on"
-    return DataError(show(path), f"cannot be read ({reason})", fix=fix)
+    return DataError(printable(path), f"cannot be read ({reason})", fix=fix)
 
 
 def small_class(y: np.ndarray, n_classes: int, minimum: int) -> tuple[int, int, int] | None:
@@ -172,16 +161,16 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             fix = "download it again (a plain IDX file must not be named .gz)"
         else:
             reason, fix = f"holds corrupt gzip data ({exc})", "download it again"
-        raise DataError(show(path), reason, fix=fix) from None
+        raise DataError(printable(path), reason, fix=fix) from None
     except (EOFError, zlib.error) as exc:
         reason = f"holds truncated or corrupt gzip data ({exc})"
-        raise DataError(show(path), reason, fix="download it again") from None
+        raise DataError(printable(path), reason, fix="download it again") from None
     except OSError as exc:
         raise unreadable(path, exc) from None
 
 
 def _parse_idx(path: Path, handle: BinaryIO, ndim: int) -> np.ndarray:
-    source, fix = show(path), "download it again"
+    source, fix = printable(path), "download it again"
     head = _read_up_to(handle, 4)
     if head[:2] == b"\x1f\x8b":
         reason = "is gzip-compressed but its name does not end in .gz"
@@ -244,7 +233,7 @@ def _not_found(name: str, looked: list[str], download_error: BaseException) -> D
     ]
     if name in SYSTEM_DIRS:
         how.insert(0, f"install Debian's package: sudo apt-get install dataset-{name}")
-    places = "\n".join(f"  - {show(place)}" for place in looked)
+    places = "\n".join(f"  - {printable(place)}" for place in looked)
     # torchvision's message ends with the cause ("Tried <mirror>, got: <urlopen error ...>")
     lines = str(download_error).strip().splitlines()
     cause = lines[-1] if lines else ""
@@ -262,16 +251,18 @@ def _check_idx_pair(
     """One label in 0..9 per image: files from different downloads, or cut short, are refused."""
     if len(images) == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         raise DataError(
-            show(image_path), f"holds no images (shape {images.shape})", fix="download it again"
+            printable(image_path),
+            f"holds no images (shape {images.shape})",
+            fix="download it again",
         )
     if len(labels) != len(images):
         reason = f"has {len(labels):,} labels for the {len(images):,} images of {image_path.name}"
         fix = "both files must come from the same download: download them again"
-        raise DataError(show(label_path), reason, fix=fix)
+        raise DataError(printable(label_path), reason, fix=fix)
     if labels.max() > 9:
         at = int(np.argmax(labels > 9))
         reason = f"label {int(labels[at])} (sample {at}) is not a class 0-9"
-        raise DataError(show(label_path), reason, fix="download it again")
+        raise DataError(printable(label_path), reason, fix="download it again")
 
 
 def _from_idx(files: dict[str, Path], name: str) -> Raw:
@@ -288,10 +279,10 @@ def _from_idx(files: dict[str, Path], name: str) -> Raw:
             f"images are {parts[2].shape[2:]}, those of {train_images.name} {parts[0].shape[2:]}"
         )
         fix = "the train and t10k files must come from the same data set"
-        raise DataError(show(test_images), reason, fix=fix)
+        raise DataError(printable(test_images), reason, fix=fix)
     if len(np.unique(parts[1])) < 2:
         reason = f"every training label is {int(parts[1][0])}: nothing to tell apart"
-        raise DataError(show(train_labels), reason, fix="download it again")
+        raise DataError(printable(train_labels), reason, fix="download it again")
     names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
     return Raw(*parts, class_names=names, source=str(files[_IDX_FILES["train"][0]].parent))
 
@@ -340,14 +331,14 @@ def _cifar_problem(folder: Path) -> DataError | None:
     for filename, md5 in expected:
         path = folder / filename
         if not path.is_file():
-            return DataError(show(path), "is missing", fix=_CIFAR_FIX)
+            return DataError(printable(path), "is missing", fix=_CIFAR_FIX)
         try:
             intact = check_integrity(str(path), md5)
         except OSError as exc:
             return unreadable(path, exc)
         if not intact:
             return DataError(
-                show(path), "is corrupt (its checksum is not CIFAR-10's)", fix=_CIFAR_FIX
+                printable(path), "is corrupt (its checksum is not CIFAR-10's)", fix=_CIFAR_FIX
             )
     return None
 
@@ -377,7 +368,7 @@ def load_cifar10(data_dir: str | None) -> Raw:
             except _CIFAR_READ_ERRORS as exc:
                 found = _cifar_problem(folder)
                 reason = f"cannot be read ({type(exc).__name__}: {exc})"
-                raise found or DataError(show(folder), reason, fix=_CIFAR_FIX) from None
+                raise found or DataError(printable(folder), reason, fix=_CIFAR_FIX) from None
     try:
         return read(cache_dir() / "cifar10", download=True)
     except (OSError, RuntimeError) as exc:
@@ -404,10 +395,10 @@ def require_path(data_dir: str | None, what: str) -> Path:
     except OSError as exc:  # EACCES on a folder above it
         raise unreadable(path, exc) from None
     if not exists and path.is_symlink():
-        target = show(os.readlink(path))
+        target = printable(os.readlink(path))
         raise DataNotFoundError(
-            f"data.data_dir: {show(path)} is a link to {target}, which does not exist"
+            f"data.data_dir: {printable(path)} is a link to {target}, which does not exist"
         )
     if not exists:
-        raise DataNotFoundError(f"data.data_dir: {show(path)} does not exist")
+        raise DataNotFoundError(f"data.data_dir: {printable(path)} does not exist")
     return path

@@ -31,14 +31,13 @@ from kan_engine.datasets import (
     CARVED_MINIMUM,
     OFFICIAL_MINIMUM,
     Raw,
-    clip,
     require_path,
-    show,
     small_class,
     split_test,
     unreadable,
 )
 from kan_engine.errors import ConfigError, DataError
+from kan_engine.untrusted import printable, short_repr
 
 # --- CSV -----------------------------------------------------------------------------------------
 
@@ -67,7 +66,7 @@ class _Table:
 def load_csv(data_dir: str | None, target: str | None) -> Raw:
     """A table with a header row: numeric features, the label in `target` (default: last column)."""
     path = _csv_path(data_dir)
-    source = show(path)
+    source = printable(path)
     try:
         with path.open("rb") as handle:
             _sniff(source, handle.read(_SNIFF))
@@ -110,12 +109,18 @@ def _csv_path(data_dir: str | None) -> Path:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.csv"))[:3]
         hint = f" (it holds {', '.join(inside)})" if inside else ""
-        fix = f": pass the file itself, e.g. --data-dir {show(path / inside[0])}" if inside else ""
-        reason = f"the csv data set needs a file, {show(path)} is a folder{hint}{fix}"
+        fix = (
+            f": pass the file itself, e.g. --data-dir {printable(path / inside[0])}"
+            if inside
+            else ""
+        )
+        reason = f"the csv data set needs a file, {printable(path)} is a folder{hint}{fix}"
         raise ConfigError("", "data.data_dir", reason)
     if not path.is_file():
         raise DataError(
-            show(path), "is not a regular file (a device, FIFO or socket)", fix="pass a CSV file"
+            printable(path),
+            "is not a regular file (a device, FIFO or socket)",
+            fix="pass a CSV file",
         )
     return path
 
@@ -193,7 +198,7 @@ def _check_header(source: str, header: list[str], line: int) -> None:
     where = f"line {line} (the header)"
     if len(header) < 2:
         other = next((sep for sep in (";", "\t", "|") if sep in header[0]), None)
-        reason = f"has one column ({clip(header[0])})"
+        reason = f"has one column ({short_repr(header[0])})"
         fix = "a CSV needs feature columns and a label column, separated by commas"
         if other is not None:
             fix = f"save it comma-separated (this one seems to use {other!r})"
@@ -235,9 +240,12 @@ def _numbers(
         except ValueError:
             where = f"line {line}, column {header[i]!r}"
             if row[i].strip().lower() in MISSING:
-                reason, fix = f"missing value ({clip(row[i])})", "fill it in or delete the line"
+                reason, fix = (
+                    f"missing value ({short_repr(row[i])})",
+                    "fill it in or delete the line",
+                )
             else:
-                reason = f"not a number ({clip(row[i])})"
+                reason = f"not a number ({short_repr(row[i])})"
                 fix = (
                     "features must be numbers: encode the column as numbers, delete it, or "
                     f"make it the label with --target {shlex.quote(header[i])}"
@@ -250,7 +258,7 @@ def _label(source: str, text: str, column: str, line: int) -> str:
     label = text.strip()
     if label.lower() in MISSING:
         where = f"line {line}, column {column!r}"
-        reason = f"the label is missing ({clip(text)})"
+        reason = f"the label is missing ({short_repr(text)})"
         raise DataError(source, reason, where=where, fix="fill it in or delete the line")
     return label
 
@@ -347,7 +355,7 @@ def load_images(data_dir: str | None) -> Raw:
     root = require_path(data_dir, "images")
     if not root.is_dir():
         hint = " (for a table, use --dataset csv)" if root.suffix.lower() == ".csv" else ""
-        raise DataError(show(root), f"is a file, not a folder{hint}", fix=_FOLDER_FIX)
+        raise DataError(printable(root), f"is a file, not a folder{hint}", fix=_FOLDER_FIX)
     has_test = (root / "train").is_dir() and (root / "test").is_dir()
     listings = [_list_images(root / "train" if has_test else root)]
     if has_test:
@@ -357,7 +365,7 @@ def load_images(data_dir: str | None) -> Raw:
     _check_skipped(root, bad, len(files))
     arrays = [_stack(listing, pixels) for listing in listings]
     x_train, y_train = arrays[0]
-    names = [show(name) for name in listings[0].classes]
+    names = [printable(name) for name in listings[0].classes]
     _check_image_classes(listings[0].folder, names, y_train, has_test, len(bad))
     warnings = [_skipped_warning(root, bad, len(files))] if bad else []
     if not has_test:
@@ -392,7 +400,7 @@ def _check_image_classes(
     reason = f"class folder {names[k]!r} has {count} readable image(s){after}{others}"
     splits = "training and validation" if has_test else "training, validation and test"
     fix = f"every class needs {minimum} images or more (one each for {splits}): add images to it"
-    raise DataError(show(folder), reason, fix=fix)
+    raise DataError(printable(folder), reason, fix=fix)
 
 
 def _list_images(folder: Path, classes: list[str] | None = None) -> _Listing:
@@ -403,21 +411,21 @@ def _list_images(folder: Path, classes: list[str] | None = None) -> _Listing:
     if not found:
         loose = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in _entries(folder))
         reason = f"holds {loose} images but no class folders" if loose else "holds no class folders"
-        raise DataError(show(folder), reason, fix=_FOLDER_FIX)
+        raise DataError(printable(folder), reason, fix=_FOLDER_FIX)
     if classes is not None and names != classes:
         missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
         what = "; ".join(
-            f"{label} {', '.join(show(n) for n in group)}"
+            f"{label} {', '.join(printable(n) for n in group)}"
             for label, group in (("no folder for", missing), ("extra", extra))
             if group
         )
         reason = f"its class folders differ from train/'s ({what})"
-        raise DataError(show(folder), reason, fix="test/ needs the class folders of train/")
+        raise DataError(printable(folder), reason, fix="test/ needs the class folders of train/")
     if len(found) == 1:
         beside = " (a train/ folder needs a test/ folder beside it)" if names[0] == "train" else ""
-        reason = f"holds one class folder ({show(names[0])!r}){beside}"
+        reason = f"holds one class folder ({printable(names[0])!r}){beside}"
         fix = "a classifier needs two classes or more: add a folder of images per class"
-        raise DataError(show(folder), reason, fix=fix)
+        raise DataError(printable(folder), reason, fix=fix)
     files: list[Path] = []
     labels: list[int] = []
     for k, (_, path) in enumerate(found):
@@ -425,7 +433,7 @@ def _list_images(folder: Path, classes: list[str] | None = None) -> _Listing:
         if not images:
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             fix = f"add images ({kinds}) or delete the folder"
-            raise DataError(show(path), "holds no images", fix=fix)
+            raise DataError(printable(path), "holds no images", fix=fix)
         files += images
         labels += [k] * len(images)
     return _Listing(folder, names, files, labels)
@@ -532,20 +540,22 @@ def _check_skipped(root: Path, bad: list[tuple[Path, str]], total: int) -> None:
     if len(bad) <= 1 or len(bad) <= SKIP_SHARE * total:
         return
     path, why = bad[0]
-    reason = f"cannot be read ({why}); {len(bad)} of the {total} images under {show(root)} cannot"
+    reason = (
+        f"cannot be read ({why}); {len(bad)} of the {total} images under {printable(root)} cannot"
+    )
     fix = (
         f"replace or delete them (up to 1 in {round(1 / SKIP_SHARE)} is skipped with a warning); "
         "are they really images (Git LFS pointers, downloads cut short)?"
     )
-    raise DataError(show(path), reason, fix=fix)
+    raise DataError(printable(path), reason, fix=fix)
 
 
 def _skipped_warning(root: Path, bad: list[tuple[Path, str]], total: int) -> str:
-    named = ", ".join(f"{show(path)} ({why})" for path, why in bad[:3])
+    named = ", ".join(f"{printable(path)} ({why})" for path, why in bad[:3])
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     them = "it" if len(bad) == 1 else "them"
     return (
-        f"{show(root)}: skipped {len(bad)} unreadable image(s) of {total}: {named}{more}; "
+        f"{printable(root)}: skipped {len(bad)} unreadable image(s) of {total}: {named}{more}; "
         f"delete or replace {them}"
     )
 
@@ -555,6 +565,8 @@ def _stack(listing: _Listing, pixels: dict[Path, np.ndarray]) -> tuple[np.ndarra
     kept = [k for k, path in enumerate(listing.files) if path in pixels]
     if not kept:
         reason = "holds no readable image"
-        raise DataError(show(listing.folder), reason, fix="replace or delete the unreadable ones")
+        raise DataError(
+            printable(listing.folder), reason, fix="replace or delete the unreadable ones"
+        )
     x = np.stack([pixels[listing.files[k]] for k in kept])
     return x, np.asarray([listing.labels[k] for k in kept], np.int64)
