@@ -45,7 +45,8 @@ from kan_engine import history, models, runs
 from kan_engine.config import RunConfig, apply_overrides, parse_value
 from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
-from kan_engine.trainer import Trainer, pick_device
+from kan_engine.run_setup import pick_device
+from kan_engine.trainer import Trainer
 
 THRESHOLDS = (0.85, 0.90, 0.92, 0.93)
 # rapid_kan_lite_mlp: the same CNN front end with an MLP head of the KAN head's size, so the

@@ -188,7 +188,7 @@ def find_lr(
     from kan_engine import data as data_mod
     from kan_engine import models, optim
     from kan_engine.config import check_names
-    from kan_engine.trainer import build_model, pick_device, precision, seed_everything
+    from kan_engine.run_setup import build_model, pick_device, precision, seed_everything
 
     check_names(config)
     device = pick_device(config.train.device)

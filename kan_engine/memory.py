@@ -250,7 +250,7 @@ def estimate(config: RunConfig) -> MemoryEstimate:
 def _measure_config(config: RunConfig) -> MemoryEstimate:
     from kan_engine import data as data_mod
     from kan_engine import models, optim
-    from kan_engine.trainer import build_model
+    from kan_engine.run_setup import build_model
 
     cpu = torch.device("cpu")
     bundle = data_mod.load(config.data, device=cpu, seed=config.train.seed)

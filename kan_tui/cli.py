@@ -274,7 +274,7 @@ def evaluate(
     debug: bool = DEBUG,
 ) -> None:
     """Evaluate a run's checkpoint and print its accuracy and loss."""
-    from kan_engine.trainer import evaluate as evaluate_run
+    from kan_engine.run_setup import evaluate as evaluate_run
 
     result = evaluate_run(run_dir, split=split, checkpoint=checkpoint)
     typer.echo(
@@ -403,7 +403,7 @@ def _auto_batch_size(config: RunConfig) -> RunConfig:
     """`--batch-size auto`: the largest power of two whose training step fits the device."""
     from kan_engine import distributed, memory
     from kan_engine.config import apply_overrides
-    from kan_engine.trainer import pick_device
+    from kan_engine.run_setup import pick_device
 
     if distributed.launched():
         reason = "is picked per process and could differ between ranks: give a number"

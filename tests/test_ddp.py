@@ -30,7 +30,8 @@ from kan_engine.config import DataSection, RunConfig, apply_overrides
 from kan_engine.data import load
 from kan_engine.errors import ConfigError
 from kan_engine.events import Event, StepMetrics
-from kan_engine.trainer import Trainer, build_model, evaluate
+from kan_engine.run_setup import build_model, evaluate
+from kan_engine.trainer import Trainer
 
 HERE = Path(__file__).resolve()
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -18,7 +18,8 @@ from kan_engine import trainer as trainer_mod
 from kan_engine.checkpoint import CheckpointWriteError
 from kan_engine.config import to_data
 from kan_engine.events import CheckpointWritten, EpochEnd, Notice, StepMetrics
-from kan_engine.trainer import Trainer, evaluate
+from kan_engine.run_setup import evaluate
+from kan_engine.trainer import Trainer
 
 WAIT = 120  # seconds: a safety net for a hung run, never a synchronisation delay
 

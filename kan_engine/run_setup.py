@@ -1,0 +1,130 @@
+"""Run set-up that training, the LR finder, the memory estimate, `compare` and `eval` share.
+
+Why its own module: each of those tools needs the same few steps (a device from `train.device`,
+seeded generators, the autocast dtype, the model on its device, a split's loss and accuracy), and
+none of them should have to import the training loop to get them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kan_engine import checkpoint as ckpt
+from kan_engine import data as data_mod
+from kan_engine import distributed, models, resume_plan, runs
+from kan_engine.config import RunConfig
+from kan_engine.errors import ConfigError, RunDirError
+
+EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA, then MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError("", "train.device", f"{name!r}: this machine has {count} CUDA GPUs")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("", "train.device", "'mps': not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype or None, use a GradScaler, notice or "") for `train.mixed_precision`."""
+    mode = config.train.mixed_precision
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            return None, False, f"train.mixed_precision={mode} needs CUDA: fp32 on {device}"
+        return None, False, ""
+    if mode == "off":
+        return None, False, ""
+    if mode == "fp16":
+        return torch.float16, True, ""
+    return torch.bfloat16, False, ""
+
+
+def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
+    options = {name: getattr(config.kan, name) for name in models.OPTION_NAMES}
+    model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
+    model = model.to(device)
+    if device.type == "cuda" and len(bundle.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def eval_split(
+    model: nn.Module,
+    bundle: data_mod.DataBundle,
+    split: str,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    dist: distributed.Dist = distributed.SINGLE,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) on a split; sums stay on the device, one read-back at the end.
+    Under torchrun each rank evaluates its share and the sums are all-reduced: every rank gets
+    the same numbers, those of the whole split."""
+    device = bundle.device
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, device=device)  # (loss sum, correct)
+    eval_batch = max(batch_size, EVAL_BATCH)
+    with torch.no_grad():
+        for x, y in bundle.batches(
+            split, eval_batch, shuffle=False, rank=dist.rank, world=dist.world
+        ):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)  # (N, classes)
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    loss, correct = dist.all_sum_(sums).tolist()
+    n = bundle.sizes[split]
+    return loss / n, correct / n
+
+
+def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
+    """Accuracy and loss of a run's checkpoint on a split: {"acc", "loss", "n", ...}."""
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    device = pick_device(config.train.device)
+    path = runs.checkpoint_path(run_dir, checkpoint)
+    state = ckpt.load(path, device, keys=("model", "counters"))
+    counters = state["counters"]
+    epoch = counters.get("epochs_run") if isinstance(counters, dict) else None
+    if not isinstance(epoch, int):
+        raise RunDirError(f"{path}: not a kan-tui checkpoint (counters)")
+    resume_plan.check_matches(config, state, path, run_dir)
+    bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
+    model = build_model(config, bundle, device)
+    with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
+        model.load_state_dict(ckpt.evaluated_weights(state))
+    amp_dtype = precision(config, device)[0]
+    loss, acc = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
+    return {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": epoch,
+        "acc": acc,
+        "loss": loss,
+        "n": bundle.sizes[split],
+    }
