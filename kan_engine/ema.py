@@ -9,9 +9,11 @@ it with the rest: the number of updates is a device tensor, and the decay of an 
 `min(decay, (1 + t) / (10 + t))`, so the average follows the weights closely while they move fast
 early on (the first epochs' accuracy is the average's too) and reaches `decay` later.
 
-Only trainable parameters are averaged; buffers (BatchNorm statistics, KAN grids) are the model's
-own, which is right for the grids (an average of coefficients is only meaningful on one grid: a
-layer whose grid is refit restarts its average, `restart`) and close enough for the statistics.
+Trainable parameters and the BatchNorm running statistics are averaged. The statistics must follow
+the weights they describe: averaged weights read with the raw model's statistics were measured to
+swing between 76 and 91 % test in the peak-LR epochs. KAN grids stay the model's own (an average of
+coefficients is only meaningful on one grid: a layer whose grid is refit restarts its average,
+`restart`).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ __all__ = ["WeightAverage"]
 
 
 class WeightAverage:
-    """The average of `model`'s trainable parameters, updated in place by `update()`."""
+    """The average of `model`'s trainable parameters and BatchNorm statistics, updated in place
+    by `update()`."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"decay must be in (0, 1) (got {decay})")
         self.decay = decay
-        self._names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        tracked = _averaged(model)
+        self._names = [name for name, _ in tracked]
+        self._params = [tensor for _, tensor in tracked]
         self._shadow = [p.detach().clone() for p in self._params]
         self._index = {id(p): i for i, p in enumerate(self._params)}
         self._model = model
@@ -86,3 +90,15 @@ class WeightAverage:
         for name, shadow in zip(self._names, self._shadow, strict=True):
             shadow.copy_(saved[name])
         self.updates.fill_(int(state["updates"]))
+
+
+def _averaged(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Trainable parameters, then the floating BatchNorm statistics (running mean and variance)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for stat in ("running_mean", "running_var"):
+                buffer = getattr(module, stat)
+                if buffer is not None:
+                    named.append((f"{prefix}.{stat}" if prefix else stat, buffer))
+    return named

@@ -15,7 +15,8 @@ from kan_engine import data, models
 from kan_engine.config import DataSection
 from kan_engine.ema import WeightAverage
 from kan_engine.monitor import MIN_HISTORY, GradNormMonitor
-from kan_engine.trainer import Trainer, evaluate
+from kan_engine.run_setup import evaluate
+from kan_engine.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,23 @@ def test_applied_swaps_in_the_average_and_back_in_place() -> None:
     assert torch.equal(weight, raw)
     assert torch.allclose(inside, ema.model_state()["0.weight"])
     assert not torch.allclose(inside, raw)
+
+
+def test_batchnorm_statistics_are_averaged_with_the_weights() -> None:
+    model = _tiny_model()
+    ema = WeightAverage(model, decay=0.5)
+    bn = model[1]
+    start = bn.running_mean.detach().clone()
+    model.train()
+    model(torch.randn(64, 3) + 3.0)  # moves the raw running statistics
+    raw_mean, raw_var = bn.running_mean.detach().clone(), bn.running_var.detach().clone()
+    ema.update()
+    averaged = ema.model_state()["1.running_mean"]
+    assert not torch.allclose(averaged, raw_mean) and not torch.allclose(averaged, start)
+    with ema.applied():
+        assert torch.allclose(bn.running_mean, averaged)
+    assert torch.equal(bn.running_mean, raw_mean) and torch.equal(bn.running_var, raw_var)
+    assert torch.equal(ema.model_state()["1.num_batches_tracked"], bn.num_batches_tracked)
 
 
 def test_restart_and_state_round_trip() -> None:
@@ -198,7 +216,8 @@ def test_recipe_run_learns_and_keeps_its_best_at_the_end(tiny_config, runs_dir, 
     config = tiny_config(
         **{
             "model.name": "rapid_kan_lite",
-            "train.epochs": 6,
+            "train.epochs": 8,
+            "schedule.warmup_epochs": 1.0,
             "train.batch_size": 128,
             "optim.lr": 0.004,
             "data.augment": True,
