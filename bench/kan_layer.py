@@ -18,7 +18,7 @@ measured in the same run:
 
 Peak memory: CUDA uses torch.cuda.max_memory_allocated minus what was allocated before; the CPU
 has no allocator statistics, so there it is the peak of live tensor storages created during the
-step (`kan_engine.kan.TensorMemoryPeak`), which counts the same things.
+step (`kan_engine.memory_peak.TensorMemoryPeak`), which counts the same things.
 
     python bench/kan_layer.py --device cpu
     python bench/kan_layer.py --device cuda --json bench-kan-layer.json
@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from kan_engine.atomic import write_text
-from kan_engine.kan import KANLinear, TensorMemoryPeak
+from kan_engine.kan import KANLinear
+from kan_engine.memory_peak import TensorMemoryPeak
 
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")

@@ -58,7 +58,7 @@ from typing import Any
 
 from kan_engine import atomic, history, presets_io, runs
 from kan_engine.errors import ConfigError, KanError
-from kan_tui import headless, options
+from kan_tui import options, signals
 
 DEFAULT_PRESETS = "lite,standard,power"
 DEFAULT_SEEDS = "0,1"
@@ -628,7 +628,7 @@ class Signals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Signals]:
-        with headless.handling(("SIGINT", "SIGTERM", "SIGHUP"), self):
+        with signals.handling(("SIGINT", "SIGTERM", "SIGHUP"), self):
             yield self
 
 

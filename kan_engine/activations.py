@@ -2,8 +2,9 @@
 
 phi_ij(x) = scale_base * W_b[j, i] * act(x) + scale_spline * sum_g C[j, g, i] B_g(x) is the whole
 contribution of input i to output j (`KANLinear` sums them over i), so plotting it shows exactly
-what the layer does with that input. The basis is the textbook recursion (`reference_basis`) on
-input i's own knots, so the curve follows a grid that `update_grid` has moved.
+what the layer does with that input. The layer computes it (`KANLinear.edge_function`, and
+`edge_functions` for every edge at once) with the textbook basis on input i's own knots, so the
+curve follows a grid that `update_grid` has moved.
 
 Importance of an edge is mean |phi_ij(x)| over inputs x (the KAN paper's L1 magnitude). Given the
 inputs a layer saw (`inputs`), that is the importance on real data; a checkpoint stores no inputs,
@@ -27,7 +28,7 @@ from kan_engine import checkpoint as ckpt
 from kan_engine import history, runs
 from kan_engine.config import validate_config
 from kan_engine.errors import ConfigError, RunDirError
-from kan_engine.kan import KANLinear, reference_basis
+from kan_engine.kan import KANLinear
 
 __all__ = [
     "EdgeCurve",
@@ -79,11 +80,7 @@ def _check_edge(layer: KANLinear, i: int, j: int) -> None:
 def edge_values(layer: KANLinear, i: int, j: int, x: Tensor) -> Tensor:
     """phi_ij at points x (P,) -> (P,)."""
     _check_edge(layer, i, j)
-    x = x.to(layer.grid)
-    base = layer.scale_base * layer.base_weight[j, i] * layer.base_activation(x)  # (P,)
-    basis = reference_basis(x[:, None], layer.grid[i : i + 1], layer.spline_order)  # (P, 1, G+k)
-    spline = basis[:, 0] @ layer.spline_weight[j, :, i]  # (P,)
-    return base + layer.scale_spline * spline
+    return layer.edge_function(x, out_index=j, in_index=i)
 
 
 def edge_curve(layer: KANLinear, i: int, j: int, points: int = 200) -> EdgeCurve:
@@ -117,15 +114,10 @@ def edge_importance(layer: KANLinear, inputs: Tensor | None = None, samples: int
         x = low + share[:, None] * (high - low)  # (S, in)
     else:
         x = inputs.reshape(-1, layer.in_features).to(layer.grid)  # (S, in)
-    base_w = layer.scale_base * layer.base_weight.t()  # (in, out)
-    coeffs = layer.scale_spline * layer.spline_weight  # (out, G+k, in)
     total = torch.zeros(layer.in_features, layer.out_features, dtype=x.dtype)  # (in, out)
     rows = max(1, CHUNK_ELEMENTS // (layer.in_features * layer.out_features))
     for part in x.split(rows):
-        basis = layer.b_splines(part)  # (s, in, G+k)
-        phi = torch.einsum("sig,jgi->sij", basis, coeffs)  # (s, in, out)
-        phi += layer.base_activation(part)[:, :, None] * base_w  # (s, in, out)
-        total += phi.abs().sum(0)
+        total += layer.edge_functions(part).abs().sum(0)  # (s, in, out) summed over s
     return (total / max(x.shape[0], 1)).t()  # (out, in)
 
 

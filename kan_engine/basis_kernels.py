@@ -39,7 +39,7 @@ def _local(
 ):  # fmt: skip
     """(first column i-k, values B_{i-k+r,k}(x), slopes d/dx B_{i-k+r,k}(x)) for r = 0..k.
 
-    left[j-1] = x - t_{i+1-j}, right[j-1] = t_{i+j} - x (j = 1..k), as in `kan._local_basis`.
+    left[j-1] = x - t_{i+1-j}, right[j-1] = t_{i+j} - x (j = 1..k), as in `basis.local_basis`.
     Without DERIVATIVE the slopes tuple holds the values again (unused)."""
     last: tl.constexpr = N_KNOTS - 1
     # Masked-off lanes read knots 0, 1, ..., last: their arithmetic stays finite too.

@@ -81,15 +81,17 @@ def load(
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = _unpickling_detail(exc)
+        if "global" not in detail.lower() and not _starts_as_pickle(path):  # garbage, not code
+            reason = f"damaged (truncated or not a checkpoint: {detail})"
+            raise RunDirError(f"{path}: {reason}") from None
         raise RunDirError(
-            f"{path}: refused: not plain tensors and data ({_unpickling_detail(exc)}); "
+            f"{path}: refused: not plain tensors and data ({detail}); "
             "checkpoints are only loaded with weights_only=True, nothing in it was run"
         ) from None
     except Exception as exc:  # a foreign file breaks the unpickler in many different ways
         reason = _one_line(exc) or "empty file"
-        raise RunDirError(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {reason})"
-        ) from None
+        raise RunDirError(f"{path}: damaged (truncated or not a checkpoint: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{path}: unknown checkpoint format")
     missing = [key for key in keys if key not in state]
@@ -117,6 +119,17 @@ def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _starts_as_pickle(path: Path) -> bool:
+    """Whether the file opens with a pickle's PROTO opcode (protocol 2-5): a refused pickle, as
+    opposed to bytes that are no pickle at all (which the unpickler rejects the same way)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _unpickling_detail(exc: pickle.UnpicklingError) -> str:

@@ -3,8 +3,9 @@
 `RunConfig` is the single source of truth: preset files are its TOML form, CLI options and `--set`
 override its fields, and the TUI form validates each field against it. Unknown keys are errors and
 every number has a range, so a typo in a hand-edited preset is caught before any training starts.
-Model and dataset names are checked against the registries when a config is resolved for a run
-(`check_names`), so that loading a preset stays free of torch imports.
+Model and dataset names are checked against the catalogue of `kan_engine.names` when a config is
+resolved for a run (`check_names`); like this module it imports no torch, so loading, saving and
+checking a preset never does.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from pydantic import (
     field_validator,
 )
 
-from kan_engine import untrusted
+from kan_engine import names, untrusted
 from kan_engine.errors import ConfigError
+from kan_engine.names import Init
 
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
-Init = Literal["identity", "noise"]
 
 GROUPS = ("cnn", "kan", "other")
 
@@ -89,7 +90,7 @@ class DataSection(_Section):
     dataset: str = Field(
         "fashion-mnist",
         max_length=NAME_MAX,
-        description="fashion-mnist, mnist, cifar10, digits, images, csv",
+        description=", ".join(names.DATASETS),
     )
     data_dir: str | None = Field(
         None,
@@ -195,6 +196,11 @@ class TrainSection(_Section):
         return value
 
 
+# The `[kan]` fields a model is built with (`models.build(name, ..., **options)`); the others steer
+# training (grid updates, the regulariser).
+MODEL_OPTIONS = ("grid_size", "spline_order", "grid_range", "scale_base", "scale_spline", "init")
+
+
 class KanSection(_Section):
     # <= 100: a layer holds in x out x (grid_size + spline_order + 1) weights and builds a basis
     # of that size per sample; at 1000 one digits epoch took minutes on a CPU core
@@ -244,6 +250,10 @@ class KanSection(_Section):
                     f"under {least:.3g} ({GRID_STEP_MIN:g} x max(1, |low|, |high|))"
                 )
         return value
+
+    def build_options(self) -> dict[str, Any]:
+        """The fields of `MODEL_OPTIONS` by name: the options a model is built with."""
+        return {name: getattr(self, name) for name in MODEL_OPTIONS}
 
 
 class RunConfig(_Section):
@@ -336,20 +346,25 @@ def apply_overrides(
 
 
 def check_names(config: RunConfig, source: str = "") -> None:
-    """Check model and dataset names against the registries (imports torch, so only for runs)."""
-    from kan_engine.data import DATASETS
-    from kan_engine.models import MODELS
+    """Check the model and dataset names against the catalogue (`kan_engine.names`, no torch)."""
+    if config.model.name not in names.MODELS:
+        reason = names.unknown("model", untrusted.short_repr(config.model.name), names.MODELS)
+        raise ConfigError(source, "model.name", reason)
+    if config.data.dataset not in names.DATASETS:
+        shown = untrusted.short_repr(config.data.dataset)
+        raise ConfigError(source, "data.dataset", names.unknown("dataset", shown, names.DATASETS))
 
-    if config.model.name not in MODELS:
-        raise ConfigError(
-            source,
-            "model.name",
-            f"unknown model {untrusted.short_repr(config.model.name)} (known: {', '.join(MODELS)})",
-        )
-    if config.data.dataset not in DATASETS:
-        raise ConfigError(
-            source,
-            "data.dataset",
-            f"unknown dataset {untrusted.short_repr(config.data.dataset)} "
-            f"(known: {', '.join(DATASETS)})",
-        )
+
+def limits(key: str) -> dict[str, Any]:
+    """The bounds the schema puts on a dotted numeric key, by kind (`train.batch_size` ->
+    {"ge": 2, "le": 1048576}): code that needs one reads it here instead of copying it."""
+    *sections, name = key.split(".")
+    schema: Any = RunConfig
+    for part in sections:
+        schema = schema.model_fields[part].annotation
+    found: dict[str, Any] = {}
+    for item in schema.model_fields[name].metadata:
+        for kind in ("gt", "ge", "lt", "le"):
+            if getattr(item, kind, None) is not None:
+                found[kind] = getattr(item, kind)
+    return found

@@ -22,9 +22,31 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["GraphedStep"]
+from kan_engine.config import RunConfig
+
+__all__ = ["GraphedStep", "usable"]
 
 WARMUP = 3  # eager calls before the capture
+
+
+def usable(
+    config: RunConfig, device: torch.device, *, distributed: bool, use_scaler: bool
+) -> tuple[bool, str]:
+    """Whether training steps are replayed as a CUDA graph, and the notice to give: why not when
+    the config asks for graphs on CUDA and something else rules them out ("" when the config does
+    not ask for graphs, or the device is not CUDA)."""
+    if not config.train.cuda_graphs or device.type != "cuda":
+        return False, ""
+    blockers = {
+        "torchrun (DistributedDataParallel)": distributed,
+        "fp16 (the loss scaler reads its flag every step)": use_scaler,
+        "train.compile (torch.compile manages its own graphs)": config.train.compile,
+        "sgd (no capturable fused step)": config.optim.optimizer == "sgd",
+    }
+    reasons = [reason for reason, blocks in blockers.items() if blocks]
+    if reasons:
+        return False, f"train.cuda_graphs: off with {', '.join(reasons)}"
+    return True, "training steps replayed as a CUDA graph"
 
 
 class GraphedStep:

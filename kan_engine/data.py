@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kan_engine import datasets, user_data
+from kan_engine import datasets, names, user_data
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 from kan_engine.untrusted import printable
@@ -42,23 +42,7 @@ __all__ = ["DATASETS", "DataBundle", "DataError", "DataNotFoundError", "Split", 
 
 Split = Literal["train", "val", "test"]
 
-DATASETS: dict[str, str] = {
-    "fashion-mnist": "Fashion-MNIST: 28x28 grey clothing, 10 classes, 60k train / 10k test",
-    "mnist": "MNIST: 28x28 grey handwritten digits, 10 classes, 60k train / 10k test",
-    "cifar10": "CIFAR-10: 32x32 colour photos, 10 classes, 50k train / 10k test",
-    "digits": (
-        "scikit-learn digits: 8x8 grey, 10 classes, 1797 images, works offline; "
-        f"test split: a fixed stratified {datasets.TEST_FRACTION:.0%} (seed {datasets.SPLIT_SEED})"
-    ),
-    "images": (
-        "your images: --data-dir with a folder per class (or train/ and test/ folders of those); "
-        f"else a fixed stratified {datasets.TEST_FRACTION:.0%} test split"
-    ),
-    "csv": (
-        "your table: --data-dir FILE.csv with a header, numeric features, label column --target "
-        f"(default: the last); a fixed stratified {datasets.TEST_FRACTION:.0%} test split"
-    ),
-}
+DATASETS = names.DATASETS  # name -> description: the catalogue, so a name is written once
 
 _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "fashion-mnist": lambda s: datasets.load_idx("fashion-mnist", s.data_dir),
@@ -68,6 +52,7 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "images": lambda s: user_data.load_images(s.data_dir),
     "csv": lambda s: user_data.load_csv(s.data_dir, s.target),
 }
+names.check_complete(DATASETS, set(_LOADERS), "kan_engine.data")
 
 # Horizontal flips keep the label for clothes and photos, not for digits (a flipped 2 is no digit).
 _FLIPS = frozenset({"fashion-mnist", "cifar10", "images"})
@@ -272,11 +257,8 @@ def read(section: DataSection) -> datasets.Raw:
     --target). Splits that would come out empty are refused here too.
     """
     if section.dataset not in _LOADERS:
-        raise ConfigError(
-            "",
-            "data.dataset",
-            f"unknown dataset {section.dataset!r} (known: {', '.join(DATASETS)})",
-        )
+        reason = names.unknown("dataset", repr(section.dataset), DATASETS)
+        raise ConfigError("", "data.dataset", reason)
     try:
         raw = _LOADERS[section.dataset](section)
     except OSError as exc:  # a reader's own checks name the file; this is the net under them
@@ -289,7 +271,7 @@ def read(section: DataSection) -> datasets.Raw:
 
 def _check_sizes(raw: datasets.Raw, val_fraction: float) -> None:
     """Every split gets a sample (an empty one would divide by zero at evaluation)."""
-    _, held = datasets.stratified_split(raw.y_train, val_fraction, datasets.SPLIT_SEED)
+    _, held = datasets.stratified_split(raw.y_train, val_fraction, names.SPLIT_SEED)
     sizes = {"training": len(raw.y_train) - len(held), "validation": len(held)}
     sizes["test"] = len(raw.y_test)
     empty = [split for split, size in sizes.items() if size == 0]
@@ -309,7 +291,7 @@ def load(
     """
     if raw is None:
         raw = read(section)
-    kept, held = datasets.stratified_split(raw.y_train, section.val_fraction, datasets.SPLIT_SEED)
+    kept, held = datasets.stratified_split(raw.y_train, section.val_fraction, names.SPLIT_SEED)
     arrays = {
         "train": (raw.x_train[kept], raw.y_train[kept]),
         "val": (raw.x_train[held], raw.y_train[held]),

@@ -28,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
+from kan_engine.names import SPLIT_SEED, TEST_FRACTION  # the split the catalogue promises
 from kan_engine.untrusted import printable
 
 # Debian's `dataset-*` packages; tests point this at empty folders to exercise the not-found path.
@@ -39,11 +40,6 @@ FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-
-# Seed of every split we carve ourselves (digits/images/csv test splits, validation splits): fixed,
-# so that runs with different training seeds are compared on the same held-out samples.
-SPLIT_SEED = 0
-TEST_FRACTION = 0.2
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

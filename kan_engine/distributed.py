@@ -95,6 +95,15 @@ def per_rank_batch(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
+def batch_notice(batch_size: int, world: int) -> str:
+    """The line that says how a global batch of `batch_size` splits (refused if it does not)."""
+    per_rank = per_rank_batch(batch_size, world)
+    return (
+        f"torchrun: {world} processes; global batch {batch_size} = {per_rank} per process "
+        "(same LR as one process)"
+    )
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the run; the default is a single process (collectives no-ops)."""

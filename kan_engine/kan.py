@@ -1,4 +1,4 @@
-"""The exact B-spline KAN layer: basis, fast forward/backward, grid update, monitoring hooks.
+"""The exact B-spline KAN layer: fast forward/backward, grid update, monitoring hooks.
 
 Output = scale_base * W_b @ act(x) + scale_spline * C @ B(x), where B(x) are the order-k B-spline
 basis values of each input on its own knot vector (`grid`, G intervals extended by k knots on each
@@ -10,7 +10,7 @@ Speed (bench/kan_layer.py, 2-core CPU, one thread, fwd+bwd): about 0.5x the text
 "GEMM floor") already take 0.5x; the rest is the basis, which costs a few elementwise passes and
 a scatter instead of the recursion's dozens of (N, in, G+2k) passes.
 
-Two code paths compute the same function:
+Two code paths compute the same function (their bases are in `kan_engine.basis`):
 
 * the textbook reference (`fast=False`, and the public `b_splines`): Cox-de Boor recursion over all
   G+2k intervals to a dense basis, one matmul, plain autograd (which keeps every recursion level
@@ -29,21 +29,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from kan_engine import fused_basis
-from kan_engine.bspline import reference_basis
+from kan_engine.basis import (
+    basis_row_bytes,
+    basis_rows,
+    is_uniform,
+    local_dense,
+    local_input_grad,
+    local_scale,
+    reference_basis,
+)
+from kan_engine.names import INITS
 
-__all__ = ["KANLinear", "TensorMemoryPeak", "reference_basis"]
+__all__ = ["KANLinear", "reference_basis"]
 
-INITS = ("identity", "noise")
 # E[silu(x)^2] for x ~ N(0, 1) (numerical integral); used to give the base branch a known variance.
 SILU_SECOND_MOMENT = 0.35578
 # Share of the output variance the spline branch carries at step 0, per init (the base branch
@@ -59,144 +63,6 @@ ANCHORS_PER_INTERVAL = 4
 BASIS_BUDGET_BYTES = 256 * 2**20
 
 
-def _is_uniform(grid: torch.Tensor) -> bool:
-    """True when every row of `grid` (in, M+1) equals t0 + j*h up to rounding of the knot values."""
-    steps = grid.shape[1] - 1
-    t0, h = grid[:, :1], (grid[:, -1:] - grid[:, :1]) / steps
-    ideal = t0 + torch.arange(steps + 1, device=grid.device, dtype=grid.dtype) * h  # (in, M+1)
-    tol = 8 * torch.finfo(grid.dtype).eps * grid.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    return bool(((grid - ideal).abs() <= tol).all())
-
-
-class _Local(NamedTuple):
-    """The k+1 non-zero basis values at each input, from `_local_basis`."""
-
-    columns: list[torch.Tensor]  # k+1 x (N, 1, in) long: padded basis column of each value
-    vals: list[torch.Tensor]  # k+1 x (N, in): value_scale * B_{i-k+r}(x), r = 0..k
-    slopes: list[torch.Tensor] | None  # k+1 x (N, in): slope_scale * d/dx of the same functions
-    value_scale: float
-    slope_scale: torch.Tensor | float  # (in,) on a uniform grid
-
-
-def _local_basis(
-    x: torch.Tensor, grid: torch.Tensor, order: int, uniform: bool, derivative: bool
-) -> _Local:
-    """The order+1 basis functions that are non-zero at each x (N, in), on grid (in, M+1).
-
-    On interval i = [t_i, t_{i+1}) of the extended grid the non-zero functions are B_{i-k}..B_i.
-    de Boor's triangular scheme evaluates them from left[j] = x - t_{i+1-j} and right[j] =
-    t_{i+j} - x, j = 1..k. On a uniform grid these are (u + j - 1) h and (j - u) h with u the
-    fractional position: the scheme runs in units of h without divisions and yields k! B (hence
-    `value_scale` 1/k!). Some of the k+1 functions do not exist near the ends of the extended
-    grid (j < 0 or j >= G+k): their values land in k padding columns on each side of the dense
-    basis (see `_padded_basis`), which is cheaper than masking them. Inputs outside the extended
-    grid get all zeros (the first value starts as the inside mask; every value is linear in it).
-    """
-    k = order
-    n_intervals = grid.shape[1] - 1  # M = G + 2k
-    if uniform:
-        t0 = grid[:, 0]  # (in,)
-        h = (grid[:, -1] - t0) / n_intervals  # (in,)
-        s = (x - t0) / h  # (N, in)
-        inside = (s >= 0) & (s < n_intervals)
-        # a NaN input (a diverged layer below) must give a NaN loss that the trainer handles,
-        # not a NaN cast to an index out of bounds: it gets cell 0 and, not inside, no basis
-        cell = torch.floor(s).nan_to_num_(0.0).clamp_(0, n_intervals - 1)
-        u = (s - cell).clamp_(0, 1)  # (N, in) fractional position
-        start = cell.to(torch.long)
-        left = [None, u, *(u + (j - 1) for j in range(2, k + 1))]
-        right = [None, *(j - u for j in range(1, k + 1))]
-    else:
-        interval = torch.searchsorted(grid, x.t().contiguous(), right=True).t() - 1  # (N, in)
-        inside = (interval >= 0) & (interval < n_intervals)
-        start = interval.clamp_(0, n_intervals - 1)
-        # Knots t_{i-k+1} .. t_{i+k} through a flat view of the grid padded with k extrapolated
-        # knots per side (finite, increasing), so every window read is in bounds.
-        pad = torch.arange(1, k + 1, device=grid.device, dtype=grid.dtype)
-        padded = torch.cat(
-            [
-                grid[:, :1] - (grid[:, 1:2] - grid[:, :1]) * pad.flip(0),
-                grid,
-                grid[:, -1:] + (grid[:, -1:] - grid[:, -2:-1]) * pad,
-            ],
-            dim=1,
-        )  # (in, M+1+2k)
-        row = torch.arange(grid.shape[0], device=grid.device) * padded.shape[1]  # (in,)
-        first = start + 1 + row  # (N, in) flat index of t_{i-k+1}
-        flat = padded.reshape(-1)
-        window = [flat[first + p] for p in range(2 * k)]  # 2k x (N, in): t_{i-k+1+p}
-        left = [None, *(x - window[k - j] for j in range(1, k + 1))]
-        right = [None, *(window[k - 1 + j] - x for j in range(1, k + 1))]
-
-    vals = [inside.to(x.dtype)]
-    lower = vals
-    for j in range(1, k + 1):
-        new = []
-        saved = None
-        for r in range(j):
-            temp = vals[r] if uniform else vals[r] / (right[r + 1] + left[j - r])
-            if saved is None:
-                new.append(right[r + 1] * temp)
-            else:
-                new.append(torch.addcmul(saved, right[r + 1], temp))
-            saved = left[j - r] * temp
-        new.append(saved)
-        lower, vals = vals, new  # `lower` ends as the order k-1 values
-    value_scale = _value_scale(k, uniform)
-    slopes = None
-    slope_scale: torch.Tensor | float = 1.0
-    if derivative:
-        # B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}); with
-        # j = i-k+r these knot differences are right[r] + left[k-r+1] and right[r+1] + left[k-r]
-        # (k h on a uniform grid, where the k/(k! h) factor goes into `slope_scale`).
-        ups = [lower[r - 1] for r in range(1, k + 1)]  # the B_{j,k-1} term of r = 1..k
-        downs = [lower[r] for r in range(k)]  # the B_{j+1,k-1} term of r = 0..k-1
-        if not uniform:
-            ups = [v * (k / (right[r] + left[k - r + 1])) for r, v in enumerate(ups, 1)]
-            downs = [v * (k / (right[r + 1] + left[k - r])) for r, v in enumerate(downs)]
-        terms = [-downs[0], *(ups[r - 1] - downs[r] for r in range(1, k)), ups[k - 1]]
-        slopes = terms
-        if uniform:
-            slope_scale = 1.0 / (math.factorial(k - 1) * h)  # (in,)
-    first_column = start.unsqueeze(1)  # (N, 1, in); padded column = interval index + r
-    columns = [first_column + r for r in range(k + 1)]
-    return _Local(columns, vals, slopes, value_scale, slope_scale)
-
-
-def _padded_basis(local: _Local, n_cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """Write the local values into a padded dense basis buffer (N, G+3k, in).
-
-    k padding slabs sit on each side of the G+k real ones and take the values of functions that
-    do not exist near the ends of the extended grid; only the real slabs are zeroed first (the
-    padding is never read as basis). The real basis is `buffer[:, k:k+G+k].flatten(1)`, an
-    (N, (G+k)*in) view whose rows are strided: matmuls read it in place (leading dimension
-    (G+3k)*in), no copy. Columns are ordered (basis function, input), matching the (out, G+k, in)
-    layout of `spline_weight`. Values carry the factor `_value_scale`.
-    """
-    order = len(local.vals) - 1
-    n, n_in = local.vals[0].shape
-    buffer = torch.empty(n, n_cols + 2 * order, n_in, device=local.vals[0].device, dtype=dtype)
-    buffer[:, order : order + n_cols].zero_()
-    for column, value in zip(local.columns, local.vals, strict=True):
-        buffer.scatter_(1, column, value.unsqueeze(1).to(dtype))
-    return buffer
-
-
-def _input_grad(grad_basis: torch.Tensor, local: _Local, scale: float) -> torch.Tensor:
-    """scale * dL/dx (N, in) from dL/dB in a padded buffer (N, G+3k, in) whose padding slabs
-    are zero."""
-    total = torch.zeros_like(local.vals[0])  # (N, in)
-    for column, slope in zip(local.columns, local.slopes or (), strict=False):
-        picked = grad_basis.gather(1, column).squeeze(1)  # (N, in)
-        total.addcmul_(picked.to(total.dtype), slope)
-    return total * (local.slope_scale * scale)
-
-
-def _value_scale(order: int, uniform: bool) -> float:
-    """The factor between `_local_basis` values and the true basis (1/k! on a uniform grid)."""
-    return 1.0 / math.factorial(order) if uniform else 1.0
-
-
 def _chunks(n: int, rows: int) -> Iterator[slice]:
     for start in range(0, n, max(rows, 1)):
         yield slice(start, start + rows)
@@ -205,30 +71,6 @@ def _chunks(n: int, rows: int) -> Iterator[slice]:
 def _chunk_rows(chunk_size: int | None, row_bytes: int) -> int:
     """Rows per chunk: `chunk_size` if given, else as many as fit in `BASIS_BUDGET_BYTES`."""
     return chunk_size or max(1, BASIS_BUDGET_BYTES // max(row_bytes, 1))
-
-
-def _basis_row_bytes(
-    x: torch.Tensor, grid: torch.Tensor, order: int, fused: bool, dtype: torch.dtype
-) -> int:
-    """Bytes of one row of the basis buffer `_basis_rows` builds (the eager one is padded)."""
-    n_cols = grid.shape[1] - 1 - order + (0 if fused else 2 * order)
-    return n_cols * x.shape[1] * dtype.itemsize
-
-
-def _basis_rows(
-    x: torch.Tensor, grid: torch.Tensor, order: int, uniform: bool, fused: bool,
-    dtype: torch.dtype, derivative: bool,
-) -> tuple[torch.Tensor, torch.Tensor, _Local | None]:  # fmt: skip
-    """The basis of the rows x (n, in): (its buffer, the (n, (G+k)*in) matmul operand viewing
-    it, the local values the eager input gradient needs). Fused: (n, G+k, in), true values;
-    eager: the padded (n, G+3k, in) buffer of `_padded_basis`, values times `_value_scale`."""
-    n_cols = grid.shape[1] - 1 - order
-    if fused:
-        basis = fused_basis.dense_basis(x, grid, order, dtype)  # (n, G+k, in)
-        return basis, basis.flatten(1), None
-    local = _local_basis(x, grid, order, uniform, derivative)
-    buffer = _padded_basis(local, n_cols, dtype)  # (n, G+3k, in)
-    return buffer, buffer[:, order : order + n_cols].flatten(1), local
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -270,15 +112,15 @@ class _SplineLinear(torch.autograd.Function):
         cdt = _compute_dtype(x, weight)
         work = torch.promote_types(x.dtype, torch.float32)
         base_dtype = base.dtype
-        scale = 1.0 if fused else _value_scale(order, uniform)
-        rows_per_chunk = _chunk_rows(chunk_size, _basis_row_bytes(x, grid, order, fused, cdt))
+        scale = 1.0 if fused else local_scale(order, uniform)
+        rows_per_chunk = _chunk_rows(chunk_size, basis_row_bytes(x, grid, order, fused, cdt))
         with torch.autocast(x.device.type, enabled=False):
             xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)  # w (out, (G+k)*in)
             base = base.to(cdt)
             out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=cdt)  # (N, out)
             col_sum = torch.zeros(weight.shape[1] if want_sum else 0, device=x.device, dtype=work)
             for rows in _chunks(x.shape[0], rows_per_chunk):
-                _, basis, _ = _basis_rows(xw[rows], gw, order, uniform, fused, cdt, False)
+                _, basis, _ = basis_rows(xw[rows], gw, order, uniform, fused, cdt, False)
                 alpha = scale_spline * scale
                 torch.addmm(base[rows], basis, w.t(), beta=scale_base, alpha=alpha, out=out[rows])
                 if want_sum:
@@ -317,10 +159,10 @@ class _SplineLinear(torch.autograd.Function):
                 xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
                 if need_x:  # contiguous whatever x's strides: the kernel writes row slices
                     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-                scale = scale_spline * (1.0 if fused else _value_scale(order, uniform))
+                scale = scale_spline * (1.0 if fused else local_scale(order, uniform))
                 g_w = g if scale == 1.0 else g * scale  # (N, out): smaller than dL/dC to scale
                 for rows in _chunks(x.shape[0], rows_per_chunk):
-                    buffer, basis, local = _basis_rows(
+                    buffer, basis, local = basis_rows(
                         xw[rows], gw, order, uniform, fused, cdt, need_x
                     )
                     if need_w:
@@ -339,37 +181,10 @@ class _SplineLinear(torch.autograd.Function):
                         buffer[:, :order].zero_()
                         buffer[:, order + n_cols :].zero_()
                         torch.mm(g[rows], w, out=basis)  # dL/dB / scale_spline
-                        grad_x[rows] = _input_grad(buffer, local, scale_spline).to(x.dtype)
+                        grad_x[rows] = local_input_grad(buffer, local, scale_spline).to(x.dtype)
                 if need_w:
                     grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_base, grad_w, *(None,) * 8
-
-
-class TensorMemoryPeak(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the `with` block and alive at the same time.
-
-    Works on every device, the CPU included (where PyTorch keeps no allocator statistics), so
-    tests and benchmarks can check memory claims such as "the spline part's transient memory is
-    bounded by the chunk". Every op's outputs are recorded with a weak reference to their storage;
-    the live total is summed after each op. Backward ops run inside the block are seen too.
-    Tensors that existed before the block are not counted. Slow: for measurement only.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.peak = 0
-        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        self._live = {key: v for key, v in self._live.items() if not v[0].expired()}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                ref = StorageWeakRef(storage)
-                self._live.setdefault(ref.cdata, (ref, storage.nbytes()))
-        self.peak = max(self.peak, sum(size for _, size in self._live.values()))
-        return out
 
 
 class KANLinear(nn.Module):
@@ -463,7 +278,7 @@ class KANLinear(nn.Module):
         self.reset_parameters()
 
     def _grid_changed(self) -> None:
-        self._uniform = _is_uniform(self.grid)
+        self._uniform = is_uniform(self.grid)
 
     def greville(self) -> torch.Tensor:
         """Greville abscissae (in, G+k): the knot averages at which B-spline coefficients sit."""
@@ -534,6 +349,26 @@ class KANLinear(nn.Module):
         """
         return max(float(self._outside), 0.0)
 
+    def edge_function(self, x: torch.Tensor, out_index: int, in_index: int) -> torch.Tensor:
+        """phi of the edge in_index -> out_index at points x (P,) -> (P,): what the layer adds to
+        output `out_index` for input `in_index` = x. The textbook basis on that input's own knots,
+        so the function follows a grid that `update_grid` has moved."""
+        i, j = in_index, out_index
+        x = x.to(self.grid)
+        base = self.scale_base * self.base_weight[j, i] * self.base_activation(x)  # (P,)
+        basis = reference_basis(x[:, None], self.grid[i : i + 1], self.spline_order)  # (P, 1, G+k)
+        spline = basis[:, 0] @ self.spline_weight[j, :, i]  # (P,)
+        return base + self.scale_spline * spline
+
+    def edge_functions(self, x: torch.Tensor) -> torch.Tensor:
+        """phi of every edge at inputs x (N, in) -> (N, in, out); the forward is its sum over
+        the inputs. Builds the whole (N, in, out) tensor: chunk the rows of a large x."""
+        basis = self.b_splines(x)  # (N, in, G+k)
+        coeffs = self.scale_spline * self.spline_weight  # (out, G+k, in)
+        phi = torch.einsum("sig,jgi->sij", basis, coeffs)  # (N, in, out)
+        phi += self.base_activation(x)[:, :, None] * (self.scale_base * self.base_weight.t())
+        return phi
+
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor, margin: float = 0.01, keep_range: bool = False) -> None:
         """Fit the grid to samples x (N, in) and refit the splines so the layer's function is kept.
@@ -593,7 +428,7 @@ class KANLinear(nn.Module):
     def _refit(self, x: torch.Tensor, new_grid: torch.Tensor) -> None:
         """Weighted least-squares refit of spline_weight from the current grid to `new_grid` on
         samples x (N, in) plus the anchors of `_anchors` (see `update_grid`)."""
-        n_cols = self.grid_size + self.spline_order
+        n_cols, k = self.grid_size + self.spline_order, self.spline_order
         # The fit is linear in the old coefficients: solve for the (G+k, G+k) map from old to new
         # coefficients of each input (in float64), then apply it to all outputs at once. Solving
         # for the coefficients themselves took out x more right-hand sides and transposed copies
@@ -601,7 +436,7 @@ class KANLinear(nn.Module):
         transfer = torch.empty(
             n_cols, n_cols, self.in_features, dtype=torch.float64, device=x.device
         )
-        new_uniform = _is_uniform(new_grid)
+        new_uniform = is_uniform(new_grid)
         points, anchor_weight = self._anchors(new_grid.to(torch.float64), x.shape[0])  # (A, in)
         rows = x.shape[0] + points.shape[0]
         # Features in blocks, so the float64 bases stay small whatever the batch.
@@ -613,8 +448,8 @@ class KANLinear(nn.Module):
             weight = torch.cat(
                 [torch.ones_like(x[:, feats], dtype=torch.float64), anchor_weight[:, feats]]
             ).t()  # (b, N+A)
-            b_old = self._basis(xs, self.grid[feats].to(torch.float64), self._uniform)
-            b_new = self._basis(xs, new_grid[feats].to(torch.float64), new_uniform)
+            b_old = local_dense(xs, self.grid[feats].to(torch.float64), k, self._uniform)
+            b_new = local_dense(xs, new_grid[feats].to(torch.float64), k, new_uniform)
             # contiguous batched operands: strided ones make CPU bmm copy per batch
             a = b_new.permute(1, 2, 0).contiguous()  # (b, G+k, N+A)
             weighted = a * weight.unsqueeze(1)  # (b, G+k, N+A)
@@ -655,13 +490,6 @@ class KANLinear(nn.Module):
         # ANCHOR_WEIGHT * n / tiny overflows to inf, and 0 * inf made the whole refit NaN
         weights = weights / total * (ANCHOR_WEIGHT * n_samples)
         return points.flatten(1).t(), weights.flatten(1).t()  # (M*q, in) each
-
-    def _basis(self, x: torch.Tensor, grid: torch.Tensor, uniform: bool) -> torch.Tensor:
-        """Dense basis x (N, b) on `grid` (b, M+1) -> (N, b, G+k) through the fast local scheme."""
-        k, n_cols = self.spline_order, grid.shape[1] - 1 - self.spline_order
-        local = _local_basis(x, grid, k, uniform, derivative=False)
-        buffer = _padded_basis(local, n_cols, x.dtype)  # (N, G+3k, b)
-        return buffer[:, k : k + n_cols].transpose(1, 2) * _value_scale(k, uniform)  # (N, b, G+k)
 
     def regularization_loss(
         self, activation_weight: float = 1.0, entropy_weight: float = 1.0

@@ -11,7 +11,7 @@ state): the parameters, the optimizer state, the data set (kept whole on the dev
   foreach Adam on the CPU allocates several parameter-sized lists); independent of the batch.
 
 Both phases are *measured*, not modelled: one real training step on a tiny batch (two sizes, to
-get the slope and the intercept) under `kan.TensorMemoryPeak`, which counts every tensor storage
+get the slope and the intercept) under `memory_peak.TensorMemoryPeak`, which counts every storage
 alive at once, on the CPU in float32. Saved-tensor hooks alone would miss the transients, which
 dominate a KAN layer (its fast path saves only its input but rebuilds a (N, G+3k, in) basis).
 On CUDA the estimate is an upper bound for the activations (bf16 autocast halves many of them, the
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kan_engine.config import RunConfig
+from kan_engine.config import RunConfig, limits
 from kan_engine.errors import ConfigError
-from kan_engine.kan import TensorMemoryPeak
+from kan_engine.memory_peak import TensorMemoryPeak
 
 __all__ = [
     "MemoryEstimate",
@@ -48,8 +48,8 @@ __all__ = [
 
 MARGIN = 0.2  # share of the available memory kept free by `auto_batch_size`
 PROBE_BATCHES = (4, 16)  # the two tiny batches the per-sample slope is measured on
-MIN_BATCH = 2  # BatchNorm cannot train on one sample
-MAX_BATCH = 2**20  # the schema's bound of train.batch_size
+# the schema's bounds of train.batch_size (at least 2: BatchNorm cannot train on one sample)
+MIN_BATCH, MAX_BATCH = limits("train.batch_size")["ge"], limits("train.batch_size")["le"]
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -89,19 +89,6 @@ class MemoryEstimate:
             f"{_count(self.params)} params · training ~{format_bytes(self.total(batch_size))} "
             f"at batch {batch_size}{where}"
         )
-
-
-class _Timeline(TensorMemoryPeak):
-    """`TensorMemoryPeak` that also records the live bytes after every op."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: list[int] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        self.live.append(sum(size for _, size in self._live.values()))
-        return out
 
 
 def _upper_lines(
@@ -195,9 +182,9 @@ def measure(
     timelines = []
     for n in probes:
         x, y = batch(n)
-        with _Timeline() as meter:
+        with TensorMemoryPeak(timeline=True) as meter:
             forward_backward(x, y)
-        timelines.append(meter.live)
+        timelines.append(meter.timeline)
         per_sample_input = (x.nbytes + y.nbytes) / n
         if n != probes[-1]:
             optimizer.zero_grad(set_to_none=True)

@@ -1,9 +1,11 @@
-"""The model registry: every model is a builder registered by name with a one-line description.
+"""The model registry: every model is a builder registered under its name in the catalogue.
 
-The CLI and the TUI list `MODELS`; a run builds its model with
-`build(name, input_shape, num_classes, **options)`, where `options` are the `[kan]` preset fields a
-model uses. Each model tags its parameters into the groups `cnn`, `kan` and `other`
-(`param_groups`), so the optimizer can give each group its own learning rate.
+The names and their one-line descriptions are `kan_engine.names.MODELS` (torch-free, so a config
+is checked without this module); `MODELS` here is that same dict, which the CLI and the TUI list.
+A run builds its model with `build(name, input_shape, num_classes, **options)`, where `options`
+are the `[kan]` preset fields a model uses (`config.MODEL_OPTIONS`). Each model tags its
+parameters into the groups `cnn`, `kan` and `other` (`param_groups`), so the optimizer can give
+each group its own learning rate.
 
 Sizes of the Rapid KAN models are set so that, for a 1x28x28 input and 10 classes at the preset
 defaults (grid_size 5, spline_order 3), they match the notes' 8.3 M / 26.6 M / 58.5 M parameters.
@@ -21,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kan_engine import names
+from kan_engine.config import MODEL_OPTIONS, KanSection
 from kan_engine.errors import ConfigError
 from kan_engine.kan import KANLinear
 
@@ -39,22 +43,15 @@ Shape = tuple[int, ...]
 Options = dict[str, Any]
 Builder = Callable[[Shape, int, Options], nn.Module]
 
-MODELS: dict[str, str] = {}
+MODELS = names.MODELS  # name -> description: the catalogue, so a name is written once
 _BUILDERS: dict[str, Builder] = {}
 
 # The `[kan]` preset fields a model may use. Every model accepts all of them (the trainer passes the
 # whole section), a model that has no KAN layer simply ignores them.
-OPTION_NAMES = ("grid_size", "spline_order", "grid_range", "scale_base", "scale_spline", "init")
+OPTION_NAMES = MODEL_OPTIONS
 
 # Defaults of the tuned models: the preset's `[kan]` defaults (strong base, identity-like start).
-RAPID_DEFAULTS: dict[str, Any] = {
-    "grid_size": 5,
-    "spline_order": 3,
-    "grid_range": (-2.0, 2.0),
-    "scale_base": 2.5,
-    "scale_spline": 1.0,
-    "init": "identity",
-}
+RAPID_DEFAULTS: dict[str, Any] = KanSection().build_options()
 # Defaults of the "original KAN" baseline: pykan-like, no tricks.
 ORIGINAL_DEFAULTS: dict[str, Any] = {
     **RAPID_DEFAULTS,
@@ -69,12 +66,18 @@ MEMORY_SAFE_CHUNK = 256
 POOLED = 4
 
 
-def register(description: str) -> Callable[[Builder], Builder]:
-    """Register a builder under its function name (timm-style), with a one-line description."""
+def register(description: str | None = None) -> Callable[[Builder], Builder]:
+    """Register a builder under its function name (timm-style). A built-in model's name and
+    description are in the catalogue (`kan_engine.names`); a model added from outside brings its
+    own one-line `description`, and is known only once this module is imported."""
 
     def decorate(builder: Builder) -> Builder:
-        MODELS[builder.__name__] = description
-        _BUILDERS[builder.__name__] = builder
+        name = builder.__name__
+        if description is not None:
+            MODELS[name] = description
+        elif name not in MODELS:
+            raise ValueError(f"register: {name!r} is not in kan_engine.names.MODELS")
+        _BUILDERS[name] = builder
         return builder
 
     return decorate
@@ -87,7 +90,7 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, **options: An
     the caller says otherwise.
     """
     if name not in _BUILDERS:
-        raise ConfigError("", "model.name", f"unknown model {name!r} (known: {', '.join(MODELS)})")
+        raise ConfigError("", "model.name", names.unknown("model", repr(name), MODELS))
     for key in options:
         if key not in OPTION_NAMES:
             raise ConfigError(
@@ -238,22 +241,23 @@ def _options(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-# Rapid KAN shapes: CNN channels per stage (RAPID_DEPTH convs each) and KAN hidden widths.
-RAPID_SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "rapid_kan_lite": ((32, 64), (896,)),
-    "rapid_kan": ((64, 128, 128), (1152, 512)),
-    "rapid_kan_power": ((64, 128, 256), (1400, 512)),
+# Rapid KAN shapes: CNN channels per stage, convolutions per stage, KAN hidden widths.
+RAPID_SHAPES: dict[str, tuple[tuple[int, ...], int, tuple[int, ...]]] = {
+    "rapid_kan_tiny": ((16, 32), 1, (128,)),
+    "rapid_kan_lite": ((32, 64), 2, (896,)),
+    "rapid_kan": ((64, 128, 128), 2, (1152, 512)),
+    "rapid_kan_power": ((64, 128, 256), 2, (1400, 512)),
 }
 # Two convolutions per stage: a front end worth its (few) parameters. With one per stage the
 # largest model was no better than the smallest (issue 14: 91.8-92.2 % test for all three).
-RAPID_DEPTH = 2
+# The tiny model keeps one: it is sized for an epoch in seconds on a laptop's CPU.
 
 
 def _rapid(
     name: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any]
 ) -> KanClassifier:
-    channels, hidden = RAPID_SHAPES[name]
-    front, features = _front(input_shape, channels, RAPID_DEPTH)
+    channels, depth, hidden = RAPID_SHAPES[name]
+    front, features = _front(input_shape, channels, depth)
     return KanClassifier(
         front,
         features,
@@ -266,8 +270,8 @@ def _rapid(
 def _rapid_mlp(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The Rapid KAN `name` with its KAN head replaced by an MLP head of the same parameter
     count: what the KAN head buys over a plain head on the same front end."""
-    channels, hidden = RAPID_SHAPES[name]
-    front, features = _front(input_shape, channels, RAPID_DEPTH)
+    channels, depth, hidden = RAPID_SHAPES[name]
+    front, features = _front(input_shape, channels, depth)
     per_edge = RAPID_DEFAULTS["grid_size"] + RAPID_DEFAULTS["spline_order"] + 1
     dims = [features, *hidden, num_classes]
     # the KAN head's size: BatchNorm (2 per input) and per_edge coefficients per edge
@@ -296,47 +300,52 @@ def _flat_kan(
     )
 
 
-@register("Rapid KAN lite: 2-stage CNN (2 convs each, 32-64) + KAN 1024-896-C, fastest")
+@register()
+def rapid_kan_tiny(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
+    return _rapid("rapid_kan_tiny", input_shape, num_classes, options)
+
+
+@register()
 def rapid_kan_lite(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid("rapid_kan_lite", input_shape, num_classes, options)
 
 
-@register("Rapid KAN: 3-stage CNN (2 convs each, 64-128-128) + KAN 2048-1152-512-C")
+@register()
 def rapid_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid("rapid_kan", input_shape, num_classes, options)
 
 
-@register("Rapid KAN power: 3-stage CNN (2 convs each, 64-128-256) + KAN 4096-1400-512-C")
+@register()
 def rapid_kan_power(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid("rapid_kan_power", input_shape, num_classes, options)
 
 
-@register("control: rapid_kan_lite's CNN with an MLP head of the KAN head's size")
+@register()
 def rapid_kan_lite_mlp(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid_mlp("rapid_kan_lite", input_shape, num_classes)
 
 
-@register("control: rapid_kan's CNN with an MLP head of the KAN head's size")
+@register()
 def rapid_kan_mlp(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid_mlp("rapid_kan", input_shape, num_classes)
 
 
-@register("control: rapid_kan_power's CNN with an MLP head of the KAN head's size")
+@register()
 def rapid_kan_power_mlp(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _rapid_mlp("rapid_kan_power", input_shape, num_classes)
 
 
-@register("exact B-spline KAN on flattened inputs, 256-128 hidden, chunked for bounded memory")
+@register()
 def memory_safe_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _flat_kan(input_shape, [256, 128, num_classes], options, chunk_size=MEMORY_SAFE_CHUNK)
 
 
-@register("exact B-spline KAN on flattened inputs, one 256 hidden layer, unchunked for speed")
+@register()
 def fast_exact_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _flat_kan(input_shape, [256, num_classes], options)
 
 
-@register("baseline: standard small CNN (2 conv-BN-ReLU stages, linear 256 head)")
+@register()
 def cnn(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     front, features = _front(input_shape, (32, 64))
     return nn.Sequential(
@@ -347,11 +356,14 @@ def cnn(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     )
 
 
-@register("baseline: original KAN (flatten -> KAN 64 -> C, no CNN, no norm, pykan-like defaults)")
+@register()
 def kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _flat_kan(
         input_shape, [64, num_classes], options, defaults=ORIGINAL_DEFAULTS, normalize=False
     )
+
+
+names.check_complete(MODELS, set(_BUILDERS), "kan_engine.models")
 
 
 def _tagged(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:

@@ -21,12 +21,13 @@ import tomli_w
 from pydantic import BaseModel
 
 from kan_engine import atomic, untrusted
-from kan_engine.config import RunConfig, to_data, validate_config
+from kan_engine.config import DESCRIPTION_MAX, RunConfig, to_data, validate_config
 from kan_engine.errors import ConfigError, PresetError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-BUILTIN_NAMES = ("lite", "standard", "power", "sprint")
-DESCRIPTION_SHOWN = 200  # characters of a description that a listing shows
+BUILTIN_NAMES = ("lite", "standard", "power", "sprint", "cpu")
+AUTO = "auto"  # not a file: `sprint` where a CUDA GPU is found, `cpu` elsewhere (`auto_preset`)
+DESCRIPTION_SHOWN = DESCRIPTION_MAX  # a listing shows as much as a valid description holds
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,23 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(source, "", reason) from None
 
 
+def auto_preset() -> str:
+    """The built-in that `auto` stands for on this machine: a first run that finishes in minutes
+    wherever it runs. Only `auto` pays for importing torch to look for a GPU."""
+    import torch
+
+    return "sprint" if torch.cuda.is_available() else "cpu"
+
+
 def resolve(ref: str) -> tuple[RunConfig, str]:
-    """A preset name (user presets shadow nothing: built-ins win) or a path to a .toml file."""
+    """A preset name (user presets shadow nothing: built-ins win), `auto`, or a path to a .toml
+    file; the name returned is the preset's own (for `auto`, the one picked)."""
     if is_path_like(ref):
         path = Path(ref).expanduser()
         return read_file(path), path.stem
     check_name(ref)
+    if ref == AUTO:
+        return resolve(auto_preset())
     for folder in (builtin_dir(), user_dir()):
         path = folder / f"{ref}.toml"
         if os.path.lexists(path):  # not is_file(): a FIFO there is refused by name, not unknown
@@ -179,7 +191,7 @@ def _inline(key: str, value: Any) -> str:
 
 def save(name: str, config: RunConfig, *, force: bool = False) -> Path:
     check_name(name)
-    if name in BUILTIN_NAMES:
+    if name in (*BUILTIN_NAMES, AUTO):
         raise PresetError(
             f"{name!r} is a built-in preset and cannot be overwritten; choose another name"
         )

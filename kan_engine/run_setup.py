@@ -64,7 +64,7 @@ def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | No
 
 
 def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
-    options = {name: getattr(config.kan, name) for name in models.OPTION_NAMES}
+    options = config.kan.build_options()
     model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
     model = model.to(device)
     if device.type == "cuda" and len(bundle.input_shape) == 3:

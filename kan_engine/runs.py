@@ -108,6 +108,16 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     return Path(run_dir) / CHECKPOINTS / (LAST if which == "last" else BEST)
 
 
+def pick_checkpoint(run_dir: Path, which: str | None) -> tuple[str, str | None]:
+    """(which, note) for a command given `--checkpoint` or not: not given means best.pt, or
+    last.pt when the run has that only (stopped before its first epoch ended), said in the note."""
+    if which is not None:
+        return which, None
+    if not checkpoint_path(run_dir, "best").exists() and checkpoint_path(run_dir, "last").exists():
+        return "last", "no best.pt yet (no epoch has finished): using last.pt"
+    return "best", None
+
+
 def write_config(run_dir: Path, config: RunConfig) -> None:
     write_file(Path(run_dir) / CONFIG, presets_io.render(config))
 

@@ -20,14 +20,15 @@ from kan_engine import presets_io
 from kan_engine.config import RunConfig
 from kan_engine.errors import KanError
 from kan_engine.untrusted import printable
+from kan_tui import exit_codes
 from kan_tui.messages import StartRun
+from kan_tui.run_model import TrainingRun
 from kan_tui.screens.dashboard import JOIN_TIMEOUT_S, DashboardScreen
-from kan_tui.screens.run_model import TrainingRun
 from kan_tui.screens.setup import DEFAULT_PRESET, SetupScreen
+from kan_tui.signals import STOP_SIGNALS
 
 # A dropped terminal (SSH connection gone) sends SIGHUP; a scheduler or `kill` sends SIGTERM.
 # SIGHUP does not exist on Windows.
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGTERM") if hasattr(signal, n))
 HANGUP_GRACE_S = 3.0  # after the training thread ended, for Textual's exit before ours
 
 
@@ -111,7 +112,7 @@ class KanApp(App[None]):
 
     def stop_on_signal(self, signum: int) -> None:
         """Stop the running training (if any) with a checkpoint, then exit with 128 + signum."""
-        code = 128 + signum
+        code = exit_codes.for_signal(signum)
         running = [s for s in self.screen_stack if isinstance(s, DashboardScreen) and s.running]
         if running:
             running[-1].stop_and_exit(code)

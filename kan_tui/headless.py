@@ -4,7 +4,10 @@ The reporter is the trainer's event sink and is called from the training loop, s
 cheap: step events (already sampled by the trainer) update a Rich progress display that redraws at
 most four times a second, and grid updates are only counted. On a terminal it shows an epoch bar and
 a batch bar with notices and warnings printed above them; when stdout is a file or a pipe it prints
-one plain line per epoch and per notice instead, so logs stay readable and greppable. Either way the
+one plain line per epoch and per notice instead, so logs stay readable and greppable, plus a
+progress line within an epoch every PROGRESS_EVERY_S seconds or every tenth of the epoch, whichever
+comes later (Keras' `verbose=2` rhythm: a log shows life without flooding). Accuracies are
+percentages with two decimals, as everywhere else (`formatting.pct`). Either way the
 run ends with a summary table. Colour is left to Rich, which honours NO_COLOR.
 
 This module never imports textual (a headless run on a server must not need it) and imports torch
@@ -16,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
-import threading
+import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -44,21 +46,19 @@ from kan_engine.events import (
 )
 from kan_engine.runs import RunWriteError
 from kan_engine.untrusted import printable
+from kan_tui import exit_codes
+from kan_tui.formatting import count, pct
+from kan_tui.signals import (
+    Stoppable,
+    ignore_late_signals,
+    stop_on_signals,
+)
 
-# summary.json status -> exit code; "stopped" only happens on a signal and exits 128 + its number
-EXIT_CODES = {"finished": 0, "early_stopped": 0, "diverged": 1, "failed": 1}
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 128 + signal.SIGINT
 # gradient-norm warnings printed per epoch; the rest are counted in the epoch line
 WARNINGS_PER_EPOCH = 5
-
-
-class Stoppable(Protocol):
-    """The part of the trainer a headless run needs (kan_engine.trainer.Trainer)."""
-
-    def run(self) -> dict[str, Any]: ...
-
-    def stop(self) -> None: ...
+PROGRESS_EVERY_S = 30.0  # in a log: at most one progress line per this many seconds...
+PROGRESS_SHARE = 0.1  # ...and per this share of an epoch's steps
+RATE_SMOOTHING = 0.2  # weight of the newest throughput sample in the ETA's running average
 
 
 def _raise_broken_pipe() -> None:
@@ -68,9 +68,14 @@ def _raise_broken_pipe() -> None:
 class HeadlessReporter:
     """Event sink for headless runs: Rich progress on a terminal, plain lines otherwise."""
 
-    def __init__(self, console: Console, interactive: bool) -> None:
+    def __init__(
+        self, console: Console, interactive: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.console = console
         self.interactive = interactive
+        self._clock = clock
+        self._last_progress = (clock(), 0)  # (when, step of the epoch) of the last progress line
+        self._rate: float | None = None  # smoothed samples/s
         self.epochs = 0
         self.batch_size = 1
         self.run_dir = ""
@@ -140,8 +145,9 @@ class HeadlessReporter:
                 self._line(f"checkpoint ({event.reason}, epoch {event.epoch}): {event.path}")
             case EarlyStopped():
                 self._line(
-                    f"early stop at epoch {event.epoch}: no better val_acc in {event.patience} "
-                    f"epochs (best {event.best_val_acc:.4f} at epoch {event.best_epoch})",
+                    f"early stop at epoch {event.epoch}: no better val_acc in "
+                    f"{count(event.patience, 'epoch')} (best {pct(event.best_val_acc)} at epoch "
+                    f"{event.best_epoch})",
                     "yellow",
                 )
             case RunStarted():
@@ -172,7 +178,7 @@ class HeadlessReporter:
             f"run {event.run_dir}: {event.config.get('model', {}).get('name', '?')} "
             f"({_millions(event.params.get('total', 0))} params) on {event.dataset} "
             f"(train {event.train_size}, val {event.val_size}, test {event.test_size}), "
-            f"device {event.device}, {event.epochs} epochs{resumed}"
+            f"device {event.device}, {count(event.epochs, 'epoch')}{resumed}"
         )
         if not self.interactive:
             return
@@ -191,9 +197,11 @@ class HeadlessReporter:
         self._progress.start()
 
     def _step(self, event: StepMetrics) -> None:
-        if self._progress is None:
-            return
-        rate = max(event.samples_per_s, 1e-9)
+        sample = event.samples_per_s
+        if math.isfinite(sample) and sample > 0:  # the ETA follows a running average, not a jump
+            old = self._rate
+            self._rate = sample if old is None else old + RATE_SMOOTHING * (sample - old)
+        rate = max(self._rate or 0.0, 1e-9)
         epoch_left = (event.steps_per_epoch - event.step) * self.batch_size / rate
         per_epoch = (
             sum(self._epoch_seconds) / len(self._epoch_seconds)
@@ -201,26 +209,45 @@ class HeadlessReporter:
             else event.steps_per_epoch * self.batch_size / rate
         )
         run_left = epoch_left + (self.epochs - event.epoch) * per_epoch
+        info = (
+            f"loss {event.loss:.3f} acc {pct(event.acc)} lr {self._lr(event.lr):.2g} {rate:,.0f}/s"
+        )
+        if self._progress is None:
+            self._progress_line(event, f"{info}  epoch ETA {_clock(epoch_left)}")
+            return
         self._progress.update(
-            self._batch_task,
-            completed=event.step,
-            info=f"loss {event.loss:.3f} acc {event.acc:.3f} lr {self._lr(event.lr):.2g} "
-            f"{event.samples_per_s:,.0f}/s ETA {_clock(epoch_left)}",
+            self._batch_task, completed=event.step, info=f"{info} ETA {_clock(epoch_left)}"
         )
         self._progress.update(self._epoch_task, info=f"ETA {_clock(run_left)}")
+
+    def _progress_line(self, event: StepMetrics, info: str) -> None:
+        """In a log: a line within the epoch once both PROGRESS_EVERY_S seconds and
+        PROGRESS_SHARE of its steps have passed since the last one (or since it began)."""
+        now = self._clock()
+        when, step = self._last_progress
+        if step > event.step:  # a new epoch began since
+            step = 0
+        due = now - when >= PROGRESS_EVERY_S
+        if not due or event.step - step < PROGRESS_SHARE * event.steps_per_epoch:
+            return
+        self._last_progress = (now, event.step)
+        self._line(
+            f"epoch {event.epoch}/{self.epochs}  step {event.step}/{event.steps_per_epoch}  {info}"
+        )
 
     def _epoch(self, event: EpochEnd) -> None:
         self._epoch_seconds.append(event.seconds)
         self._warnings_this_epoch = 0
+        self._last_progress = (self._clock(), 0)
         parts = [
             f"epoch {event.epoch}/{self.epochs}",
             f"train_loss {event.train_loss:.3f}",
-            f"train_acc {event.train_acc:.3f}",
+            f"train_acc {pct(event.train_acc)}",
             f"val_loss {event.val_loss:.3f}",
-            f"val_acc {event.val_acc:.3f}",
+            f"val_acc {pct(event.val_acc)}",
         ]
         if event.test_acc is not None:
-            parts.append(f"test_acc {event.test_acc:.3f}")
+            parts.append(f"test_acc {pct(event.test_acc)}")
         grid, warnings, skipped = self._this_epoch(event)
         parts += [f"lr {self._lr(event.lr):.3g}", f"grid_updates_this_epoch {grid}"]
         if warnings:
@@ -230,7 +257,7 @@ class HeadlessReporter:
         parts.append(f"{event.seconds:.1f}s")
         self._line("  ".join(parts))
         if self._progress is not None:
-            best = f"best val_acc {event.best_val_acc:.4f} (epoch {event.best_epoch})"
+            best = f"best val_acc {pct(event.best_val_acc)} (epoch {event.best_epoch})"
             self._progress.update(self._epoch_task, completed=event.epoch, info=best)
             self._progress.reset(self._batch_task, info="")
 
@@ -297,13 +324,15 @@ class HeadlessReporter:
 def summary_rows(summary: dict[str, Any]) -> dict[str, str]:
     """The run's outcome as label -> text, for the table at the end (missing entries left out)."""
     params = summary.get("params")
+    best_epoch = summary.get("best_epoch") or None  # 0: no epoch finished, so there is no best
+    seconds = summary.get("seconds")
     rows = {
         "status": summary.get("status"),
         "epochs run": summary.get("epochs_run"),
-        "best epoch": summary.get("best_epoch"),
-        "best val_acc": _fmt(summary.get("best_val_acc")),
-        "test_acc": _fmt(summary.get("test_acc")),
-        "seconds": _fmt(summary.get("seconds"), ".1f"),
+        "best epoch": best_epoch,
+        "best val_acc": _pct_or_none(summary.get("best_val_acc")) if best_epoch else None,
+        "test_acc": _pct_or_none(summary.get("test_acc")),
+        "seconds": None if seconds is None else f"{seconds:.1f}",
         "params": _millions(params.get("total", 0)) if isinstance(params, dict) else params,
         "device": summary.get("device"),
         "run folder": summary.get("run_dir"),
@@ -328,7 +357,7 @@ def train(trainer: Stoppable, *, debug: bool = False, quiet: bool = False) -> in
         if debug:
             traceback.print_exc()
         print(f"error: training failed: {printable(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_codes.FAILED
     except KanError:
         raise
     except KeyboardInterrupt:
@@ -339,62 +368,26 @@ def train(trainer: Stoppable, *, debug: bool = False, quiet: bool = False) -> in
             else:
                 message = "interrupted: the run can continue with `kan-tui resume`"
             print(message, file=sys.stderr)
-        return 128 + caught[0] if caught else EXIT_INTERRUPTED
+        return exit_codes.for_signal(caught[0]) if caught else exit_codes.INTERRUPTED
     except Exception as exc:
         if debug:
             traceback.print_exc()
         print(f"error: training failed: {type(exc).__name__}: {printable(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_codes.FAILED
     status = summary.get("status", "failed")
     if status == "stopped":
-        return 128 + caught[0] if caught else EXIT_INTERRUPTED
-    return EXIT_CODES.get(status, EXIT_FAILED)
+        return exit_codes.for_signal(caught[0]) if caught else exit_codes.INTERRUPTED
+    return exit_codes.for_status(status)
 
 
-def ignore_late_signals() -> None:
-    """Once the run has saved its state and summary, Ctrl-C (and SIGTERM / SIGHUP) during the
-    interpreter's shutdown (torch's exit hooks take a moment) would only print a traceback or
-    abort mid-cleanup: there is nothing left to stop, so they are ignored from here on."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def stop_on_signals(trainer: Stoppable, *, quiet: bool = False) -> Iterator[list[int]]:
-    """SIGHUP / SIGTERM: `trainer.stop()`, a second one: KeyboardInterrupt. Yields those caught.
-    `quiet`: no "stopping" line (torchrun signals every rank; rank 0 says it for all)."""
-    caught: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(signum)
-        trainer.stop()
-        if not quiet:  # os.write, not print: this may interrupt Rich's own printing
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step\n".encode())
-
-    with handling(("SIGTERM", "SIGHUP"), handler):
-        yield caught
-
-
-@contextlib.contextmanager
-def handling(names: Iterable[str], handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """`handler` for the named signals inside the block (those this platform has: SIGHUP does
-    not exist on Windows), the previous handlers after it."""
-    handled = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    previous = {signum: signal.signal(signum, handler) for signum in handled}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-def _fmt(value: Any, spec: str = ".4f") -> str | None:
-    return None if value is None else format(value, spec)
+def _pct_or_none(value: Any) -> str | None:
+    """A summary's accuracy as a percentage; a value that is no number (a damaged or edited
+    summary.json) as it is, and None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pct(value)
+    return str(value)
 
 
 def _millions(count: int) -> str:

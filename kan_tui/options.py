@@ -1,43 +1,92 @@
-"""From command-line options to one validated RunConfig.
+"""The config keys the CLI and the setup form expose, declared once; and from options to a config.
 
-The config schema stays the single source of truth: each named option of `kan-tui run` is only a
-short name for one dotted config key (`--lr` is `optim.lr`), its help text is the schema's
-description, and its value is validated by the schema like a preset value. Precedence is
-preset < `--set` < named options, and an error names the option the bad value came from, so
-`--lr -0.1` reports `--lr: optim.lr: ...` and not the preset.
+`FIELDS` is the one table: each row names a dotted config key and says how it is exposed, as a
+named option of `kan-tui run` (its flag and metavar) and / or a row of the setup form (its label
+and widget). The schema says the rest: the type and range that validate a value, the choices of
+a select, and the description that becomes the option's help and the form's tooltip. The CLI
+builds its options from the table (`kan_tui.cli.base.config_options`) and the form its rows
+(`kan_tui.widgets.form`), so exposing a key is one row here plus its schema entry.
+
+Each named option is only a short name for its key (`--lr` is `optim.lr`), and its value is
+validated by the schema like a preset value. Precedence is preset < `--set` < named options, and
+an error names the option the bad value came from, so `--lr -0.1` reports `--lr: optim.lr: ...`
+and not the preset.
+
+This module imports neither Typer nor Textual: the table is plain data.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from kan_engine.config import RunConfig, apply_overrides, check_names, parse_value
 from kan_engine.errors import ConfigError
 from kan_engine.untrusted import short_repr
 
-# parameter name of `kan-tui run` -> dotted config key (the dashed flag is derived from the name)
-OPTION_KEYS: dict[str, str] = {
-    "model": "model.name",
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
-    "target": "data.target",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "optimizer": "optim.optimizer",
-    "scheduler": "schedule.name",
-    "warmup_epochs": "schedule.warmup_epochs",
-    "patience": "train.patience",
-    "clip_grad_norm": "train.clip_grad_norm",
-    "prob_update_grid": "kan.prob_update_grid",
-    "mixed_precision": "train.mixed_precision",
-    "device": "train.device",
-    "seed": "train.seed",
-    "compile": "train.compile",
-}
+FLAG = ""  # the metavar of an on/off option: `--compile/--no-compile`
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One exposed config key.
+
+    `option`: the parameter name of its `kan-tui run` option (`batch_size`: `--batch-size`, and
+    the notes' spelling `--batch_size`), None when the CLI reaches it through `--set` only.
+    `metavar`: what the option's value looks like in `--help` (FLAG: an on/off switch).
+    `label`: its row in the setup form, None when the form leaves it out. `widget`: typed text
+    (read as TOML, like `--set`) or a choice list (the schema's `Literal`, or the model / data
+    set registry).
+    """
+
+    key: str
+    option: str | None = None
+    metavar: str = FLAG
+    label: str | None = None
+    widget: Literal["input", "select"] = "input"
+
+    @property
+    def help(self) -> str:
+        return describe(self.key)
+
+
+# in the form's order (top to bottom), which is also the order of the options in `run --help`
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("model.name", "model", "NAME", "model", "select"),
+    FieldSpec("data.dataset", "dataset", "NAME", "dataset", "select"),
+    FieldSpec("data.data_dir", "data_dir", "PATH"),
+    FieldSpec("data.target", "target", "COLUMN"),
+    FieldSpec("optim.lr", "lr", "FLOAT", "base LR"),
+    FieldSpec("optim.lr_mult.cnn", label="LR x cnn"),
+    FieldSpec("optim.lr_mult.kan", label="LR x kan"),
+    FieldSpec("optim.lr_mult.other", label="LR x other"),
+    FieldSpec("optim.optimizer", "optimizer", "NAME", "optimizer", "select"),
+    FieldSpec("optim.weight_decay", "weight_decay", "FLOAT", "weight decay"),
+    FieldSpec("schedule.name", "scheduler", "NAME", "schedule", "select"),
+    FieldSpec("schedule.warmup_epochs", "warmup_epochs", "FLOAT", "warm-up epochs"),
+    FieldSpec("train.epochs", "epochs", "INT", "epochs"),
+    FieldSpec("train.batch_size", "batch_size", "INT", "batch size"),
+    FieldSpec("train.patience", "patience", "INT", "patience"),
+    FieldSpec("train.clip_grad_norm", "clip_grad_norm", "FLOAT", "clip max-norm"),
+    FieldSpec("train.label_smoothing", label="label smooth."),
+    FieldSpec("train.ema_decay", label="EMA decay"),
+    FieldSpec("data.erase_prob", label="erase p"),
+    FieldSpec("kan.prob_update_grid", "prob_update_grid", "FLOAT", "grid update p"),
+    FieldSpec("kan.grid_update_until", label="grid upd until"),
+    FieldSpec("train.mixed_precision", "mixed_precision", "MODE", "mixed prec.", "select"),
+    FieldSpec("train.device", "device", "DEVICE"),
+    FieldSpec("train.seed", "seed", "INT", "seed"),
+    FieldSpec("train.compile", "compile", FLAG),
+)
+
+# option name -> its row, and option name -> dotted config key (the named options of `run`)
+BY_OPTION: dict[str, FieldSpec] = {f.option: f for f in FIELDS if f.option is not None}
+OPTION_KEYS: dict[str, str] = {name: f.key for name, f in BY_OPTION.items()}
+FORM_FIELDS: tuple[FieldSpec, ...] = tuple(f for f in FIELDS if f.label is not None)
 
 
 def flags(name: str) -> tuple[str, ...]:
@@ -46,13 +95,26 @@ def flags(name: str) -> tuple[str, ...]:
     return (dashed, f"--{name}") if "_" in name else (dashed,)
 
 
+def schema_field(key: str) -> FieldInfo:
+    """The pydantic FieldInfo of a dotted key."""
+    model: type[BaseModel] = RunConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation  # type: ignore[assignment]
+    return model.model_fields[name]
+
+
+def schema_choices(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal` field, None for free-form fields."""
+    annotation = schema_field(key).annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(a) for a in typing.get_args(annotation))
+    return None
+
+
 def describe(key: str) -> str:
     """The schema's description of a dotted key, for help texts."""
-    node: type[BaseModel] = RunConfig
-    *sections, leaf = key.split(".")
-    for section in sections:
-        node = node.model_fields[section].annotation  # type: ignore[assignment]
-    return f"{node.model_fields[leaf].description} ({key})"
+    return f"{schema_field(key).description} ({key})"
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -27,9 +27,9 @@ from kan_engine import memory, presets_io, trainer
 from kan_engine.config import RunConfig
 from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
+from kan_tui.run_model import RunState
 from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
-from kan_tui.screens.run_model import RunState
 from kan_tui.screens.setup import SetupScreen
 from kan_tui.widgets.charts import SeriesChart, thin
 from kan_tui.widgets.form import FIELDS, ConfigForm, validate_form

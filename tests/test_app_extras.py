@@ -61,7 +61,7 @@ async def test_runs_screen_lists_plots_overlays_and_exports(out_dir: Path) -> No
         screen = app.screen
         table = screen.query_one(DataTable)
         assert table.row_count == 2
-        assert str(table.get_row_at(0)[1]) == "2025-01-01 10:00"  # newest first
+        assert str(table.get_row_at(0)[1]) == "20250101-100000-tiny"  # newest first
         chart = screen.query_one("#runs-chart", SeriesChart)
         assert set(chart.series) == {"train", "val"} and chart.points_drawn == 2
         await pilot.press("space", "down", "space")
@@ -99,9 +99,9 @@ async def test_activation_viewer_shows_ranked_edges_and_their_curves(out_dir: Pa
         info = str(screen.query_one("#act-info", Static).content)
         assert "outside the grid" in info and "uniform sample" in info
         edge_input = screen.query_one("#act-edge", Input)
-        edge_input.focus()
-        edge_input.value = "3 5"
-        await pilot.press("enter")
+        assert screen.focused is screen.query_one(DataTable)
+        await pilot.press("3", "space", "5", "enter")  # typed with the table focused
+        assert edge_input.value == "3 5"
         assert screen.edge == (3, 5) and plot.curve is not None and plot.curve.i == 3
         screen.query_one(DataTable).focus()
         await pilot.press("right_square_bracket")

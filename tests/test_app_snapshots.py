@@ -1,7 +1,8 @@
-"""Snapshots of the setup screen and the dashboard at 80x24 (the promise) and 120x40.
+"""Snapshots of every screen at 80x24 (the promise), the main two at 120x40 too.
 
 The dashboard is fed a fixed, made-up event sequence instead of a live run, and its memory
-reading is fixed, so the picture only changes when the layout or the widgets do. The setup screen's
+reading is fixed; the run history reads run folders written here from fixed numbers; so the
+picture only changes when the layout or the widgets do. The setup screen's
 memory estimate is fixed too (the real one loads Fashion-MNIST and takes seconds). Regenerate with
 `pytest tests/test_app_snapshots.py --snapshot-update` and look at the SVGs before committing.
 """
@@ -17,7 +18,8 @@ from test_app import fix_memory_estimate
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from kan_engine.config import RunConfig
+from kan_engine import runs
+from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.events import (
     CheckpointWritten,
     EarlyStopped,
@@ -31,6 +33,8 @@ from kan_engine.events import (
 )
 from kan_tui.app import create_app
 from kan_tui.screens.dashboard import DashboardScreen
+from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
+from kan_tui.screens.runs import RunsScreen
 from kan_tui.widgets.charts import SeriesChart
 
 SIZES = [(80, 24), (120, 40)]
@@ -152,3 +156,68 @@ def test_dashboard(snap_compare: Callable[..., bool], size: tuple[int, int]) -> 
 
 def test_dashboard_lr_tab(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(create_app(), terminal_size=(80, 24), run_before=show_dashboard("tab-lr"))
+
+
+def write_run(out: Path, name: str, model: str, status: str, epochs: int, top: float) -> None:
+    """A run folder from fixed numbers: config.toml, one metrics row per epoch, summary.json."""
+    run_dir = out / name
+    run_dir.mkdir(parents=True)
+    config = apply_overrides(RunConfig(), {"model.name": model, "train.epochs": 10}, source="t")
+    runs.write_config(run_dir, config)
+    log = runs.MetricsLog(run_dir / runs.METRICS)
+    for epoch in range(1, epochs + 1):
+        val = top - 0.3 / epoch
+        row = EpochEnd(
+            epoch=epoch,
+            train_loss=0.9 / epoch,
+            train_acc=val + 0.02,
+            val_loss=0.8 / epoch + 0.1,
+            val_acc=val,
+            lr={"cnn": 0.004, "kan": 0.012, "other": 0.006},
+            grid_updates=3 * epoch,
+            grad_norm_warnings=0,
+            seconds=2.5,
+            best_epoch=epoch,
+            best_val_acc=val,
+            samples_per_s=21_600.0,
+        )
+        log.write(row.to_record())
+    log.close()
+    summary = {"status": status, "preset": name.split("-", 2)[2], "model": model}
+    summary |= {
+        "dataset": "fashion-mnist",
+        "epochs_run": epochs,
+        "best_val_acc": top - 0.3 / epochs,
+    }
+    summary |= {"test_acc": None if status == "stopped" else top - 0.005, "seconds": 2.5 * epochs}
+    runs.write_summary(run_dir, summary)
+
+
+async def show_runs(pilot: Pilot) -> None:
+    out = Path("runs-snapshot")
+    write_run(out, "20250101-090000-lite", "rapid_kan_lite", "finished", 6, 0.93)
+    write_run(out, "20250101-100000-standard", "rapid_kan", "early_stopped", 4, 0.95)
+    write_run(out, "20250102-083000-lite-kan", "kan", "stopped", 2, 0.86)
+    await pilot.app.push_screen(RunsScreen(out))
+    await pilot.pause()
+
+
+def test_runs_screen(snap_compare: Callable[..., bool], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # the folder shown in the table is relative, the same everywhere
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=show_runs)
+
+
+async def show_confirm(pilot: Pilot) -> None:
+    await pilot.app.push_screen(ConfirmDialog("Training is running. Stop it and quit?"))
+    await pilot.pause()
+
+
+async def show_name(pilot: Pilot) -> None:
+    await pilot.app.push_screen(NameDialog("Save the form as a user preset", lambda name: None))
+    await pilot.press(*"my-lite")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("dialog", [show_confirm, show_name], ids=["confirm", "name"])
+def test_dialogs(snap_compare: Callable[..., bool], dialog: Callable[[Pilot], object]) -> None:
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=dialog)

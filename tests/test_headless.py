@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,14 +88,14 @@ def test_plain_output_has_one_line_per_epoch_and_a_summary() -> None:
     lines = text.splitlines()
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert epoch_lines == [
-        f"epoch {n}/2  train_loss 0.412  train_acc 0.853  val_loss 0.388  val_acc 0.861  "
+        f"epoch {n}/2  train_loss 0.412  train_acc 85.30%  val_loss 0.388  val_acc 86.10%  "
         f"lr 0.004  grid_updates_this_epoch {12 if n == 1 else 0}  3.2s"
         for n in (1, 2)  # the events hold running totals: 12 refits by epoch 1, none after
     ]
     assert lines[0].startswith("run runs/x: kan (35 params) on digits")
     assert "loss 0.5" not in text  # step events only drive the progress bars
     summary = [line for line in lines if line.startswith(("status", "test_acc"))]
-    assert summary == ["status        finished", "test_acc      0.8550"]
+    assert summary == ["status        finished", "test_acc      85.50%"]
     assert "\x1b[" not in text  # no escape codes in a log
 
 
@@ -124,7 +125,7 @@ def test_plain_output_reports_notices_warnings_and_stops() -> None:
     assert "non-finite in kan.1" in warned[-2] and "at step 1:" in warned[-2]
     assert "non-finite in kan.1" in warned[-1]
     epoch = next(line for line in lines if line.startswith("epoch 1/2"))
-    assert "test_acc 0.840" in epoch and "grad_warnings_this_epoch 9" in epoch
+    assert "test_acc 84.00%" in epoch and "grad_warnings_this_epoch 9" in epoch
     assert "skipped_steps_this_epoch 1" in epoch
     assert any(line.startswith("early stop at epoch 1") for line in lines)
     assert [line for line in lines if line.startswith("checkpoint")] == [
@@ -132,11 +133,45 @@ def test_plain_output_reports_notices_warnings_and_stops() -> None:
     ]
 
 
+class Clock:
+    """A clock the test moves: progress lines depend on time, not on a sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_log_gets_progress_lines_every_30_s_and_tenth_of_an_epoch() -> None:
+    out = io.StringIO()
+    clock = Clock()
+    reporter = HeadlessReporter(Console(file=out, width=80), interactive=False, clock=clock)
+    reporter(started())
+    for n, at in [(2, 10.0), (4, 31.0), (5, 40.0), (6, 50.0), (8, 62.0), (9, 100.0)]:
+        clock.now = at
+        reporter(step(1, n))  # 32 steps per epoch: a tenth is 3.2 steps
+    reporter(epoch_end(1))
+    clock.now = 101.0
+    reporter(step(2, 30))  # a new epoch: 30 s since its start have not passed
+    lines = [line for line in out.getvalue().splitlines() if " step " in line]
+    assert [line.split("  ")[1] for line in lines] == ["step 4/32", "step 8/32"]
+    assert lines[0].startswith("epoch 1/2  step 4/32  loss 0.500 acc 80.00% lr 0.004 900/s")
+    assert lines[0].endswith("epoch ETA 0:00:00")  # 28 steps x 32 samples at 900/s: 1 s
+
+
+def test_no_finished_epoch_means_no_best_epoch_in_the_summary() -> None:
+    rows = headless.summary_rows({"status": "stopped", "epochs_run": 0, "best_epoch": 0,
+                                  "best_val_acc": -1.0, "test_acc": None})  # fmt: skip
+    assert rows == {"status": "stopped", "epochs run": "0"}
+    assert headless.summary_rows({"best_epoch": 3, "best_val_acc": "nan"})["best val_acc"] == "nan"
+
+
 def test_terminal_output_draws_progress_and_keeps_epoch_lines() -> None:
     events = [started(), step(1, 16), step(1, 32), epoch_end(1), step(2, 16), Finished(SUMMARY)]
     text = report(events, interactive=True)
     assert "epoch 1/2  train_loss 0.412" in text
-    assert "loss 0.500 acc 0.800 lr 0.004 900/s ETA" in text  # the batch bar's fields
+    assert "loss 0.500 acc 80.00% lr 0.004 900/s ETA" in text  # the batch bar's fields
     assert "summary" in text and "finished" in text
 
 
@@ -237,7 +272,7 @@ def test_headless_run_on_digits(isolated: Path) -> None:
 
     evaluated = cli("eval", str(run_dir), "--split", "val", "--checkpoint", "last")
     assert evaluated.exit_code == 0, evaluated.output
-    assert evaluated.stdout.startswith("val accuracy 0.")
+    assert re.match(r"val accuracy \d{1,3}\.\d\d%  loss \d", evaluated.stdout), evaluated.stdout
 
 
 def test_missing_data_lists_the_places_looked(

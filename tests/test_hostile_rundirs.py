@@ -226,7 +226,7 @@ def test_truncated_last_pt_is_one_line(run_dir: Path) -> None:
     path = last_pt(run_dir)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     before = snapshot(run_dir)
-    fragments = (f"error: {path}: not a readable checkpoint", "truncated or corrupt")
+    fragments = (f"error: {path}: damaged", "truncated or not a checkpoint")
     error_line(cli("resume", run_dir, "--headless"), 2, *fragments)
     error_line(cli("eval", run_dir, "--checkpoint", "last"), 2, *fragments)
     error_line(cli("inspect", run_dir, "--checkpoint", "last"), 2, *fragments)

@@ -1,6 +1,6 @@
 """The training-memory estimate against a measured training step, and the auto batch pick.
 
-How "measured" is measured: `TensorMemoryPeak` (kan.py) counts every tensor storage alive at once
+How "measured" is measured: `TensorMemoryPeak` (memory_peak.py) counts every storage alive at once
 during a whole steady-state training step (forward, backward, clipping, AdamW step) at a large
 batch, plus what existed before the step and lives through it (parameters, optimizer state, the
 batch). The estimate instead extrapolates from two tiny batches and composes the phases, so the
@@ -21,7 +21,6 @@ from torch import nn
 from kan_engine import models, optim
 from kan_engine.config import RunConfig
 from kan_engine.errors import ConfigError
-from kan_engine.kan import TensorMemoryPeak
 from kan_engine.memory import (
     MemoryEstimate,
     auto_batch_size,
@@ -30,6 +29,7 @@ from kan_engine.memory import (
     format_bytes,
     measure,
 )
+from kan_engine.memory_peak import TensorMemoryPeak
 
 
 def measured_peak(

@@ -205,7 +205,7 @@ def test_label_smoothing_changes_the_objective_not_the_reported_loss(tiny_config
     trainer = Trainer(tiny_config(**{"train.label_smoothing": 0.2}), sink=lambda e: None)
     trainer.setup()
     x, y = next(trainer.data.batches("train", 64, shuffle=False))
-    objective, loss, _ = trainer._loss(x, y)
+    objective, loss, _ = trainer.stepper.loss(x, y)
     logits = trainer.model(x)
     assert torch.allclose(loss, F.cross_entropy(logits, y))
     assert torch.allclose(objective, F.cross_entropy(logits, y, label_smoothing=0.2))

@@ -26,7 +26,7 @@ import torch
 from conftest import error_line
 from typer.testing import CliRunner, Result
 
-from kan_engine import checkpoint, presets_io, runs, trainer
+from kan_engine import checkpoint, presets_io, recovery, resume_plan, runs
 from kan_engine.config import to_data
 from kan_engine.errors import RunDirError
 from kan_tui.cli import app
@@ -176,12 +176,12 @@ def test_absurd_learning_rate_names_the_layer_and_diverges(isolated: Path) -> No
     named = re.findall(r"non-finite in (\S+) \((?:output|gradient)\)", result.stdout)
     assert named, result.stdout
     halved = [line for line in result.stdout.splitlines() if "learning rates halved" in line]
-    assert len(halved) == trainer.MAX_RESTORES
+    assert len(halved) == recovery.MAX_RESTORES
     assert re.search(r"^status\s+diverged$", result.stdout, re.MULTILINE)
 
     run_dir = the_run(isolated)
     summary = runs.read_summary(run_dir)
-    assert (summary["status"], summary["restores"]) == ("diverged", trainer.MAX_RESTORES)
+    assert (summary["status"], summary["restores"]) == ("diverged", recovery.MAX_RESTORES)
     warnings = [r for r in runs.read_metrics(run_dir) if r["event"] == "grad_norm_warning"]
     assert warnings[-1]["action"].endswith("diverged")
     # what was saved is the last good state: finite weights only
@@ -300,8 +300,12 @@ BAD_CHECKPOINTS: dict[str, tuple[Callable[..., Callable[[Path], None]], list[str
         lambda marker: _pickle_file({"format": 1, "model": Exploit(marker)}),
         ["refused", "weights_only=True"],
     ),
-    "empty": (lambda marker: lambda p: p.write_bytes(b""), ["not a readable checkpoint"]),
-    "truncated": (lambda marker: _truncated, ["not a readable checkpoint", "truncated or corrupt"]),
+    "empty": (lambda marker: lambda p: p.write_bytes(b""), ["damaged"]),
+    "truncated": (lambda marker: _truncated, ["damaged", "truncated or not a checkpoint"]),
+    "garbage": (
+        lambda marker: lambda p: p.write_bytes(bytes(range(256)) * 4),
+        ["damaged", "truncated or not a checkpoint"],
+    ),
     "not_a_dict": (lambda marker: _torch_file([1, 2]), ["unknown checkpoint format"]),
     "missing_keys": (
         lambda marker: _torch_file({"format": 1, "model": {}}),
@@ -329,7 +333,7 @@ def test_bad_checkpoints_are_refused(command: str, case: str, run_folder: Path) 
 def test_checkpoint_of_another_model_does_not_fit(command: str, run_folder: Path) -> None:
     """A last.pt / best.pt that loads, says it trained with config.toml's config, but whose
     weights do not fit config.toml's model."""
-    state = {key: {} for key in trainer.RESUME_KEYS}
+    state = {key: {} for key in resume_plan.RESUME_KEYS}
     state |= {"format": 1, "model": {"w": torch.ones(2)}, "preset": "x", "metrics_offset": 0}
     state |= {"epoch": 1, "step_in_epoch": 0, "counters": {"epochs_run": 0, "best_epoch": 0}}
     state["config"] = to_data(runs.read_config(run_folder))

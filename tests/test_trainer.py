@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from kan_engine import presets_io, runs
+from kan_engine import cuda_graph, presets_io, runs
 from kan_engine import trainer as trainer_mod
 from kan_engine.checkpoint import CheckpointWriteError
 from kan_engine.config import to_data
@@ -183,7 +183,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(
     def stop_once(event: Any) -> None:
         at_end = isinstance(event, EpochEnd) and event.epoch == 1
         mid = isinstance(event, StepMetrics) and event.global_step == 10
-        if (at_end if stop_at == "epoch_end" else mid) and not first._stop.is_set():
+        if (at_end if stop_at == "epoch_end" else mid) and not first.controls.stopping:
             first.stop()
 
     recorder.hooks.append(stop_once)
@@ -369,13 +369,11 @@ def test_cuda_graphs_are_used_only_where_they_can_be(tiny_config, runs_dir, reco
     on_cpu = Trainer(tiny_config(**{"train.cuda_graphs": True}), sink=recorder, out_dir=runs_dir)
     on_cpu.setup()
     assert on_cpu.graphed is None and not on_cpu._notices
+    cuda = torch.device("cuda")  # what setup would pick on a GPU machine
     config = tiny_config(**{"optim.optimizer": "sgd"})
-    trainer = Trainer(config, sink=recorder, out_dir=runs_dir)
-    trainer.device = torch.device("cuda")  # what setup would pick on a GPU machine
-    assert trainer._cuda_graphs(use_scaler=True) is False
-    (notice,) = trainer._notices
-    assert "fp16" in notice.message and "sgd" in notice.message
-    trainer = Trainer(tiny_config(), sink=recorder, out_dir=runs_dir)
-    trainer.device = torch.device("cuda")
-    assert trainer._cuda_graphs(use_scaler=False) is True
-    assert "CUDA graph" in trainer._notices[0].message
+    used, message = cuda_graph.usable(config, cuda, distributed=False, use_scaler=True)
+    assert used is False
+    assert "fp16" in message and "sgd" in message
+    used, message = cuda_graph.usable(tiny_config(), cuda, distributed=False, use_scaler=False)
+    assert used is True
+    assert "CUDA graph" in message

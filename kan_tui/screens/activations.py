@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -102,7 +103,9 @@ class ActivationsScreen(Screen[None]):
         with Horizontal(id="act-main"):
             yield DataTable(id="act-edges", cursor_type="row")
             yield EdgePlot(id="act-plot")
-        yield Input(placeholder="edge: I J, then enter", id="act-edge", compact=True)
+        yield Input(
+            placeholder="edge: I J, then enter", id="act-edge", compact=True, select_on_focus=False
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -213,6 +216,16 @@ class ActivationsScreen(Screen[None]):
         if event.row_key.value:
             i, j = (int(v) for v in event.row_key.value.split())
             self.show_edge(i, j)
+
+    def on_key(self, event: events.Key) -> None:
+        """A digit typed anywhere on the screen starts an edge in the box: picking an edge by
+        number must not need a Tab first."""
+        box = self.query_one("#act-edge", Input)
+        if event.character and event.character.isdigit() and self.focused is not box:
+            event.stop()
+            box.focus()
+            box.value = ""
+            box.insert_text_at_cursor(event.character)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -26,8 +26,8 @@ from textual.worker import Worker, WorkerState
 from kan_engine.config import RunConfig
 from kan_engine.events import Event
 from kan_tui.formatting import printable
+from kan_tui.run_model import RunState, TrainingRun, memory_in_use
 from kan_tui.screens.dialogs import ConfirmDialog
-from kan_tui.screens.run_model import RunState, TrainingRun, memory_in_use
 from kan_tui.widgets.charts import SeriesChart
 from kan_tui.widgets.stats import StatsPanel
 from kan_tui.widgets.warnings import NoticeLog, WarningsList

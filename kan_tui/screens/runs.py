@@ -34,9 +34,9 @@ class RunsScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
-        Binding("space", "mark", "Mark/overlay"),
+        Binding("space", "mark", "Mark"),
         Binding("t", "toggle_chart", "Acc/loss"),
-        Binding("e", "export", "Export CSV"),
+        Binding("e", "export", "CSV"),
         Binding("v", "activations", "Activations"),
     ]
 
@@ -92,6 +92,7 @@ class RunsScreen(Screen[None]):
         chart = self.query_one("#runs-chart", SeriesChart)
         chart.log_y = self.kind == "loss"
         shown = self.marked or ([self.current.path] if self.current else [])
+        chart.empty = "no finished epoch in this run yet" if shown else "no run selected"
         series = {}
         for number, path in enumerate(shown, 1):
             try:

@@ -20,7 +20,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Footer, Label, OptionList, Static
 from textual.worker import Worker, WorkerState
 
-from kan_engine import presets_io
+from kan_engine import names, presets_io
 from kan_engine.config import RunConfig
 from kan_engine.errors import KanError, PresetError
 from kan_tui.formatting import plain, printable
@@ -39,11 +39,8 @@ PREVIEW_STEPS_PER_EPOCH = 100  # the curve's shape in epochs barely depends on i
 
 
 def registry_choices() -> dict[str, tuple[str, ...]]:
-    """Model and data set names from the registries (imported here: they pull in torch)."""
-    from kan_engine.data import DATASETS
-    from kan_engine.models import MODELS
-
-    return {"model.name": tuple(MODELS), "data.dataset": tuple(DATASETS)}
+    """Model and data set names, from the torch-free list the registries are checked against."""
+    return {"model.name": tuple(names.MODELS), "data.dataset": tuple(names.DATASETS)}
 
 
 class SetupScreen(Screen[None]):

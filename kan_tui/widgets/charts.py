@@ -2,18 +2,19 @@
 
 `SeriesChart.show` only stores the data; the figure is built when Textual renders the widget, so
 a chart in a hidden tab costs nothing until it is shown. Series are thinned
-to a fixed number of points before plotting, so a long run draws as fast as a short one.
+to a fixed number of points before plotting, so a long run draws as fast as a short one. The
+drawing itself is `kan_tui.plotting.draw`, shared with the CLI's text charts.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
-Point = tuple[float, float]
+from kan_tui.plotting import Point, draw
+
 MAX_POINTS = 400  # more than the braille resolution of a 120-column chart
 
 COLORS = {
@@ -33,12 +34,6 @@ def thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
     kept = [points[int(i * stride)] for i in range(limit - 1)]
     kept.append(points[-1])
     return kept
-
-
-def decades(low: float, high: float) -> list[float]:
-    """The powers of ten within [low, high] (both > 0): ticks for a log axis."""
-    first, last = math.ceil(math.log10(low)), math.floor(math.log10(high))
-    return [10.0**k for k in range(first, last + 1)]
 
 
 class SeriesChart(PlotextPlot):
@@ -73,19 +68,10 @@ class SeriesChart(PlotextPlot):
     def render(self) -> RenderResult:
         plt = self.plt
         plt.clear_figure()
-        for label, points in self.series.items():
-            xs, ys = zip(*points, strict=True)
-            marker = "braille" if len(points) > 12 else "dot"
-            plt.plot(xs, ys, label=label, marker=marker, color=COLORS.get(label, "white"))
-        if not self.series:
+        drawn = draw(
+            plt, self.series, log_y=self.log_y, color=lambda label: COLORS.get(label, "white")
+        )
+        if not drawn:
             plt.title(self.empty)
-        elif self.log_y:
-            plt.yscale("log")
-            ticks = decades(
-                min(y for pts in self.series.values() for _, y in pts),
-                max(y for pts in self.series.values() for _, y in pts),
-            )
-            if len(ticks) >= 3:  # over many decades: short labels (1e-05), not 0.0000123
-                plt.yticks(ticks, [f"{t:g}" for t in ticks])
         plt.xlabel(self.xlabel)
         return super().render()

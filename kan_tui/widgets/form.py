@@ -1,18 +1,16 @@
 """The learning-rate strategy form, validated field by field from the config schema.
 
-Nothing here knows a range or a choice list of its own: numbers are checked by applying the typed
-value to the preset's config (`apply_overrides`), choice lists come from the schema's `Literal`
-types and from the model / data set registries, and the reasons shown are the schema's. So the
-form, the preset files and `--set` can never disagree.
+Its rows are the form's entries of the field table (`kan_tui.options.FIELDS`: key, label,
+widget). Nothing here knows a range or a choice list of its own: numbers are checked by applying
+the typed value to the preset's config (`apply_overrides`), choice lists come from the schema's
+`Literal` types and from the model / data set registries, and the reasons shown are the schema's.
+So the form, the preset files and `--set` can never disagree.
 """
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Label, Select, Static
@@ -21,56 +19,10 @@ from kan_engine.config import RunConfig, apply_overrides, check_names, parse_val
 from kan_engine.errors import ConfigError
 from kan_tui.formatting import plain
 from kan_tui.messages import FormChanged
+from kan_tui.options import FORM_FIELDS, FieldSpec, schema_choices, schema_field
 
 SOURCE = "form"
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    key: str  # dotted config key, as in `--set`
-    label: str
-
-
-FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("model.name", "model"),
-    FieldSpec("data.dataset", "dataset"),
-    FieldSpec("optim.lr", "base LR"),
-    FieldSpec("optim.lr_mult.cnn", "LR x cnn"),
-    FieldSpec("optim.lr_mult.kan", "LR x kan"),
-    FieldSpec("optim.lr_mult.other", "LR x other"),
-    FieldSpec("optim.optimizer", "optimizer"),
-    FieldSpec("optim.weight_decay", "weight decay"),
-    FieldSpec("schedule.name", "schedule"),
-    FieldSpec("schedule.warmup_epochs", "warm-up epochs"),
-    FieldSpec("train.epochs", "epochs"),
-    FieldSpec("train.batch_size", "batch size"),
-    FieldSpec("train.patience", "patience"),
-    FieldSpec("train.clip_grad_norm", "clip max-norm"),
-    FieldSpec("train.label_smoothing", "label smooth."),
-    FieldSpec("train.ema_decay", "EMA decay"),
-    FieldSpec("data.erase_prob", "erase p"),
-    FieldSpec("kan.prob_update_grid", "grid update p"),
-    FieldSpec("kan.grid_update_until", "grid upd until"),
-    FieldSpec("train.mixed_precision", "mixed prec."),
-    FieldSpec("train.seed", "seed"),
-)
-
-
-def schema_field(key: str) -> Any:
-    """The pydantic FieldInfo of a dotted key."""
-    model: type[BaseModel] = RunConfig
-    *sections, name = key.split(".")
-    for section in sections:
-        model = model.model_fields[section].annotation  # type: ignore[assignment]
-    return model.model_fields[name]
-
-
-def schema_choices(key: str) -> tuple[str, ...] | None:
-    """The allowed values of a `Literal` field, None for free-form fields."""
-    annotation = schema_field(key).annotation
-    if typing.get_origin(annotation) is typing.Literal:
-        return tuple(str(a) for a in typing.get_args(annotation))
-    return None
+FIELDS = FORM_FIELDS  # the rows, top to bottom
 
 
 def lookup(data: dict[str, Any], key: str) -> Any:
@@ -125,7 +77,7 @@ class ConfigField(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Static(" ", classes="field-mark")
-        yield Label(self.spec.label, classes="field-label")
+        yield Label(self.spec.label or self.spec.key, classes="field-label")
         if self.choices is None:
             yield Input(compact=True, classes="field-input")
         else:
@@ -178,7 +130,16 @@ class ConfigForm(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         for spec in FIELDS:
-            yield ConfigField(spec, self.extra_choices.get(spec.key) or schema_choices(spec.key))
+            yield ConfigField(spec, self.choices(spec))
+
+    def choices(self, spec: FieldSpec) -> tuple[str, ...] | None:
+        """A select's choices (a registry's names, or the schema's `Literal`); None: typed text."""
+        if spec.widget == "input":
+            return None
+        choices = self.extra_choices.get(spec.key) or schema_choices(spec.key)
+        if not choices:
+            raise ValueError(f"{spec.key}: a select needs a Literal in the schema or a registry")
+        return choices
 
     def fields(self) -> list[ConfigField]:
         return list(self.query(ConfigField))

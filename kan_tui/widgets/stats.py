@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from kan_tui.formatting import duration, num, pct
-from kan_tui.screens.run_model import RunState
+from kan_tui.run_model import RunState
 
 LABEL_WIDTH = 9
 

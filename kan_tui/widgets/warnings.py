@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import RichLog, Static
 
 from kan_tui.formatting import num, printable
-from kan_tui.screens.run_model import RunState
+from kan_tui.run_model import RunState
 
 
 class WarningsList(Static):
