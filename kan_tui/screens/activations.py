@@ -74,13 +74,6 @@ class ActivationsScreen(Screen[None]):
     """`[` / `]` change layer, a row (or `I J` typed below) picks an edge, `b` switches between
     the best and the last checkpoint, `r` reloads, escape goes back."""
 
-    DEFAULT_CSS = """
-    ActivationsScreen #act-info { height: 2; padding: 0 1; background: $boost; }
-    ActivationsScreen #act-main { height: 1fr; }
-    ActivationsScreen #act-edges { width: 30; }
-    ActivationsScreen #act-plot { width: 1fr; }
-    ActivationsScreen #act-edge { width: 30; }
-    """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("left_square_bracket", "layer(-1)", "Prev layer"),

@@ -27,11 +27,6 @@ class RunsScreen(Screen[None]):
     """`space` marks up to two runs to overlay, `t` switches accuracy / loss, `e` exports the
     highlighted run's metrics as CSV, `v` opens its learned activations, escape goes back."""
 
-    DEFAULT_CSS = """
-    RunsScreen #runs-table { height: 1fr; }
-    RunsScreen #runs-chart { height: 1fr; min-height: 8; border-top: hkey $primary 40%; }
-    RunsScreen #runs-hint { height: 1; color: $text-muted; padding: 0 1; }
-    """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("space", "mark", "Mark"),
