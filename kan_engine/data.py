@@ -17,9 +17,9 @@ and indexes its share of each epoch's permutation, which keeps the order a pure 
 (seed, epoch) whatever the number of processes.
 
 Where the files are found, and how they are read, is in `kan_engine.datasets` (the built-in sets)
-and `kan_engine.user_data` (the user's CSV or image folder). `read` reads and checks a data set
-without a device, so the CLI can refuse bad data before a run folder is made, and hand what it
-read to the trainer (`load(..., raw=...)`) instead of reading it twice.
+and `kan_engine.user_csv` / `kan_engine.user_images` (the user's CSV or image folder). `read`
+reads and checks a data set without a device, so the CLI can refuse bad data before a run folder
+is made, and hand what it read to the trainer (`load(..., raw=...)`) instead of reading it twice.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kan_engine import datasets, names, user_data
+from kan_engine import datasets, names, user_csv, user_images
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 from kan_engine.untrusted import printable
@@ -49,8 +49,8 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "mnist": lambda s: datasets.load_idx("mnist", s.data_dir),
     "cifar10": lambda s: datasets.load_cifar10(s.data_dir),
     "digits": lambda s: datasets.load_digits(),
-    "images": lambda s: user_data.load_images(s.data_dir),
-    "csv": lambda s: user_data.load_csv(s.data_dir, s.target),
+    "images": lambda s: user_images.load_images(s.data_dir),
+    "csv": lambda s: user_csv.load_csv(s.data_dir, s.target),
 }
 names.check_complete(DATASETS, set(_LOADERS), "kan_engine.data")
 

@@ -11,7 +11,8 @@ Debian's read-only files are used in place, with no copy.
 
 Files that are there but wrong (not gzip, wrong magic or length, labels that do not match the
 images, a CIFAR batch whose checksum fails) raise `DataError` naming the file, before any run folder
-exists. The user's own CSV files and image folders are read in `kan_engine.user_data`.
+exists. The user's own CSV files and image folders are read in `kan_engine.user_csv` and
+`kan_engine.user_images`.
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def small_class(y: np.ndarray, n_classes: int, minimum: int) -> tuple[int, int, 
     if not small.size:
         return None
     return int(small[0]), int(counts[small[0]]), int(small.size)
+
+
+def also_small(many: int, total: int, minimum: int) -> str:
+    """The tail of a `small_class` message when more than one class is that small, so the user
+    learns at once that fixing the one named is not the end of it; empty otherwise."""
+    return f" ({many} of {total} classes have fewer than {minimum})" if many > 1 else ""
 
 
 def split_test(x: np.ndarray, y: np.ndarray, names: list[str], source: str) -> Raw:

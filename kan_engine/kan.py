@@ -1,5 +1,7 @@
 """The exact B-spline KAN layer: fast forward/backward, grid update, monitoring hooks.
 
+The grid update's knot placement and least-squares refit are in `kan_engine.grid_refit`.
+
 Output = scale_base * W_b @ act(x) + scale_spline * C @ B(x), where B(x) are the order-k B-spline
 basis values of each input on its own knot vector (`grid`, G intervals extended by k knots on each
 side). Shapes: x (N, in) -> B (N, G+k, in) -> flat (N, (G+k)*in) -> one matmul with
@@ -39,11 +41,11 @@ from kan_engine.basis import (
     basis_row_bytes,
     basis_rows,
     is_uniform,
-    local_dense,
     local_input_grad,
     local_scale,
     reference_basis,
 )
+from kan_engine.grid_refit import fitted_grid, refit_weights
 from kan_engine.names import INITS
 
 __all__ = ["KANLinear", "reference_basis"]
@@ -53,11 +55,6 @@ SILU_SECOND_MOMENT = 0.35578
 # Share of the output variance the spline branch carries at step 0, per init (the base branch
 # carries the rest): "identity" makes every edge an honest linear function, "noise" only a ripple.
 SPLINE_VARIANCE_SHARE = {"identity": 0.5, "noise": 0.01}
-# Grid update (see `KANLinear.update_grid`): the narrowest interval, in uniform steps; the
-# anchors' total weight in the refit, as a share of the samples'; anchor points per interval.
-MIN_KNOT_GAP = 0.25
-ANCHOR_WEIGHT = 0.1
-ANCHORS_PER_INTERVAL = 4
 # Bound on one transient basis buffer when no chunk_size is given: rows are processed in chunks
 # that fit. At (4096, 3136->256) a float32 basis is 411 MB; halving it costs the GEMMs little.
 BASIS_BUDGET_BYTES = 256 * 2**20
@@ -375,121 +372,30 @@ class KANLinear(nn.Module):
 
         The new interior knots are a mix of the sample percentiles and a uniform grid over
         [min - margin, max + margin] per input (margin in input units), extended by spline_order
-        uniform steps on each side. The uniform share is grid_eps, raised per input just enough
-        that no interval is narrower than `MIN_KNOT_GAP` uniform steps: tied samples (a ReLU's
-        zeros after a norm) would otherwise pile knots onto one point, where the spline can jump
-        between this batch's samples and the next batch's. `keep_range=True` widens
-        [min, max] to include the constructor's `grid_range`, so a batch (whose extremes
-        under-estimate the population's) never shrinks the grid: the trainer passes it.
+        uniform steps on each side; the uniform share is at least grid_eps, more where knots
+        would crowd onto tied samples. `keep_range=True` widens [min, max] to include the
+        constructor's `grid_range`, so a batch (whose extremes under-estimate the population's)
+        never shrinks the grid: the trainer passes it. The coefficients are then refit by weighted
+        least squares on the samples and on anchors over the current grid range; the base branch
+        is not touched. `kan_engine.grid_refit` holds both steps and says why they are so.
 
-        Then, per input, the coefficients are refit by weighted least squares: C_new = argmin
-        ||B_new C - B_old C_old||^2 on the samples plus `ANCHOR_WEIGHT` times the same error
-        integrated over the current grid range (a quadrature on the new intervals, see
-        `_anchors`). Without the anchors the outer basis functions were fitted to a handful of
-        samples, or none: on Rapid KAN lite (digits) their coefficients reached 3e5 and the
-        layer's output on the next batch changed by 7 % (median) to 140 %, on a sweep of the grid
-        range by 150 %; with them (and `keep_range`) by 0.2 % and 0.7 %. The normal
-        equations are (G+k)^2 per input, solved in float64 with a tiny ridge, so no (N, in, out)
-        tensor is formed. The base branch is not touched. The new grid is non-uniform; the
-        fast path handles it exactly (searchsorted + local de Boor). Only `spline_weight` is
-        overwritten; `Trainer._update_grids` says why its optimizer moments are kept.
+        The new grid is non-uniform; the fast path handles it exactly (searchsorted + local de
+        Boor). Only `spline_weight` is overwritten; `GridPolicy.refit` (kan_engine/grid_policy.py)
+        says why its optimizer moments are kept.
         """
         if margin <= 0:
             raise ValueError(f"KANLinear.update_grid: margin must be > 0 (got {margin})")
         x = x.reshape(-1, self.in_features).to(self.grid.dtype)  # (N, in)
-        n, g, k = x.shape[0], self.grid_size, self.spline_order
-        if n < 2:
-            raise ValueError(f"KANLinear.update_grid: need at least 2 samples (got {n})")
-        ordered = x.sort(dim=0).values  # (N, in)
-        low, high = ordered[0] - margin, ordered[-1] + margin  # (in,)
-        if keep_range:
-            low, high = low.clamp_max(self.grid_range[0]), high.clamp_min(self.grid_range[1])
-        picks = torch.linspace(0, n - 1, g + 1, device=x.device).round().long()
-        adaptive = ordered[picks]  # (G+1, in)
-        adaptive[0], adaptive[-1] = low, high
-        step = (high - low) / g  # (in,)
-        ramp = torch.arange(g + 1, device=x.device, dtype=x.dtype).unsqueeze(1)  # (G+1, 1)
-        uniform = low + ramp * step  # (G+1, in)
-        # Gaps are linear in the uniform share s: (1 - s) * gap + s * step >= MIN_KNOT_GAP * step.
-        gaps = adaptive.diff(dim=0)  # (G, in)
-        needed = (MIN_KNOT_GAP * step - gaps) / (step - gaps).clamp_min(torch.finfo(x.dtype).tiny)
-        share = needed.amax(0).clamp(min=self.grid_eps, max=1.0)  # (in,)
-        interior = share * uniform + (1 - share) * adaptive  # (G+1, in)
-        # Keep the knots strictly increasing even for constant inputs or huge offsets (rounding).
-        tiny = torch.maximum(
-            1e-3 * step, 64 * torch.finfo(x.dtype).eps * interior.abs().amax(0).clamp_min(1.0)
-        )  # (in,)
-        gaps = (interior[1:] - interior[:-1]).clamp_min(tiny)  # (G, in)
-        interior = torch.cat([interior[:1], interior[:1] + gaps.cumsum(0)])  # (G+1, in)
-        ext = torch.arange(1, k + 1, device=x.device, dtype=x.dtype).unsqueeze(1) * step  # (k, in)
-        new_grid = torch.cat([interior[:1] - ext.flip(0), interior, interior[-1:] + ext]).t()
-        self._refit(x, new_grid.contiguous())  # grid (in, G+2k+1)
-
-    def _refit(self, x: torch.Tensor, new_grid: torch.Tensor) -> None:
-        """Weighted least-squares refit of spline_weight from the current grid to `new_grid` on
-        samples x (N, in) plus the anchors of `_anchors` (see `update_grid`)."""
-        n_cols, k = self.grid_size + self.spline_order, self.spline_order
-        # The fit is linear in the old coefficients: solve for the (G+k, G+k) map from old to new
-        # coefficients of each input (in float64), then apply it to all outputs at once. Solving
-        # for the coefficients themselves took out x more right-hand sides and transposed copies
-        # of the weights (whole update 0.54 s -> 0.18 s, Rapid KAN lite 1024->896, one CPU core).
-        transfer = torch.empty(
-            n_cols, n_cols, self.in_features, dtype=torch.float64, device=x.device
-        )
-        new_uniform = is_uniform(new_grid)
-        points, anchor_weight = self._anchors(new_grid.to(torch.float64), x.shape[0])  # (A, in)
-        rows = x.shape[0] + points.shape[0]
-        # Features in blocks, so the float64 bases stay small whatever the batch.
-        block = max(1, 2**22 // max(rows * n_cols, 1))
-        eye = torch.eye(n_cols, dtype=torch.float64, device=x.device)
-        for lo in range(0, self.in_features, block):
-            feats = slice(lo, lo + block)
-            xs = torch.cat([x[:, feats].to(torch.float64), points[:, feats]])  # (N+A, b)
-            weight = torch.cat(
-                [torch.ones_like(x[:, feats], dtype=torch.float64), anchor_weight[:, feats]]
-            ).t()  # (b, N+A)
-            b_old = local_dense(xs, self.grid[feats].to(torch.float64), k, self._uniform)
-            b_new = local_dense(xs, new_grid[feats].to(torch.float64), k, new_uniform)
-            # contiguous batched operands: strided ones make CPU bmm copy per batch
-            a = b_new.permute(1, 2, 0).contiguous()  # (b, G+k, N+A)
-            weighted = a * weight.unsqueeze(1)  # (b, G+k, N+A)
-            gram = weighted @ a.transpose(1, 2)  # (b, G+k, G+k)
-            cross = weighted @ b_old.permute(1, 0, 2).contiguous()  # (b, G+k, G+k)
-            ridge = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)  # (b,)
-            lhs = gram + ridge[:, None, None] * eye  # (b, G+k, G+k)
-            transfer[..., feats] = torch.linalg.solve(lhs, cross).permute(1, 2, 0)  # (new, old, b)
-        old = self.spline_weight  # (out, G+k, in)
-        transfer = transfer.to(old.dtype)
-        refit = transfer[:, 0] * old[:, :1]  # (out, G+k, in)
-        for h in range(1, n_cols):
-            refit.addcmul_(transfer[:, h], old[:, h : h + 1])
-        self.grid.copy_(new_grid)
+        if x.shape[0] < 2:
+            raise ValueError(f"KANLinear.update_grid: need at least 2 samples (got {x.shape[0]})")
+        keep = self.grid_range if keep_range else None
+        new_grid = fitted_grid(x, self.grid_size, self.spline_order, self.grid_eps, margin, keep)
+        refit = refit_weights(
+            x, self.grid, self._uniform, new_grid, self.spline_order, self.spline_weight
+        )  # (out, G+k, in)
+        self.grid.copy_(new_grid)  # (in, G+2k+1)
         self.spline_weight.copy_(refit)
         self._grid_changed()
-
-    def _anchors(self, grid: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quadrature points and weights over the new extended `grid` (in, M+1), each (A, in).
-
-        `ANCHORS_PER_INTERVAL` midpoints of equal sub-cells in each of the M intervals, each
-        weighted by its width, but only inside the current grid range [t_k, t_{G+k}]: there the
-        layer's function is what training made it; beyond it the spline only tapers to zero at
-        the end of its support, an artefact that is not worth keeping at the samples' expense.
-        The weights sum to ANCHOR_WEIGHT * n_samples: the anchors have a fixed share of the say,
-        whatever N is. Every new basis function overlaps the new grid range, so anchors there
-        (or samples) pin all coefficients.
-        """
-        q, k = ANCHORS_PER_INTERVAL, self.spline_order
-        offsets = (torch.arange(q, dtype=grid.dtype, device=grid.device) + 0.5) / q  # (q,)
-        widths = grid.diff(dim=1)  # (in, M)
-        points = grid[:, :-1, None] + widths[..., None] * offsets  # (in, M, q)
-        low = self.grid[:, k, None, None].to(grid.dtype)  # (in, 1, 1)
-        high = self.grid[:, -k - 1, None, None].to(grid.dtype)
-        weights = widths[..., None] * ((points >= low) & (points <= high))  # (in, M, q)
-        total = weights.sum((1, 2), keepdim=True).clamp_min(torch.finfo(grid.dtype).tiny)
-        # divide first: when no anchor falls in a narrow current range, total is `tiny` and
-        # ANCHOR_WEIGHT * n / tiny overflows to inf, and 0 * inf made the whole refit NaN
-        weights = weights / total * (ANCHOR_WEIGHT * n_samples)
-        return points.flatten(1).t(), weights.flatten(1).t()  # (M*q, in) each
 
     def regularization_loss(
         self, activation_weight: float = 1.0, entropy_weight: float = 1.0

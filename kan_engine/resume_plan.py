@@ -36,7 +36,8 @@ from kan_engine.config import RunConfig, apply_overrides, to_data, validate_conf
 from kan_engine.errors import ConfigError, KanError, RunDirError
 from kan_engine.run_lock import RunLock
 
-# what the trainer's `_checkpoint_state` writes and a resume reads: a last.pt without one is refused
+# what `TrainState.state_dict` (kan_engine/train_state.py) writes and a resume reads: a last.pt
+# without one of them is refused
 RESUME_KEYS = (
     "model", "optimizer", "schedule", "scaler", "monitor", "rng", "grid_rng", "epoch",
     "step_in_epoch", "counters", "config", "preset", "metrics_offset",

@@ -516,7 +516,7 @@ def test_update_grid_keep_range_never_shrinks_the_grid() -> None:
 
 
 def test_update_grid_spreads_knots_over_tied_samples() -> None:
-    from kan_engine.kan import MIN_KNOT_GAP
+    from kan_engine.grid_refit import MIN_KNOT_GAP
 
     layer = KANLinear(6, 2, grid_range=(-2.0, 2.0))
     layer.update_grid(relu_norm_batch(16, 256, 6), keep_range=True)
