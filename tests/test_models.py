@@ -36,6 +36,7 @@ def mnist_models() -> dict[str, nn.Module]:
 
 def test_registry_lists_every_model_with_a_description() -> None:
     expected = {
+        "rapid_kan_tiny",
         "rapid_kan_lite",
         "rapid_kan",
         "rapid_kan_power",
