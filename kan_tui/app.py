@@ -73,6 +73,8 @@ class KanApp(App[None]):
         self.start_run = start
         self.out_dir = Path(out_dir)
         self._signals: list[int] = []
+        # the run a quit (or a stop signal) stopped, for the line printed after the app has gone
+        self.stopped_run: tuple[str, int] | None = None
 
     def on_mount(self) -> None:
         self._handle_stop_signals()

@@ -143,7 +143,8 @@ class RunState:
 
     def _step(self, event: StepMetrics) -> None:
         x = event.epoch - 1 + event.step / event.steps_per_epoch
-        self.epoch, self.step, self.global_step = event.epoch, event.step, event.global_step
+        if event.global_step >= self.global_step:  # `follow` may be ahead of the sampled steps
+            self.epoch, self.step, self.global_step = event.epoch, event.step, event.global_step
         self.steps_per_epoch = event.steps_per_epoch
         self.samples_per_s = event.samples_per_s
         self.last_loss, self.last_acc = event.loss, event.acc
@@ -154,10 +155,22 @@ class RunState:
             _add(self.lr.setdefault(group, []), x, value)
         self.curves_version += 1
 
+    def follow(self, global_step: int) -> None:
+        """Move the epoch / step position to the trainer's step counter while a run goes on:
+        step events come every `log_every` steps only, and an epoch line or a pause would
+        otherwise leave the position behind."""
+        spe = self.steps_per_epoch
+        if self.done or not spe or global_step <= self.global_step:
+            return
+        self.global_step = global_step
+        self.epoch, self.step = global_step // spe + 1, global_step % spe
+        if self.step == 0:  # at an epoch's end: that epoch, all steps done
+            self.epoch, self.step = self.epoch - 1, spe
+
     def _epoch(self, event: EpochEnd) -> None:
         x = float(event.epoch)
-        self.epoch = event.epoch
-        self.step = self.steps_per_epoch
+        if self.epoch <= event.epoch:  # `follow` may already be in the next epoch
+            self.epoch, self.step = event.epoch, self.steps_per_epoch
         self.val_loss, self.val_acc = event.val_loss, event.val_acc
         self.best_val_acc, self.best_epoch = event.best_val_acc, event.best_epoch
         self.samples_per_s = event.samples_per_s or self.samples_per_s
@@ -297,6 +310,13 @@ class TrainingRun:
             return trainer.run()
         finally:
             self.done.set()
+
+    def steps_done(self) -> int | None:
+        """The trainer's own step counter, a host int it bumps every step: the dashboard's
+        position between the sampled step events (no device read, no lock: an int is read
+        whole). None before the trainer exists."""
+        trainer = self.trainer
+        return None if trainer is None else trainer.c.global_step
 
     def drain(self) -> list[Event]:
         """Take every event queued so far (UI thread)."""

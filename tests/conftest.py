@@ -1,16 +1,24 @@
-"""Shared fixtures: a tiny digits config, run folders under tmp, and an event recorder."""
+"""Shared fixtures and helpers: a tiny digits config, run folders under tmp, an event recorder, and
+the Pilot helpers of the TUI tests (waits are condition loops on app state, never sleeps)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from textual.geometry import Region
+from textual.pilot import Pilot
+from textual.widget import Widget
+from textual.widgets import Input
 
+from kan_engine import memory
 from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.events import Event
 
@@ -121,3 +129,66 @@ def error_line(result: Any, code: int, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+# --- the TUI tests' helpers ----------------------------------------------------------------------
+
+SIZE = (80, 24)
+
+# The setup screen's memory line, as a real estimate of the lite preset would fill it. The real
+# one loads Fashion-MNIST and measures a step (seconds of CPU that every setup test would pay);
+# test_app_extras checks the real estimate on digits.
+FIXED_ESTIMATE = memory.MemoryEstimate(
+    params=8_407_200,
+    param_bytes=33_443_712,
+    grad_bytes=33_443_712,
+    optimizer_bytes=66_887_424,
+    step_bytes=66_887_424,
+    backward=((40_000_000.0, 600_000.0),),
+    data_bytes=55_160_000,
+)
+
+
+def fix_memory_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
+
+
+def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
+    """Run an async Pilot test without an async pytest plugin (none is a project dependency)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+async def wait_until(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
+    """Let the app run until `condition` holds (bounded, so a hang fails instead of blocking)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def type_into(pilot: Pilot, key: str, text: str) -> None:
+    """Replace a form field's text by typing, as a user would."""
+    field = pilot.app.screen.query_one(f"#field-{key.replace('.', '-')} Input", Input)
+    field.focus()
+    field.value = ""
+    await pilot.press(*text)
+    await pilot.pause()
+
+
+def visible_text(widget: Widget) -> str:
+    """What the widget shows on screen now, line by line (Textual's own render path)."""
+    region = Region(0, 0, *widget.outer_size)  # borders and padding included
+    return "\n".join(strip.text for strip in widget.render_lines(region))
+
+
+def unwrapped(widget: Widget) -> str:
+    """The visible text of a bordered widget as one string without borders or spaces, so that
+    a path folded over two lines is found whole."""
+    lines = visible_text(widget).splitlines()
+    return "".join(line.strip("│╭╮╰╯─▏ ") for line in lines).replace(" ", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -190,6 +191,14 @@ def open_tui(*, mouse: bool, **app_options: Any) -> int:
 
     tui = create_app(**app_options)
     tui.run(mouse=mouse)
+    if tui.stopped_run is not None:  # the terminal is the shell's again: say where the run is
+        run_dir, epoch = tui.stopped_run
+        where = printable(shlex.quote(run_dir))
+        print(
+            f"stopped {printable(run_dir)} at epoch {epoch} (last.pt written); "
+            f"continue it with: kan-tui resume {where}",
+            file=sys.stderr,
+        )
     return tui.return_code or 0
 
 

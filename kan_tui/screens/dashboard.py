@@ -114,6 +114,9 @@ class DashboardScreen(Screen[None]):
         Once the run is over, a tick that brought nothing has nothing to redraw."""
         events = self.run.drain()
         if events or not self.state.done:
+            steps = self.run.steps_done()
+            if steps is not None:
+                self.state.follow(steps)
             self.feed(events, throttle=True)
 
     def feed(self, events: Iterable[Event], *, throttle: bool = False) -> None:
@@ -240,6 +243,8 @@ class DashboardScreen(Screen[None]):
         """Stop the run (checkpoint, summary `stopped`) and exit the app with `return_code` as
         soon as the training thread has ended: `q` then `y`, and SIGHUP / SIGTERM."""
         self.exit_code = return_code
+        if self.state.run_dir:
+            self.app.stopped_run = (self.state.run_dir, self.state.epoch)  # type: ignore[attr-defined]
         self.action_stop()
 
     def on_unmount(self) -> None:

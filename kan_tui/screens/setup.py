@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Button, Footer, Label, OptionList, Static
+from textual.widgets import Button, Footer, Input, Label, OptionList, Static
 from textual.worker import Worker, WorkerState
 
 from kan_engine import names, presets_io
@@ -46,6 +46,9 @@ def registry_choices() -> dict[str, tuple[str, ...]]:
 class SetupScreen(Screen[None]):
     BINDINGS = [
         Binding("r", "start", "Start"),
+        # from anywhere, a field too (typing `r` there is text); shown in the footer as the key
+        Binding("ctrl+r", "start", "Start", show=False, priority=True),
+        Binding("escape", "leave_field", "Leave field", show=False),
         Binding("ctrl+s", "save_as", "Save as"),
         Binding("l", "lr_find", "LR find"),
         Binding("h", "app.open_runs", "Runs"),
@@ -319,6 +322,11 @@ class SetupScreen(Screen[None]):
         if event.button.id == "start":
             event.stop()
             self.action_start()
+
+    def action_leave_field(self) -> None:
+        """Escape leaves a text field for the preset list, so the one-letter keys work again."""
+        if isinstance(self.focused, Input):
+            self.query_one("#presets", PresetList).focus()
 
     def action_start(self) -> None:
         if self.config is None:

@@ -4,7 +4,7 @@ The dashboard is fed a fixed, made-up event sequence instead of a live run, and 
 reading is fixed; the run history reads run folders written here from fixed numbers; so the
 picture only changes when the layout or the widgets do. The setup screen's
 memory estimate is fixed too (the real one loads Fashion-MNIST and takes seconds). Regenerate with
-`pytest tests/test_app_snapshots.py --snapshot-update` and look at the SVGs before committing.
+`pytest tests/tui/test_app_snapshots.py --snapshot-update` and look at the SVGs before committing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_app import fix_memory_estimate
+from conftest import fix_memory_estimate
 from textual.pilot import Pilot
 from textual.widgets import Static
 

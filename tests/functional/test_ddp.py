@@ -1,8 +1,8 @@
 """Training under torchrun: 2 CPU processes (gloo) on digits against one process.
 
-Run by torchrun (`torchrun --nproc-per-node 2 tests/test_ddp.py OUT`), this file is also the worker
-of the Trainer-level tests: each rank trains, then saves its own final state and summary under OUT,
-which a single process never could show (rank 0 alone writes the run folder).
+Run by torchrun (`torchrun --nproc-per-node 2 tests/functional/test_ddp.py OUT`), this file is
+also the worker of the Trainer-level tests: each rank trains, then saves its own final state and
+summary under OUT, which a single process never could show (rank 0 alone writes the run folder).
 
 Why the metrics of 2 processes match 1 so closely: the `kan` baseline has no BatchNorm, and each
 rank takes its exact half of every global batch, so the averaged gradient is the one-process

@@ -10,8 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY
-from test_app import SIZE, sync, wait_until
+from conftest import SIZE, TINY, sync, wait_until
 from textual.widgets import DataTable, Input, Static
 
 from kan_engine import activations, history

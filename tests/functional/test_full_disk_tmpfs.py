@@ -1,8 +1,8 @@
 """A really full file system (a 320 KiB tmpfs this test mounts), through the real CLI.
 
-tests/test_reliability.py makes single writes fail with ENOSPC; here the kernel runs out of space
-the way a real disk does, which is where torch's checkpoint writer raises a C++ RuntimeError
-instead of an OSError (issue 15). Needs root and tmpfs: skipped elsewhere.
+tests/functional/test_reliability.py makes single writes fail with ENOSPC; here the kernel runs out
+of space the way a real disk does, which is where torch's checkpoint writer raises a C++
+RuntimeError instead of an OSError (issue 15). Needs root and tmpfs: skipped elsewhere.
 """
 
 from __future__ import annotations

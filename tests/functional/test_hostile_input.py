@@ -26,9 +26,16 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import error_line
+from conftest import (
+    SIZE,
+    error_line,
+    fix_memory_estimate,
+    type_into,
+    unwrapped,
+    visible_text,
+    wait_until,
+)
 from rich.console import Console
-from test_app import SIZE, fix_memory_estimate, type_into, unwrapped, visible_text, wait_until
 from textual.widgets import Static
 from typer.testing import CliRunner, Result
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kan_engine", "kan_tui")
 UI_ONLY = ("kan_tui", "textual", "typer", "rich")  # what the engine must not import
 

@@ -6,24 +6,21 @@ queue and the drain timer are exercised end to end; waits are condition loops on
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 import json
 import math
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from textual.geometry import Region
+from conftest import SIZE, fix_memory_estimate, sync, type_into, unwrapped, visible_text, wait_until
 from textual.pilot import Pilot
-from textual.widget import Widget
 from textual.widgets import Button, Input, Select, Static
 
-from kan_engine import memory, presets_io, trainer
+from kan_engine import presets_io, trainer
 from kan_engine.config import RunConfig
 from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
@@ -36,26 +33,7 @@ from kan_tui.widgets.form import FIELDS, ConfigForm, validate_form
 from kan_tui.widgets.presets import PresetList
 from kan_tui.widgets.warnings import NoticeLog, WarningsList
 
-SIZE = (80, 24)
-
-# The setup screen's memory line, as a real estimate of the lite preset would fill it. The real
-# one loads Fashion-MNIST and measures a step (seconds of CPU that every setup test would pay);
-# test_app_extras checks the real estimate on digits.
-FIXED_ESTIMATE = memory.MemoryEstimate(
-    params=8_360_928,
-    param_bytes=33_443_712,
-    grad_bytes=33_443_712,
-    optimizer_bytes=66_887_424,
-    step_bytes=66_887_424,
-    backward=((40_000_000.0, 600_000.0),),
-    data_bytes=55_160_000,
-)
-
 LITE_LR = presets_io.resolve("lite")[0].optim.lr  # what the form shows for lite
-
-
-def fix_memory_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
 
 
 @pytest.fixture(autouse=True)
@@ -65,25 +43,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fix_memory_estimate(monkeypatch)
 
 
-def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
-    """Run an async Pilot test without an async pytest plugin (none is a project dependency)."""
-
-    @functools.wraps(test)
-    def wrapper(*args: object, **kwargs: object) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_until(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
-    """Let the app run until `condition` holds (bounded, so a hang fails instead of blocking)."""
-    for _ in range(3000):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def training_dashboard(pilot: Pilot) -> DashboardScreen:
     """The dashboard, once its run has taken a step."""
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen), "dashboard")
@@ -91,28 +50,6 @@ async def training_dashboard(pilot: Pilot) -> DashboardScreen:
     assert isinstance(dash, DashboardScreen)
     await wait_until(pilot, lambda: dash.state.global_step > 0, "training to start")
     return dash
-
-
-async def type_into(pilot: Pilot, key: str, text: str) -> None:
-    """Replace a form field's text by typing, as a user would."""
-    field = pilot.app.screen.query_one(f"#field-{key.replace('.', '-')} Input", Input)
-    field.focus()
-    field.value = ""
-    await pilot.press(*text)
-    await pilot.pause()
-
-
-def visible_text(widget: Widget) -> str:
-    """What the widget shows on screen now, line by line (Textual's own render path)."""
-    region = Region(0, 0, *widget.outer_size)  # borders and padding included
-    return "\n".join(strip.text for strip in widget.render_lines(region))
-
-
-def unwrapped(widget: Widget) -> str:
-    """The visible text of a bordered widget as one string without borders or spaces, so that
-    a path folded over two lines is found whole."""
-    lines = visible_text(widget).splitlines()
-    return "".join(line.strip("│╭╮╰╯─▏ ") for line in lines).replace(" ", "")
 
 
 def field_reason(app: object, key: str) -> str:
@@ -168,6 +105,22 @@ def test_run_state_folds_events_and_drops_non_finite_points() -> None:
     assert (state.grid_total, state.best_epoch, state.warnings_seen) == (4, 1, 1)
     assert any("non-finite" in text for _, text in state.notices)
     assert state.eta_seconds() == pytest.approx(10 * 10 / 100.0)  # one epoch of 10 steps left
+
+
+def test_the_position_follows_the_trainers_step_counter_between_step_events() -> None:
+    state = RunState()
+    state.apply(RunStarted("r", {"train": {"batch_size": 10}}, "cpu", {"total": 5}, "digits",
+                           100, 10, 10, 21, 6))  # fmt: skip
+    state.apply(StepMetrics(1, 20, 20, 21, 1.0, 0.5, {"kan": 0.1}, 0.3, 100.0))
+    state.follow(21)
+    assert (state.epoch, state.step) == (1, 21)
+    state.follow(30)  # epoch 2, before its first step event (log_every 20)
+    assert (state.epoch, state.step, state.global_step) == (2, 9, 30)
+    state.apply(EpochEnd(1, 0.9, 0.6, 0.8, 0.7, {"kan": 0.1}, 4, 1, 1.0, 1, 0.7, 100.0))
+    assert (state.epoch, state.step) == (2, 9)  # a late epoch row does not move it back
+    state.apply(StepMetrics(2, 19, 40, 21, 1.0, 0.5, {"kan": 0.1}, 0.3, 100.0))
+    state.follow(35)  # behind the step events: ignored
+    assert (state.epoch, state.step, state.global_step) == (2, 19, 40)
 
 
 def test_thin_keeps_the_newest_point() -> None:
@@ -267,7 +220,13 @@ async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None
             setup.query_one(f"#field-{key} Select", Select).value = value
         await type_into(pilot, "train.epochs", "2")
         await type_into(pilot, "schedule.warmup_epochs", "1")
-        await pilot.click("#start")
+        await pilot.press("r")  # in a field: text, not a start
+        field = setup.query_one("#field-schedule-warmup_epochs Input", Input)
+        assert field.value == "1r" and isinstance(app.screen, SetupScreen)
+        await pilot.press("backspace", "escape")  # escape leaves the field...
+        assert not isinstance(setup.focused, Input)
+        field.focus()
+        await pilot.press("ctrl+r")  # ...and ctrl+r starts from anywhere
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
         dash = app.screen
         await wait_until(pilot, lambda: dash.state.done, "the run to end")
@@ -298,6 +257,31 @@ async def test_quit_during_a_run_stops_it_with_a_checkpoint(
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert run_summary(tmp_path)["status"] == "stopped"
     assert app.return_code == 0
+    assert app.stopped_run is not None and Path(app.stopped_run[0]) == run_dir
+
+
+def test_after_a_quit_mid_run_the_shell_is_told_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `open_tui` prints once the app has handed the terminal back (the app itself, as the
+    test above drives it, records the stopped run)."""
+    import kan_tui.app
+    from kan_tui.cli.base import open_tui
+
+    class Quitted:
+        return_code = 0
+        stopped_run = ("runs/20250101-120000-lite x", 3)
+
+        def run(self, mouse: bool) -> None:
+            pass
+
+    monkeypatch.setattr(kan_tui.app, "create_app", lambda **options: Quitted())
+    assert open_tui(mouse=False) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "stopped runs/20250101-120000-lite x at epoch 3 (last.pt written); continue it with: "
+        "kan-tui resume 'runs/20250101-120000-lite x'\n"
+    )
 
 
 @sync
