@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
@@ -26,6 +27,9 @@ from kan_tui.run_model import TrainingRun
 from kan_tui.screens.dashboard import JOIN_TIMEOUT_S, DashboardScreen
 from kan_tui.screens.setup import DEFAULT_PRESET, SetupScreen
 from kan_tui.signals import STOP_SIGNALS
+
+if TYPE_CHECKING:
+    from kan_engine.resume_plan import ResumePlan
 
 # A dropped terminal (SSH connection gone) sends SIGHUP; a scheduler or `kill` sends SIGTERM.
 # SIGHUP does not exist on Windows.
@@ -66,25 +70,31 @@ class KanApp(App[None]):
         preset_name: str | None = None,
         start: bool = False,
         out_dir: Path = Path("runs"),
+        resume: ResumePlan | None = None,
     ) -> None:
         super().__init__()
         self.initial_config = config
         self.preset_name = preset_name
         self.start_run = start
         self.out_dir = Path(out_dir)
+        self.resume = resume
         self._signals: list[int] = []
         # the run a quit (or a stop signal) stopped, for the line printed after the app has gone
         self.stopped_run: tuple[str, int] | None = None
 
     def on_mount(self) -> None:
         self._handle_stop_signals()
-        config = (self.initial_config or self._preset_config()) if self.start_run else None
+        if self.resume is not None:
+            config, preset = self.resume.config, self.resume.preset
+        else:
+            config = (self.initial_config or self._preset_config()) if self.start_run else None
+            preset = self.preset_name or DEFAULT_PRESET
         if config is None:
             self.show_setup()
             return
         # The setup screen is built only once the run is left (`n`): building and validating
         # its form would otherwise compete with the first steps of training.
-        dashboard = DashboardScreen(config, self.preset_name or DEFAULT_PRESET, self.out_dir)
+        dashboard = DashboardScreen(config, preset, self.out_dir, resume=self.resume)
         self.push_screen(dashboard, lambda _: self.show_setup())
 
     def _handle_stop_signals(self) -> None:
@@ -185,6 +195,10 @@ def create_app(
     preset_name: str | None = None,
     start: bool = False,
     out_dir: Path = Path("runs"),
+    resume: ResumePlan | None = None,
 ) -> KanApp:
-    """The app, on the setup screen, or on a dashboard already training `config` when `start`."""
-    return KanApp(config=config, preset_name=preset_name, start=start, out_dir=out_dir)
+    """The app, on the setup screen, or on a dashboard already training `config` when `start`
+    (or continuing the run of `resume`)."""
+    return KanApp(
+        config=config, preset_name=preset_name, start=start, out_dir=out_dir, resume=resume
+    )

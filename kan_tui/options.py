@@ -58,8 +58,8 @@ class FieldSpec:
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("model.name", "model", "NAME", "model", "select"),
     FieldSpec("data.dataset", "dataset", "NAME", "dataset", "select"),
-    FieldSpec("data.data_dir", "data_dir", "PATH"),
-    FieldSpec("data.target", "target", "COLUMN"),
+    FieldSpec("data.data_dir", "data_dir", "PATH", "data folder"),
+    FieldSpec("data.target", "target", "COLUMN", "CSV target"),
     FieldSpec("optim.lr", "lr", "FLOAT", "base LR"),
     FieldSpec("optim.lr_mult.cnn", label="LR x cnn"),
     FieldSpec("optim.lr_mult.kan", label="LR x kan"),
@@ -110,6 +110,13 @@ def schema_choices(key: str) -> tuple[str, ...] | None:
     if typing.get_origin(annotation) is typing.Literal:
         return tuple(str(a) for a in typing.get_args(annotation))
     return None
+
+
+def is_text(key: str) -> bool:
+    """Whether a field holds free text (a path, a column name) that is taken as typed, not read
+    as TOML: a column named `2` or a folder named `true` stays text; empty means not set."""
+    annotation = schema_field(key).annotation
+    return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
 
 
 def describe(key: str) -> str:

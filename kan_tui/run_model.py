@@ -34,6 +34,7 @@ from kan_engine.events import (
 )
 
 if TYPE_CHECKING:
+    from kan_engine.resume_plan import ResumePlan
     from kan_engine.trainer import Trainer
 
 Point = tuple[float, float]
@@ -276,10 +277,17 @@ class TrainingRun:
     it does, so `q` right after starting still ends the run promptly.
     """
 
-    def __init__(self, config: RunConfig, preset_name: str, out_dir: Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        preset_name: str,
+        out_dir: Path,
+        resume: ResumePlan | None = None,
+    ) -> None:
         self.config = config
         self.preset_name = preset_name
         self.out_dir = out_dir
+        self.resume = resume  # continue this run folder (`kan-tui resume RUN`) instead
         self.events: deque[Event] = deque()
         self.trainer: Trainer | None = None
         self.done = threading.Event()
@@ -295,15 +303,20 @@ class TrainingRun:
             from kan_engine import data
             from kan_engine.trainer import Trainer
 
-            # bad data is bad input: refused (KanError) before a run folder is made
-            raw = data.read(self.config.data)
-            trainer = Trainer(
-                self.config,
-                sink=self.sink,
-                out_dir=self.out_dir,
-                preset_name=self.preset_name,
-                raw=raw,
-            )
+            if self.resume is not None:
+                trainer = Trainer.from_run_dir(
+                    self.resume.run_dir, sink=self.sink, plan=self.resume
+                )
+            else:
+                # bad data is bad input: refused (KanError) before a run folder is made
+                raw = data.read(self.config.data)
+                trainer = Trainer(
+                    self.config,
+                    sink=self.sink,
+                    out_dir=self.out_dir,
+                    preset_name=self.preset_name,
+                    raw=raw,
+                )
             self.trainer = trainer
             if self._stop_requested:
                 trainer.stop()

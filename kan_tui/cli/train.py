@@ -118,6 +118,7 @@ def resume(
         "after it was damaged or edited",
     ),
     headless: bool = HEADLESS,
+    no_mouse: bool = NO_MOUSE,
     debug: bool = DEBUG,
 ) -> None:
     """Continue a stopped or crashed run from its last checkpoint.
@@ -138,9 +139,15 @@ def resume(
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it for all
             typer.echo(plan.message)
         return
+    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("note: not a terminal: resuming headless (add --headless to say so)", file=sys.stderr)
+        headless = True
+    if not headless and not distributed.launched():
+        resume_options = {"resume": plan, "out_dir": plan.run_dir.parent}
+        raise typer.Exit(open_tui(mouse=not no_mouse, **resume_options))
     with distributed.launch(plan.config.train.device) as dist:
         if not headless and dist.is_main:
-            print("note: the TUI cannot resume a run yet; resuming here", file=sys.stderr)
+            print("note: the TUI is one process: resuming headless under torchrun", file=sys.stderr)
         sink = reporter()
         trainer = Trainer.from_run_dir(run_dir, sink=sink, plan=plan)
         _finish(trainer, sink, debug, quiet=not dist.is_main)

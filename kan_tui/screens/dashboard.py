@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState
 
 from kan_engine.config import RunConfig
 from kan_engine.events import Event
-from kan_tui.formatting import printable
+from kan_tui.formatting import pct, printable
 from kan_tui.run_model import RunState, TrainingRun, memory_in_use
 from kan_tui.screens.dialogs import ConfirmDialog
 from kan_tui.widgets.charts import SeriesChart
@@ -43,6 +43,9 @@ STATUS_STYLE = {
     "failed": "bold white on red",
 }
 CHART_TABS = ("tab-loss", "tab-acc", "tab-lr")
+
+if TYPE_CHECKING:
+    from kan_engine.resume_plan import ResumePlan
 
 
 class DashboardScreen(Screen[None]):
@@ -63,12 +66,14 @@ class DashboardScreen(Screen[None]):
         *,
         start: bool = True,
         memory: Callable[[str], str] = memory_in_use,
+        resume: ResumePlan | None = None,
     ) -> None:
         """`start=False` shows an idle dashboard for `feed` (replays, snapshots); `memory` reads
-        the memory in use of a device (replaceable so that snapshots are stable)."""
+        the memory in use of a device (replaceable so that snapshots are stable); `resume`
+        continues that run folder instead of starting one."""
         super().__init__()
         self.memory = memory
-        self.run = TrainingRun(config, preset_name, out_dir)
+        self.run = TrainingRun(config, preset_name, out_dir, resume)
         self.state = RunState(model=config.model.name, dataset=config.data.dataset)
         self.state.epochs = config.train.epochs
         self.state.batch_size = config.train.batch_size
@@ -182,7 +187,7 @@ class DashboardScreen(Screen[None]):
         state = self.state
         parts = [self.run.preset_name, state.model, state.dataset]
         if state.done and state.summary is not None:
-            parts.append(f"test {state.test_acc:.1%}" if state.test_acc is not None else "no test")
+            parts.append(f"test {pct(state.test_acc)}" if state.test_acc is not None else "no test")
             parts.append("n: new run")
         return Text.assemble(
             (f" {state.status} ", STATUS_STYLE.get(state.status, "bold reverse")),

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from kan_engine import history
 from kan_engine.errors import KanError
-from kan_tui.formatting import RUN_COLUMNS, plain, printable, run_cells
+from kan_tui.formatting import RUN_COLUMNS, count, plain, printable, run_cells
 from kan_tui.widgets.charts import SeriesChart
 
 CHART_KINDS = ("acc", "loss")
@@ -25,7 +25,8 @@ MAX_OVERLAY = 2
 
 class RunsScreen(Screen[None]):
     """`space` marks up to two runs to overlay, `t` switches accuracy / loss, `e` exports the
-    highlighted run's metrics as CSV, `v` opens its learned activations, escape goes back."""
+    highlighted run's metrics as CSV, `v` opens its learned activations, `r` resumes it (a
+    stopped or crashed run), escape goes back."""
 
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -33,6 +34,7 @@ class RunsScreen(Screen[None]):
         Binding("t", "toggle_chart", "Acc/loss"),
         Binding("e", "export", "CSV"),
         Binding("v", "activations", "Activations"),
+        Binding("r", "resume", "Resume"),
     ]
 
     def __init__(self, out_dir: Path) -> None:
@@ -62,13 +64,10 @@ class RunsScreen(Screen[None]):
         for row in self.rows:
             mark = "*" if row.path in self.marked else " "
             table.add_row(mark, *run_cells(row), key=str(row.path))
-        broken = f" · {len(self.skipped)} unreadable folders skipped" if self.skipped else ""
-        count = (
-            f"{len(self.rows)} runs in {self.out_dir}"
-            if self.rows
-            else f"no runs in {self.out_dir}"
-        )
-        self.query_one("#runs-hint", Static).update(plain(count + broken))  # holds a path
+        skipped = count(len(self.skipped), "unreadable folder")
+        broken = f" · {skipped} skipped" if self.skipped else ""
+        listed = f"{count(len(self.rows), 'run') if self.rows else 'no runs'} in {self.out_dir}"
+        self.query_one("#runs-hint", Static).update(plain(listed + broken))  # holds a path
         self.redraw()
 
     @property
@@ -135,3 +134,23 @@ class RunsScreen(Screen[None]):
             from kan_tui.screens.activations import ActivationsScreen
 
             self.app.push_screen(ActivationsScreen(row.path))
+
+    def action_resume(self) -> None:
+        """Continue the highlighted run on a dashboard, as `kan-tui resume RUN` does; a run that
+        is over, or a folder that cannot be resumed, is said why in a toast."""
+        row = self.current
+        if row is None:
+            return
+        from kan_engine import resume_plan
+        from kan_tui.screens.dashboard import DashboardScreen
+
+        try:
+            plan = resume_plan.read(row.path)
+        except KanError as exc:
+            self.notify(printable(exc), severity="error", markup=False)
+            return
+        if plan.done:
+            self.notify(printable(plan.message), markup=False)
+            return
+        dashboard = DashboardScreen(plan.config, plan.preset, self.out_dir, resume=plan)
+        self.app.push_screen(dashboard, lambda _: self.reload())

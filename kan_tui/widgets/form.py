@@ -19,22 +19,30 @@ from kan_engine.config import RunConfig, apply_overrides, check_names, parse_val
 from kan_engine.errors import ConfigError
 from kan_tui.formatting import plain
 from kan_tui.messages import FormChanged
-from kan_tui.options import FORM_FIELDS, FieldSpec, schema_choices, schema_field
+from kan_tui.options import FORM_FIELDS, FieldSpec, is_text, schema_choices, schema_field
 
 SOURCE = "form"
 FIELDS = FORM_FIELDS  # the rows, top to bottom
 
 
 def lookup(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key; None for an optional field left out (TOML has no null)."""
     node: Any = data
     for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
         node = node[part]
     return node
 
 
 def parse_field(key: str, raw: str, choices: tuple[str, ...] | None) -> Any:
-    """Select values pass through; typed text is read as a TOML value, like `--set key=value`."""
-    return raw if choices is not None else parse_value(raw.strip())
+    """Select values pass through; text fields (paths, a column) are taken as typed, empty is
+    not set; other typed text is read as a TOML value, like `--set key=value`."""
+    if choices is not None:
+        return raw
+    if is_text(key):
+        return raw.strip() or None
+    return parse_value(raw.strip())
 
 
 def validate_form(
@@ -93,7 +101,7 @@ class ConfigField(Horizontal):
 
     def set_value(self, value: Any) -> None:
         if self.choices is None:
-            self.query_one(Input).value = str(value)
+            self.query_one(Input).value = "" if value is None else str(value)
             return
         select: Select[str] = self.query_one(Select)
         if str(value) not in self.choices:  # a preset naming an unknown model: show it, flag it

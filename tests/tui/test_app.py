@@ -20,7 +20,7 @@ from conftest import SIZE, fix_memory_estimate, sync, type_into, unwrapped, visi
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Select, Static
 
-from kan_engine import presets_io, trainer
+from kan_engine import presets_io, resume_plan, trainer
 from kan_engine.config import RunConfig
 from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
@@ -29,7 +29,7 @@ from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
 from kan_tui.screens.setup import SetupScreen
 from kan_tui.widgets.charts import SeriesChart, thin
-from kan_tui.widgets.form import FIELDS, ConfigForm, validate_form
+from kan_tui.widgets.form import FIELDS, ConfigForm, lookup, parse_field, validate_form
 from kan_tui.widgets.presets import PresetList
 from kan_tui.widgets.warnings import NoticeLog, WarningsList
 
@@ -121,6 +121,16 @@ def test_the_position_follows_the_trainers_step_counter_between_step_events() ->
     state.apply(StepMetrics(2, 19, 40, 21, 1.0, 0.5, {"kan": 0.1}, 0.3, 100.0))
     state.follow(35)  # behind the step events: ignored
     assert (state.epoch, state.step, state.global_step) == (2, 19, 40)
+
+
+def test_path_and_column_fields_are_text_as_typed_and_empty_is_unset() -> None:
+    assert parse_field("data.data_dir", " /data/my table.csv ", None) == "/data/my table.csv"
+    assert parse_field("data.target", "2", None) == "2"  # a column named 2, not the number
+    assert parse_field("data.data_dir", "  ", None) is None
+    assert parse_field("train.epochs", "2", None) == 2
+    config, errors = validate_form(RunConfig(), {"data.dataset": "csv", "data.target": "true"})
+    assert not errors and config is not None and config.data.target == "true"
+    assert lookup({"data": {}}, "data.data_dir") is None
 
 
 def test_thin_keeps_the_newest_point() -> None:
@@ -282,6 +292,36 @@ def test_after_a_quit_mid_run_the_shell_is_told_how_to_resume(
         "stopped runs/20250101-120000-lite x at epoch 3 (last.pt written); continue it with: "
         "kan-tui resume 'runs/20250101-120000-lite x'\n"
     )
+
+
+@sync
+async def test_the_tui_resumes_a_stopped_run_in_its_folder(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig]
+) -> None:
+    """`kan-tui resume RUN` on a terminal: the dashboard continues the run where it stopped."""
+    first: trainer.Trainer
+
+    def stop_after_epoch_1(event: object) -> None:
+        if isinstance(event, EpochEnd):
+            first.stop()
+
+    first = trainer.Trainer(
+        tiny_config(**{"train.epochs": 3}), sink=stop_after_epoch_1, out_dir=tmp_path
+    )
+    assert first.run()["status"] == "stopped"
+    plan = resume_plan.read(first.run_dir)
+    app = create_app(resume=plan, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.done, "the run to end")
+        assert dash.state.status == "finished", dash.state.error
+        assert dash.state.epoch == 3
+    summary = run_summary(tmp_path)  # the same folder, and no other
+    assert summary["status"] == "finished" and summary["epochs_run"] == 3
+    epochs = [json.loads(line)["epoch"] for line in (first.run_dir / "metrics.jsonl").open()
+              if '"event": "epoch"' in line]  # fmt: skip
+    assert epochs == [1, 2, 3]
 
 
 @sync

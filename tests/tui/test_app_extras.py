@@ -15,9 +15,11 @@ from textual.widgets import DataTable, Input, Static
 
 from kan_engine import activations, history
 from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.events import EpochEnd
 from kan_engine.trainer import Trainer
 from kan_tui.app import create_app
 from kan_tui.screens.activations import TOP_EDGES, ActivationsScreen, EdgePlot
+from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog
 from kan_tui.screens.runs import RunsScreen
 from kan_tui.screens.setup import SetupScreen
@@ -72,6 +74,36 @@ async def test_runs_screen_lists_plots_overlays_and_exports(out_dir: Path) -> No
         assert (out_dir / "20250101-090000-tiny" / "metrics.csv").is_file()
         await pilot.press("escape")
         assert isinstance(app.screen, SetupScreen)
+
+
+@sync
+async def test_the_history_resumes_a_stopped_run_and_refuses_a_finished_one(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    stopper: Trainer
+
+    def stop_after_epoch_1(event: object) -> None:
+        if isinstance(event, EpochEnd):
+            stopper.stop()
+
+    config = apply_overrides(RunConfig(), {**TINY, "train.epochs": 2}, source="test")
+    stopper = Trainer(config, sink=stop_after_epoch_1, out_dir=out, preset_name="tiny")
+    assert stopper.run()["status"] == "stopped"
+    app = create_app(out_dir=out)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("h")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen")
+        history_screen = app.screen
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "the dashboard")
+        dash = app.screen
+        await wait_until(pilot, lambda: dash.state.done, "the resumed run to end")
+        assert dash.state.status == "finished" and dash.state.epoch == 2
+        await pilot.press("n")  # back to the history, which lists it as finished now
+        await wait_until(pilot, lambda: app.screen is history_screen, "the history again")
+        assert history_screen.rows[0].status == "finished"
+        await pilot.press("r")  # a finished run is not resumed
+        await pilot.pause()
+        assert app.screen is history_screen
 
 
 async def shown_view(pilot, screen: ActivationsScreen, name: str) -> None:  # type: ignore[no-untyped-def]
