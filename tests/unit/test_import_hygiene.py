@@ -34,6 +34,24 @@ def test_help_and_version_import_neither_torch_nor_textual() -> None:
     assert fresh_python(code) == "[]"
 
 
+def test_commands_that_need_no_model_import_neither_torch_nor_textual(tmp_path: Path) -> None:
+    """Presets, the resolved config and the run list read and write TOML and JSON only: they
+    must not wait seconds for torch (issue 16). Each command runs in one fresh interpreter."""
+    code = (
+        "import os, sys\n"
+        f"os.environ['KAN_TUI_CONFIG'] = {str(tmp_path / 'config')!r}\n"
+        "from kan_tui.cli import app\n"
+        "commands = [['presets', 'list'], ['presets', 'show', 'lite'], ['presets', 'path'],\n"
+        "            ['presets', 'save', 'mine', '--from', 'lite', '--set', 'optim.lr=0.002'],\n"
+        "            ['presets', 'delete', 'mine'], ['run', '--print-config', '--lr', '0.01'],\n"
+        f"            ['runs', 'list', '--out', {str(tmp_path / 'runs')!r}]]\n"
+        "for args in commands:\n"
+        "    assert app(args, standalone_mode=False) in (None, 0), args\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    assert fresh_python(code) == "[]"
+
+
 def test_the_installed_command_answers_help() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "kan_tui", "--help"], capture_output=True, text=True, timeout=60
