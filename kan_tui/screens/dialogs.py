@@ -1,4 +1,5 @@
-"""Small modal dialogs: a yes/no question and a name prompt that shows why a name was refused."""
+"""Small modal dialogs: a yes/no question (with a chart above it, for the LR range test's curve)
+and a name prompt that shows why a name was refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from kan_tui.formatting import plain
+from kan_tui.widgets.charts import Point, SeriesChart
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -38,6 +40,27 @@ class ConfirmDialog(ModalScreen[bool]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.dismiss(event.button.id == "yes")
+
+
+class ChartQuestionDialog(ConfirmDialog):
+    """A yes/no question under a chart of what it is about (the LR range test: loss against
+    log10 of the LR), so the answer is not taken on trust."""
+
+    def __init__(self, question: str, series: dict[str, list[Point]], xlabel: str) -> None:
+        super().__init__(question)
+        self.series = series
+        self.xlabel = xlabel
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog dialog-wide"):
+            yield SeriesChart(id="dialog-chart", log_y=True)
+            yield Label(self.question, classes="dialog-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Yes (y)", id="yes", variant="error", compact=True)
+                yield Button("No (n)", id="no", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one(SeriesChart).show(self.series, xlabel=self.xlabel)
 
 
 class NameDialog(ModalScreen[str | None]):

@@ -7,6 +7,7 @@ deleted through `presets_io`, so what this screen saves is what `kan-tui presets
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -25,7 +26,7 @@ from kan_engine.config import RunConfig
 from kan_engine.errors import KanError, PresetError
 from kan_tui.formatting import plain, printable
 from kan_tui.messages import FormChanged, StartRun
-from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
+from kan_tui.screens.dialogs import ChartQuestionDialog, ConfirmDialog, NameDialog
 from kan_tui.widgets.charts import SeriesChart
 from kan_tui.widgets.form import FIELDS, ConfigField, ConfigForm, field_id
 from kan_tui.widgets.presets import PresetList
@@ -181,8 +182,15 @@ class SetupScreen(Screen[None]):
         from kan_engine.lr_find import find_lr
 
         self.notify(f"LR range test on {config.model.name} / {config.data.dataset}...")
+        status = self.query_one("#form-status", Static)
+        status.update("LR range test: loading the data...")
+
+        def progress(step: int, lr: float, loss: float) -> None:  # the worker thread's
+            line = f"LR range test: step {step}, lr {lr:.2g}, loss {loss:.3g}"
+            self.app.call_from_thread(status.update, line)
+
         self.run_worker(
-            lambda: find_lr(config),
+            lambda: find_lr(config, progress=progress),
             thread=True,
             exclusive=True,
             group="lr-find",
@@ -216,6 +224,7 @@ class SetupScreen(Screen[None]):
             self._offer_lr(worker.result)
 
     def _offer_lr(self, result: LRFinderResult) -> None:
+        self.query_one("#form-status", Static).update(self._status_text())
         if result.suggestion is None:
             self.notify(f"LR range test: no suggestion ({result.stop_reason})", severity="warning")
             return
@@ -229,7 +238,11 @@ class SetupScreen(Screen[None]):
             if yes:
                 self.query_one(f"#{field_id('optim.lr')}", ConfigField).set_value(lr)
 
-        self.app.push_screen(ConfirmDialog(question), answered)
+        curve = {
+            "loss": [(math.log10(x), y) for x, y in zip(result.lrs, result.smoothed, strict=True)]
+        }
+        dialog = ChartQuestionDialog(question, curve, "log10 lr (smoothed loss)")
+        self.app.push_screen(dialog, answered)
 
     # --- presets ------------------------------------------------------------------------------
 

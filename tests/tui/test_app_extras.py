@@ -147,8 +147,19 @@ async def test_setup_shows_the_memory_estimate_and_offers_the_lr_finders_suggest
         line = app.screen.query_one("#memory-line", Static)
         await wait_until(pilot, lambda: "params" in str(line.content), "the memory estimate")
         assert "at batch 64" in str(line.content)
+        status = app.screen.query_one("#form-status", Static)
+        shown: list[str] = []  # what the status line said while the test ran (it is fast)
+        update = status.update
+
+        def recorded(content: object = "") -> None:
+            shown.append(str(content))
+            update(content)  # type: ignore[arg-type]
+
+        status.update = recorded  # type: ignore[method-assign]
         await pilot.press("l")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the LR offer")
+        assert any(line.startswith("LR range test: step") for line in shown), shown[:3]
+        assert app.screen.query_one("#dialog-chart", SeriesChart).points_drawn > 10  # the curve
         question = app.screen.question
         suggested = question.split("Use ")[1].split(" as")[0]
         await pilot.press("y")
