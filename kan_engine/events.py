@@ -38,6 +38,8 @@ class RunStarted(Event):
     steps_per_epoch: int
     epochs: int
     start_epoch: int = 1  # > 1 when resuming
+    data: str = ""  # one line: splits, input shape, classes, where it was read from
+    classes: list[str] = field(default_factory=list)  # the class names, in label order
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class RunReport:
             steps_per_epoch=self.steps_per_epoch,
             epochs=self.config.train.epochs,
             start_epoch=start_epoch,
+            data=self.data.describe(),
+            classes=list(self.data.class_names),
         )
         for event in (started, *notices):
             self.folder.emit(event)

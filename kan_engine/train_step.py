@@ -61,7 +61,8 @@ class TrainStep:
             notices.append(
                 Notice(
                     f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) is not shorter "
-                    f"than the run ({train.epochs} epochs): warming up over its first 10 %"
+                    f"than the run ({train.epochs} epoch{'s' * (train.epochs != 1)}): "
+                    "warming up over its first 10 %"
                 )
             )
         self.train_model: nn.Module = model  # what a training step runs forward and back

@@ -58,6 +58,8 @@ from kan_tui.signals import (
 WARNINGS_PER_EPOCH = 5
 PROGRESS_EVERY_S = 30.0  # in a log: at most one progress line per this many seconds...
 PROGRESS_SHARE = 0.1  # ...and per this share of an epoch's steps
+CLASSES_SHOWN = 20  # class names listed in the run header of the user's own data
+USER_DATASETS = ("images", "csv")
 RATE_SMOOTHING = 0.2  # weight of the newest throughput sample in the ETA's running average
 
 
@@ -180,6 +182,13 @@ class HeadlessReporter:
             f"(train {event.train_size}, val {event.val_size}, test {event.test_size}), "
             f"device {event.device}, {count(event.epochs, 'epoch')}{resumed}"
         )
+        if event.data:
+            self._line(f"data {event.data}")
+        if event.classes and event.dataset in USER_DATASETS:  # found in the user's files
+            shown = ", ".join(event.classes[:CLASSES_SHOWN])
+            if len(event.classes) > CLASSES_SHOWN:
+                shown += f", ... ({len(event.classes)} in all)"
+            self._line(f"classes {shown}")
         if not self.interactive:
             return
         self._progress = Progress(

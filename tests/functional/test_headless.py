@@ -254,6 +254,21 @@ def cli(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
+def test_the_run_header_of_a_csv_names_its_classes_shape_and_splits(isolated: Path) -> None:
+    pytest.importorskip("kan_engine.trainer")
+    rows = ["a,b,c,animal"] + [
+        f"{i % 7},{(i * 3) % 5},{i % 2},{('cat', 'dog', 'owl')[i % 3]}" for i in range(240)
+    ]
+    (isolated / "pets.csv").write_text("\n".join(rows) + "\n")
+    args = ("--dataset", "csv", "--data-dir", "pets.csv", "--model", "kan", "--epochs", "1")
+    result = cli("run", "--headless", *args, "--device", "cpu", "--out", "out")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    data = next(line for line in lines if line.startswith("data "))
+    assert "3 features" in data and "3 classes" in data and "train" in data, data
+    assert "classes cat, dog, owl" in lines
+
+
 def test_headless_run_on_digits(isolated: Path) -> None:
     pytest.importorskip("kan_engine.trainer")
     result = cli("run", "--headless", *TINY, "--out", "out")
