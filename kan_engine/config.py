@@ -31,6 +31,7 @@ from kan_engine.names import Init
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
+Tracker = Literal["tensorboard"]
 
 GROUPS = ("cnn", "kan", "other")
 
@@ -256,6 +257,23 @@ class KanSection(_Section):
         return {name: getattr(self, name) for name in MODEL_OPTIONS}
 
 
+class LogSection(_Section):
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="trackers that also get the metrics: tensorboard (<run>/tensorboard/); none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """`--report-to tensorboard` and `--set log.report_to=tensorboard,...` as well as a
+        TOML list; `none` (or nothing) means no tracker, as in Hugging Face's `report_to`."""
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return [] if names == ["none"] else names
+        return value
+
+
 class RunConfig(_Section):
     """Everything that defines a run; a preset file is this object as TOML."""
 
@@ -268,6 +286,7 @@ class RunConfig(_Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     train: TrainSection = Field(default_factory=TrainSection)
     kan: KanSection = Field(default_factory=KanSection)
+    log: LogSection = Field(default_factory=LogSection)
 
     @field_validator("description")
     @classmethod

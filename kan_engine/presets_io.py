@@ -208,7 +208,7 @@ def save(name: str, config: RunConfig, *, force: bool = False) -> Path:
 
 def delete(name: str) -> Path:
     check_name(name)
-    if name in BUILTIN_NAMES:
+    if name in (*BUILTIN_NAMES, AUTO):
         raise PresetError(f"{name!r} is a built-in preset and cannot be deleted")
     path = user_dir() / f"{name}.toml"
     # a FIFO or a symlink that `list` shows as unreadable can be deleted too; a folder cannot

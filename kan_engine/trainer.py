@@ -48,7 +48,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kan_engine import cuda_graph, distributed, models, resume_plan, run_folder
+from kan_engine import cuda_graph, distributed, models, resume_plan, run_folder, tracking
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig, check_names
 from kan_engine.controls import Controls
@@ -86,7 +86,7 @@ class Trainer:
         self.dist = distributed.current()  # rank 0 of many, or the only process
         if run_dir is None:
             run_dir = run_folder.create(out_dir, preset_name, config, self.dist)
-        self.folder = run_folder.RunFolder(run_dir, self.dist, sink)
+        self.folder = run_folder.RunFolder(run_dir, self.dist, tracking.with_trackers(sink, config))
         self.run_dir = self.folder.path
         self.controls = Controls()
         self._plan: resume_plan.ResumePlan | None = None  # a resume's checked plan

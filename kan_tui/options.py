@@ -81,6 +81,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("train.device", "device", "DEVICE"),
     FieldSpec("train.seed", "seed", "INT", "seed"),
     FieldSpec("train.compile", "compile", FLAG),
+    FieldSpec("log.report_to", "report_to", "NAME[,NAME]"),
 )
 
 # option name -> its row, and option name -> dotted config key (the named options of `run`)

@@ -258,3 +258,20 @@ def test_models_lists_the_registry_with_parameter_counts() -> None:
         counts[name] = int(params.replace(",", ""))
     assert set(counts) == set(MODELS)
     assert counts["rapid_kan_lite"] < counts["rapid_kan"] < counts["rapid_kan_power"]
+
+
+@pytest.mark.parametrize("device", ["sprint", "cpu"])
+def test_preset_auto_is_sprint_on_a_gpu_and_cpu_elsewhere(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(presets_io, "auto_preset", lambda: device)
+    auto, picked = cli("run", "--preset", "auto", "--print-config"), cli("presets", "show", device)
+    assert auto.exit_code == 0 and auto.stdout == picked.stdout
+    assert presets_io.resolve("auto")[1] == device  # runs are labelled by the preset picked
+
+
+@pytest.mark.parametrize("command", [["save", "auto", "--from", "lite"], ["delete", "auto"]])
+def test_auto_cannot_be_a_user_preset(command: list[str]) -> None:
+    result = cli("presets", *command)
+    assert result.exit_code == 2
+    assert "'auto' is a built-in preset" in result.output

@@ -1,0 +1,77 @@
+"""`log.report_to`: the event stream written to TensorBoard, and a tracker that fails is a warning.
+
+The TensorBoard file is read back with TensorBoard's own `EventAccumulator`, and its values are
+compared with the rows of `metrics.jsonl` that the same run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kan_engine import tracking
+from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.errors import ConfigError
+from kan_engine.events import Event, Notice
+from kan_engine.trainer import Trainer
+
+
+def rows(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == kind]
+
+
+def test_a_run_writes_tensorboard_scalars_equal_to_its_metrics(
+    tiny_config: Callable[..., RunConfig], runs_dir: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(**{"log.report_to": ["tensorboard"], "data.test_every_epoch": True})
+    trainer = Trainer(config, sink=lambda e: None, out_dir=runs_dir, preset_name="tb")
+    assert trainer.run()["status"] == "finished"
+    board = EventAccumulator(str(trainer.run_dir / tracking.FOLDER))
+    board.Reload()
+    epochs = rows(trainer.run_dir, "epoch")
+    for key in ("val_acc", "train_loss", "test_acc"):
+        logged = [(s.step, s.value) for s in board.Scalars(f"epoch/{key}")]
+        assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in epochs], key
+    steps = rows(trainer.run_dir, "step")
+    logged = [(s.step, s.value) for s in board.Scalars("step/loss")]
+    assert logged == [(r["global_step"], pytest.approx(r["loss"], rel=1e-6)) for r in steps]
+    assert "lr_kan" in {tag.split("/")[1] for tag in board.Tags()["scalars"]}
+
+
+def test_a_tracker_that_fails_is_one_warning_and_the_run_goes_on(
+    tiny_config: Callable[..., RunConfig], runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        name = "tensorboard"
+
+        def __call__(self, event: Event) -> None:
+            raise ImportError("No module named 'tensorboard'")
+
+    monkeypatch.setitem(tracking.TRACKERS, "tensorboard", Broken)
+    seen: list[Event] = []
+    config = tiny_config(**{"log.report_to": "tensorboard"})
+    summary = Trainer(config, sink=seen.append, out_dir=runs_dir, preset_name="tb").run()
+    assert summary["status"] == "finished"
+    warnings = [e for e in seen if isinstance(e, Notice) and "report_to" in e.message]
+    assert len(warnings) == 1 and "not installed" in warnings[0].message
+    assert "pip install 'kan-tui[tensorboard]'" in warnings[0].message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("tensorboard", ["tensorboard"]), ("none", []), ("", []), (["tensorboard"], ["tensorboard"])],
+)
+def test_report_to_takes_names_a_list_or_none(value: object, expected: list[str]) -> None:
+    assert apply_overrides(RunConfig(), {"log.report_to": value}).log.report_to == expected
+
+
+def test_an_unknown_tracker_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="log.report_to"):
+        apply_overrides(RunConfig(), {"log.report_to": "wandb"})
