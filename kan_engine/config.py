@@ -270,7 +270,9 @@ class LogSection(_Section):
         TOML list; `none` (or nothing) means no tracker, as in Hugging Face's `report_to`."""
         if isinstance(value, str):
             names = [name.strip() for name in value.split(",") if name.strip()]
-            return [] if names == ["none"] else names
+            value = [] if names == ["none"] else names
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return list(dict.fromkeys(value))  # each tracker once: two would write one folder
         return value
 
 

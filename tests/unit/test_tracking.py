@@ -66,7 +66,13 @@ def test_a_tracker_that_fails_is_one_warning_and_the_run_goes_on(
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("tensorboard", ["tensorboard"]), ("none", []), ("", []), (["tensorboard"], ["tensorboard"])],
+    [
+        ("tensorboard", ["tensorboard"]),
+        ("none", []),
+        ("", []),
+        (["tensorboard"], ["tensorboard"]),
+        ("tensorboard, tensorboard", ["tensorboard"]),
+    ],
 )
 def test_report_to_takes_names_a_list_or_none(value: object, expected: list[str]) -> None:
     assert apply_overrides(RunConfig(), {"log.report_to": value}).log.report_to == expected
