@@ -63,6 +63,18 @@ USER_DATASETS = ("images", "csv")
 RATE_SMOOTHING = 0.2  # weight of the newest throughput sample in the ETA's running average
 
 
+class FollowingProgress(Progress):
+    """A Rich progress display that calls `before_draw` before each redraw (4 per second)."""
+
+    def __init__(self, before_draw: Callable[[], None], *columns: Any, **options: Any) -> None:
+        self.before_draw = before_draw  # first: Progress draws while it is set up
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Any:
+        self.before_draw()
+        yield from super().get_renderables()
+
+
 def _raise_broken_pipe() -> None:
     raise BrokenPipeError(32, "Broken pipe")
 
@@ -76,6 +88,8 @@ class HeadlessReporter:
         self.console = console
         self.interactive = interactive
         self._clock = clock
+        self._steps_done: Callable[[], int] | None = None  # the trainer's host step counter
+        self._steps_per_epoch = 0
         self._last_progress = (clock(), 0)  # (when, step of the epoch) of the last progress line
         self._rate: float | None = None  # smoothed samples/s
         self.epochs = 0
@@ -105,6 +119,21 @@ class HeadlessReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def follow(self, steps_done: Callable[[], int]) -> None:
+        """Move the batch bar from `steps_done` (the trainer's host-side step counter: no device
+        read) at each redraw, not only at the sampled step events every `log_every` steps."""
+        self._steps_done = steps_done
+
+    def _sync_bar(self) -> None:
+        """Called by the live display before each redraw (its own thread: an int is read)."""
+        progress, steps_done = self._progress, self._steps_done
+        if steps_done is None or progress is None or not self._steps_per_epoch:
+            return
+        step = steps_done() % self._steps_per_epoch
+        task = next(t for t in progress.tasks if t.id == self._batch_task)
+        if step > task.completed:  # an epoch's end resets the bar; never move it back
+            progress.update(self._batch_task, completed=step)
 
     def __call__(self, event: Event) -> None:
         """Show the event; a stdout that is gone (`| head -1`, a full disk under `> file`) must
@@ -191,7 +220,9 @@ class HeadlessReporter:
             self._line(f"classes {shown}")
         if not self.interactive:
             return
-        self._progress = Progress(
+        self._steps_per_epoch = event.steps_per_epoch
+        self._progress = FollowingProgress(
+            self._sync_bar,
             TextColumn("{task.description}"),
             BarColumn(bar_width=12),  # the whole batch row fits 80 columns
             MofNCompleteColumn(),

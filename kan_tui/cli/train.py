@@ -192,6 +192,7 @@ def _finish(trainer: Trainer, sink: HeadlessReporter, debug: bool, quiet: bool) 
     for all of them), which still prints its own failures."""
     from kan_tui import headless, signals
 
+    sink.follow(lambda: trainer.c.global_step)
     with sink:
         code = headless.train(trainer, debug=debug, quiet=quiet)
     signals.ignore_late_signals()

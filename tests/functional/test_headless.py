@@ -167,6 +167,24 @@ def test_no_finished_epoch_means_no_best_epoch_in_the_summary() -> None:
     assert headless.summary_rows({"best_epoch": 3, "best_val_acc": "nan"})["best val_acc"] == "nan"
 
 
+def test_the_batch_bar_follows_the_trainers_step_counter_between_step_events() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80, color_system=None)
+    steps = [0]
+    with HeadlessReporter(console, interactive=True) as reporter:
+        reporter.follow(lambda: steps[0])
+        reporter(started())  # 32 steps per epoch
+        reporter(step(1, 20))
+        steps[0] = 27  # seven more steps, no step event yet
+        assert reporter._progress is not None
+        reporter._progress.refresh()
+        (batch,) = [t for t in reporter._progress.tasks if t.description == "batch"]
+        assert batch.completed == 27
+        steps[0] = 3  # behind the bar (a counter read late): never moves it back
+        reporter._progress.refresh()
+        assert batch.completed == 27
+
+
 def test_terminal_output_draws_progress_and_keeps_epoch_lines() -> None:
     events = [started(), step(1, 16), step(1, 32), epoch_end(1), step(2, 16), Finished(SUMMARY)]
     text = report(events, interactive=True)
