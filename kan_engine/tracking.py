@@ -89,7 +89,6 @@ def epoch_scalars(event: EpochEnd) -> dict[str, float]:
 
 
 TRACKERS: dict[str, Callable[[], Tracker]] = {"tensorboard": TensorBoardTracker}
-EXTRAS = {"tensorboard": "pip install 'kan-tui[tensorboard]'"}
 
 
 def with_trackers(sink: EventSink, config: RunConfig) -> EventSink:
@@ -112,7 +111,8 @@ def with_trackers(sink: EventSink, config: RunConfig) -> EventSink:
 
 def _failure(name: str, exc: Exception) -> str:
     if isinstance(exc, ImportError):
-        return f"log.report_to: {name} is not installed ({EXTRAS[name]}): not logging to it"
+        extra = f"pip install 'kan-tui[{name}]'"  # each tracker is an extra of its own name
+        return f"log.report_to: {name} is not installed ({extra}): not logging to it"
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
     return f"log.report_to: {name} failed ({reason}): not logging to it any more"
 

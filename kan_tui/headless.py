@@ -89,7 +89,6 @@ class HeadlessReporter:
         self.interactive = interactive
         self._clock = clock
         self._steps_done: Callable[[], int] | None = None  # the trainer's host step counter
-        self._steps_per_epoch = 0
         self._last_progress = (clock(), 0)  # (when, step of the epoch) of the last progress line
         self._rate: float | None = None  # smoothed samples/s
         self.epochs = 0
@@ -128,10 +127,12 @@ class HeadlessReporter:
     def _sync_bar(self) -> None:
         """Called by the live display before each redraw (its own thread: an int is read)."""
         progress, steps_done = self._progress, self._steps_done
-        if steps_done is None or progress is None or not self._steps_per_epoch:
+        if steps_done is None or progress is None:
             return
-        step = steps_done() % self._steps_per_epoch
         task = next(t for t in progress.tasks if t.id == self._batch_task)
+        if not task.total:
+            return
+        step = steps_done() % int(task.total)
         if step > task.completed:  # an epoch's end resets the bar; never move it back
             progress.update(self._batch_task, completed=step)
 
@@ -220,7 +221,6 @@ class HeadlessReporter:
             self._line(f"classes {shown}")
         if not self.interactive:
             return
-        self._steps_per_epoch = event.steps_per_epoch
         self._progress = FollowingProgress(
             self._sync_bar,
             TextColumn("{task.description}"),

@@ -27,12 +27,19 @@ class ConfirmDialog(ModalScreen[bool]):
         super().__init__(classes="dialog-screen")
         self.question = question
 
+    DIALOG_CLASSES = "dialog"
+
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
+        with Vertical(classes=self.DIALOG_CLASSES):
+            yield from self.above_question()
             yield Label(self.question, classes="dialog-question")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Yes (y)", id="yes", variant="error", compact=True)
                 yield Button("No (n)", id="no", compact=True)
+
+    def above_question(self) -> ComposeResult:
+        """What a dialog shows above its question (nothing here)."""
+        yield from ()
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
@@ -51,13 +58,10 @@ class ChartQuestionDialog(ConfirmDialog):
         self.series = series
         self.xlabel = xlabel
 
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog dialog-wide"):
-            yield SeriesChart(id="dialog-chart", log_y=True)
-            yield Label(self.question, classes="dialog-question")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Yes (y)", id="yes", variant="error", compact=True)
-                yield Button("No (n)", id="no", compact=True)
+    DIALOG_CLASSES = "dialog dialog-wide"
+
+    def above_question(self) -> ComposeResult:
+        yield SeriesChart(id="dialog-chart", log_y=True)
 
     def on_mount(self) -> None:
         self.query_one(SeriesChart).show(self.series, xlabel=self.xlabel)

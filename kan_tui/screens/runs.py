@@ -92,7 +92,7 @@ class RunsScreen(Screen[None]):
             try:
                 curves = history.curves(path)
             except KanError as exc:  # a damaged metrics.jsonl: said once, the rest still drawn
-                self.notify(printable(exc), severity="error", markup=False)
+                self._error(exc)
                 continue
             prefix = f"{number}:" if len(shown) > 1 else ""
             series[f"{prefix}train"] = curves[f"train_{self.kind}"]
@@ -124,7 +124,7 @@ class RunsScreen(Screen[None]):
         try:
             path = history.export_csv(row.path)
         except KanError as exc:
-            self.notify(printable(exc), severity="error", markup=False)
+            self._error(exc)
             return
         self.notify(f"wrote {printable(path)}", markup=False)
 
@@ -147,10 +147,14 @@ class RunsScreen(Screen[None]):
         try:
             plan = resume_plan.read(row.path)
         except KanError as exc:
-            self.notify(printable(exc), severity="error", markup=False)
+            self._error(exc)
             return
         if plan.done:
             self.notify(printable(plan.message), markup=False)
             return
         dashboard = DashboardScreen(plan.config, plan.preset, self.out_dir, resume=plan)
         self.app.push_screen(dashboard, lambda _: self.reload())
+
+    def _error(self, exc: KanError) -> None:
+        """A folder that cannot be read or resumed: its reason in a toast (it quotes paths)."""
+        self.notify(printable(exc), severity="error", markup=False)
