@@ -185,6 +185,15 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def no_terminal(doing: str) -> bool:
+    """Whether the TUI cannot run here: in a pipe or a file it would write escape codes and wait
+    for keys that never come, so the command goes on headless and says so."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return False
+    print(f"note: not a terminal: {doing} headless (add --headless to say so)", file=sys.stderr)
+    return True
+
+
 def open_tui(*, mouse: bool, **app_options: Any) -> int:
     """Run the TUI (the one app factory, shared with the tests); returns its exit code."""
     from kan_tui.app import create_app

@@ -24,6 +24,7 @@ from kan_tui.cli.base import (
     check_out,
     command,
     load_preset,
+    no_terminal,
     open_tui,
     pick_checkpoint,
     read_data,
@@ -78,11 +79,7 @@ def run(
     check_out(out)
     from kan_engine import distributed
 
-    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        # the TUI needs a terminal: in a pipe or a file it would write escape codes and wait for
-        # keys that never come
-        print("note: not a terminal: training headless (add --headless to say so)", file=sys.stderr)
-        headless = True
+    headless = headless or no_terminal("training")
     if not headless:
         if distributed.launched():
             raise ConfigError("torchrun", "--headless", "the TUI is one process: add --headless")
@@ -139,9 +136,7 @@ def resume(
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it for all
             typer.echo(plan.message)
         return
-    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("note: not a terminal: resuming headless (add --headless to say so)", file=sys.stderr)
-        headless = True
+    headless = headless or no_terminal("resuming")
     if not headless and not distributed.launched():
         resume_options = {"resume": plan, "out_dir": plan.run_dir.parent}
         raise typer.Exit(open_tui(mouse=not no_mouse, **resume_options))

@@ -69,3 +69,22 @@ def test_without_a_terminal_run_trains_headless_instead_of_opening_the_tui(tmp_p
     assert "not a terminal: training headless" in done.stderr.decode()
     assert b"\x1b[" not in done.stdout  # no TUI escape codes in the file
     assert only_summary(out)["status"] == "finished"
+
+
+def test_without_a_terminal_resume_goes_on_headless_instead_of_opening_the_tui(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "runs"
+    first = subprocess.run(kan_tui(*RUN, "--epochs", "1", "--out", str(out)), capture_output=True)
+    assert first.returncode == 0, first.stderr.decode()
+    (run_dir,) = out.iterdir()
+    done = subprocess.run(
+        kan_tui("resume", str(run_dir), "--epochs", "2"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "not a terminal: resuming headless" in done.stderr.decode()
+    assert b"\x1b[" not in done.stdout
+    assert only_summary(out)["epochs_run"] == 2
