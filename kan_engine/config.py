@@ -22,13 +22,15 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from kan_engine import names, untrusted
 from kan_engine.errors import ConfigError
 from kan_engine.names import Init
 
-Optimizer = Literal["adamw", "adam", "sgd"]
+Optimizer = Literal["adamw", "adam", "sgd", "lbfgs"]
+Task = Literal["auto", "classification", "regression"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 Tracker = Literal["tensorboard"]
@@ -79,11 +81,20 @@ def _check_path_text(value: str | None) -> str | None:
     return value
 
 
+WIDTH_MAX = 100000  # nodes of one layer of a flat model
+EXPRESSION_MAX = 1000  # characters of a function's expression
+
+
 class ModelSection(_Section):
     name: str = Field(
         "rapid_kan_lite",
         max_length=NAME_MAX,
         description="model from the registry (kan-tui models)",
+    )
+    width: list[Annotated[int, Field(ge=1, le=WIDTH_MAX)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="flat_kan / flat_mlp: nodes per layer, inputs to outputs, e.g. [2, 5, 1]",
     )
 
 
@@ -101,6 +112,29 @@ class DataSection(_Section):
     target: str | None = Field(
         None, max_length=PATH_MAX, description="CSV only: label column (default: the last column)"
     )
+    task: Task = Field(
+        "auto",
+        description="auto (regression for functions and continuous CSV targets), "
+        "classification or regression",
+    )
+    function: str | None = Field(
+        None,
+        max_length=EXPRESSION_MAX,
+        description="function data: a named function (kan-tui datasets) or an expression in "
+        "x1, x2, ... such as exp(sin(pi*x1) + x2**2)",
+    )
+    function_range: tuple[float, float] = Field(
+        (-1.0, 1.0), description="function data: the interval each input is sampled in"
+    )
+    function_train: Annotated[int, Field(ge=4, le=10_000_000)] = Field(
+        1000, description="function data: training samples (validation is carved from them)"
+    )
+    function_test: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        1000, description="function data: test samples"
+    )
+    function_noise: Annotated[float, Field(ge=0, le=1e6)] = Field(
+        0.0, description="function data: std of Gaussian noise added to the training targets"
+    )
     val_fraction: Annotated[float, Field(ge=0.01, le=0.5)] = Field(
         0.1, description="share of the training set held out for validation"
     )
@@ -112,7 +146,15 @@ class DataSection(_Section):
         False, description="also evaluate the test split after every epoch"
     )
 
-    _paths = field_validator("data_dir", "target")(_check_path_text)
+    _paths = field_validator("data_dir", "target", "function")(_check_path_text)
+
+    @field_validator("function_range")
+    @classmethod
+    def _box(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise ValueError("must be two finite numbers, low < high")
+        return value
 
 
 class GroupMultipliers(_Section):
@@ -130,13 +172,18 @@ class GroupMultipliers(_Section):
 class OptimSection(_Section):
     lr: Annotated[float, Field(gt=0, le=10)] = Field(0.001, description="base learning rate")
     lr_mult: GroupMultipliers = Field(default_factory=GroupMultipliers)
-    optimizer: Optimizer = Field("adamw", description="adamw, adam or sgd")
+    optimizer: Optimizer = Field(
+        "adamw", description="adamw, adam, sgd or lbfgs (full-batch function fitting)"
+    )
     weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(
         0.01, description="decoupled (adamw) or L2"
     )
     beta1: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1")
     beta2: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="Adam beta2")
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="SGD momentum")
+    lbfgs_iters: Annotated[int, Field(ge=1, le=1000)] = Field(
+        20, description="lbfgs: iterations (each with a line search) per step"
+    )
 
 
 class ScheduleSection(_Section):
@@ -159,7 +206,12 @@ class TrainSection(_Section):
         50, description="maximum number of epochs"
     )
     # >= 2: BatchNorm and the KAN grid update need two samples of a batch
-    batch_size: Annotated[int, Field(ge=2, le=1048576)] = Field(64, description="samples per step")
+    batch_size: Annotated[int, Field(ge=2, le=10_000_000)] = Field(
+        64, description="samples per step (at least the training split: full batch)"
+    )
+    steps_per_epoch: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        0, description="steps per epoch (0 = one pass over the training split; more repeat it)"
+    )
     patience: Annotated[int, Field(ge=0, le=100000)] = Field(
         15, description="early stopping: epochs without a better val accuracy (0 = off)"
     )
@@ -231,6 +283,15 @@ class KanSection(_Section):
     reg_weight: Annotated[float, Field(ge=0, le=100)] = Field(
         0.0, description="weight of the KAN L1 + entropy regulariser"
     )
+    grid_schedule: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="grid extension: grid sizes of successive stages, e.g. [3, 5, 10] "
+        "(replaces grid_size; empty = one grid)",
+    )
+    grid_stage_epochs: Annotated[int, Field(ge=0, le=100000)] = Field(
+        0, description="grid extension: epochs per stage (the last stage runs to the end)"
+    )
 
     @field_validator("grid_range")
     @classmethod
@@ -252,9 +313,41 @@ class KanSection(_Section):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _stages(self) -> KanSection:
+        """A grid schedule refines: each stage's grid finer than the last, every stage given
+        epochs, and the finest grid's intervals still apart on the grid range."""
+        schedule = self.grid_schedule
+        if not schedule:
+            return self
+        if any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+            raise ValueError(f"kan.grid_schedule: must increase (got {schedule})")
+        if self.grid_stage_epochs < 1:
+            raise ValueError("kan.grid_stage_epochs: must be >= 1 when kan.grid_schedule is set")
+        low, high = self.grid_range
+        step, least = (high - low) / schedule[-1], GRID_STEP_MIN * max(1.0, abs(low), abs(high))
+        if step < least:
+            raise ValueError(
+                f"kan.grid_range: too narrow for {schedule[-1]} intervals (kan.grid_schedule)"
+            )
+        return self
+
+    def stage_grids(self) -> list[int]:
+        """Grid size of each stage: the schedule, or the one grid."""
+        return list(self.grid_schedule) or [self.grid_size]
+
+    def stage_of(self, epoch: int) -> int:
+        """The stage (0-based) that trains `epoch` (1-based); the last one runs to the end."""
+        if not self.grid_schedule:
+            return 0
+        return min((epoch - 1) // self.grid_stage_epochs, len(self.grid_schedule) - 1)
+
     def build_options(self) -> dict[str, Any]:
-        """The fields of `MODEL_OPTIONS` by name: the options a model is built with."""
-        return {name: getattr(self, name) for name in MODEL_OPTIONS}
+        """The fields of `MODEL_OPTIONS` by name: the options a model is built with (the first
+        stage's grid, when there is a schedule)."""
+        options = {name: getattr(self, name) for name in MODEL_OPTIONS}
+        options["grid_size"] = self.stage_grids()[0]
+        return options
 
 
 class LogSection(_Section):

@@ -24,7 +24,7 @@ import pickle
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -54,13 +54,14 @@ class Raw:
     """A data set as read from disk, before validation split and normalisation."""
 
     x_train: np.ndarray  # (N, C, H, W) uint8 or (N, F) float32
-    y_train: np.ndarray  # (N,) int64 in 0..K-1
+    y_train: np.ndarray  # classification: (N,) int64 in 0..K-1; regression: (N, T) float32
     x_test: np.ndarray
     y_test: np.ndarray
-    class_names: list[str]
+    class_names: list[str]  # classification: the K class names; regression: the T target names
     source: str
     # things skipped while reading (an unreadable image among many); the trainer shows them
     warnings: list[str] = field(default_factory=list)
+    task: Literal["classification", "regression"] = "classification"
 
 
 def cache_dir() -> Path:
