@@ -383,6 +383,17 @@ class RunConfig(_Section):
     kan: KanSection = Field(default_factory=KanSection)
     log: LogSection = Field(default_factory=LogSection)
 
+    @model_validator(mode="after")
+    def _extension_without_average(self) -> RunConfig:
+        """A weight average is only meaningful over one set of coefficients; grid extension
+        replaces them at every stage (and changes their shape)."""
+        if self.kan.grid_schedule and self.train.ema_decay > 0:
+            raise ValueError(
+                "train.ema_decay: must be 0 with kan.grid_schedule (each stage replaces the "
+                "coefficients the average would be of)"
+            )
+        return self
+
     @field_validator("description")
     @classmethod
     def _one_line(cls, value: str) -> str:

@@ -42,6 +42,10 @@ def usable(
         "fp16 (the loss scaler reads its flag every step)": use_scaler,
         "train.compile (torch.compile manages its own graphs)": config.train.compile,
         "sgd (no capturable fused step)": config.optim.optimizer == "sgd",
+        "lbfgs (its line search reads the loss back)": config.optim.optimizer == "lbfgs",
+        "kan.grid_schedule (each stage changes the layers' shapes)": bool(
+            config.kan.grid_schedule
+        ),
     }
     reasons = [reason for reason, blocks in blockers.items() if blocks]
     if reasons:

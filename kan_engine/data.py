@@ -24,6 +24,7 @@ is made, and hand what it read to the trainer (`load(..., raw=...)`) instead of 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -36,6 +37,7 @@ from torch import Tensor
 from kan_engine import datasets, names, user_csv, user_images
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
+from kan_engine.task import CLASSIFICATION, Task
 from kan_engine.untrusted import printable
 
 __all__ = ["DATASETS", "DataBundle", "DataError", "DataNotFoundError", "Split", "load", "read"]
@@ -50,7 +52,7 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "cifar10": lambda s: datasets.load_cifar10(s.data_dir),
     "digits": lambda s: datasets.load_digits(),
     "images": lambda s: user_images.load_images(s.data_dir),
-    "csv": lambda s: user_csv.load_csv(s.data_dir, s.target),
+    "csv": lambda s: user_csv.load_csv(s.data_dir, s.target, s.task),
 }
 names.check_complete(DATASETS, set(_LOADERS), "kan_engine.data")
 
@@ -61,10 +63,12 @@ ERASE_AREA = (0.02, 0.33)  # share of the image a random-erasing rectangle cover
 ERASE_ASPECT = (0.3, 3.3)  # its height / width ratio, drawn log-uniformly (torchvision's)
 
 
-def _stream_seed(seed: int, epoch: int, stream: int) -> int:
+def _stream_seed(seed: int, epoch: int, stream: int, repeat: int = 0) -> int:
     """A 64-bit seed mixing (seed, epoch, stream), so neighbouring epochs/seeds share nothing;
-    stream 0 orders batches."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0])
+    stream 0 orders batches. `repeat` > 0 numbers the further passes of an epoch that repeats
+    the data (`train.steps_per_epoch`); the first pass keeps the seed of a one-pass epoch."""
+    entropy = [seed, epoch, stream] + ([repeat] if repeat else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,11 +135,19 @@ class DataBundle:
         seed: int,
         source: str,
         warnings: list[str] | None = None,
+        task: Task = CLASSIFICATION,
+        target_mean: Tensor | None = None,
+        total_squares: dict[str, list[float]] | None = None,
     ) -> None:
+        """Regression: `splits` hold standardised targets (N, T); `task.target_std` and
+        `target_mean` (T,) undo it; `total_squares` per split, in target units, serve R²."""
         self.name = name
         self.warnings = warnings or []  # what reading skipped; the trainer shows them
-        self.class_names = class_names
-        self.num_classes = len(class_names)
+        self.class_names = class_names  # regression: the target names
+        self.num_classes = len(class_names)  # outputs of the model
+        self.task = task
+        self.target_mean = target_mean
+        self.total_squares = total_squares or {}
         self.source = source
         self.seed = seed
         self._splits = splits
@@ -173,13 +185,41 @@ class DataBundle:
         shuffle: bool,
         epoch: int = 0,
         skip: int = 0,
+        steps: int = 0,
         augment: bool = False,
         erase_prob: float = 0.0,
         rank: int = 0,
         world: int = 1,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(x normalised float32, y int64) batches on the device; the order (and augmentation) is a
-        pure function of (seed, epoch); the first `skip` batches are left out. With `world` > 1,
+        """One pass over `split`, or `steps` batches (> 0) from as many passes as they take, each
+        pass in its own order: an epoch of a small data set that repeats it. The first `skip`
+        batches are left out either way; the rest is `_pass`."""
+        per_pass = self.steps(split, batch_size, world=world)
+        if steps <= 0:
+            yield from self._pass(split, batch_size, shuffle, (epoch, 0), skip, augment,
+                                  erase_prob, rank, world)  # fmt: skip
+            return
+        for repeat in range(skip // per_pass, math.ceil(steps / per_pass)):
+            first = repeat * per_pass
+            batches = self._pass(split, batch_size, shuffle, (epoch, repeat),
+                                 max(skip - first, 0), augment, erase_prob, rank, world)  # fmt: skip
+            yield from itertools.islice(batches, steps - max(skip, first))
+
+    def _pass(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool,
+        when: tuple[int, int],
+        skip: int,
+        augment: bool,
+        erase_prob: float,
+        rank: int,
+        world: int,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(x normalised float32, y int64 or standardised float32 targets) batches on the
+        device; the order (and augmentation) is a pure function of (seed, epoch, repeat) in
+        `when`; the first `skip` batches are left out. With `world` > 1,
         `batch_size` is the global batch and this yields rank `rank`'s part of each (a rank whose
         part of the last evaluation batch is empty gets no batch there). `augment` shifts (and,
         where labels survive it, flips) images; `erase_prob` is the chance that an image gets a
@@ -188,11 +228,11 @@ class DataBundle:
             raise ValueError(f"rank must be in [0, {world}) (got {rank})")
         x, y = self._split(split)
         n = len(y)
-        generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0))
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, when[0], 0, when[1]))
         order = torch.randperm(n, generator=generator).to(self.device) if shuffle else None
         images = x.dim() == 4
         shifts = self._augmentation(n, generator) if augment and images else None
-        erasing = self._erasing(n, erase_prob, epoch) if erase_prob > 0 and images else None
+        erasing = self._erasing(n, erase_prob, when) if erase_prob > 0 and images else None
         for step in range(skip, self.steps(split, batch_size, world=world)):
             lo, hi = _shard(step * batch_size, min((step + 1) * batch_size, n), rank, world)
             if lo == hi:
@@ -221,11 +261,11 @@ class DataBundle:
             flip = (torch.rand(n, generator=generator) < 0.5).to(self.device)
         return dy, dx, flip, pad
 
-    def _erasing(self, n: int, prob: float, epoch: int) -> Tensor:
+    def _erasing(self, n: int, prob: float, when: tuple[int, int]) -> Tensor:
         """(n, 4) rectangles [top, bottom, left, right) for a whole epoch, empty where an image is
         not erased; their own stream, so turning erasing on leaves the order and shifts alone.
         Area a share in [ERASE_AREA) of the image, aspect ratio log-uniform in [ERASE_ASPECT)."""
-        generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 1))
+        generator = torch.Generator().manual_seed(_stream_seed(self.seed, when[0], 1, when[1]))
         height, width = self.input_shape[1:]
         draws = torch.rand(5, n, generator=generator, dtype=torch.float64)
         low, high = ERASE_AREA
@@ -245,8 +285,12 @@ class DataBundle:
         sizes = " / ".join(f"{self.sizes[s]:,} {s}" for s in ("train", "val", "test"))
         shape = "x".join(str(d) for d in self.input_shape)
         if len(self.input_shape) == 1:
-            shape = f"{shape} features"
-        return f"{self.name}: {sizes}, {shape}, {self.num_classes} classes, from {self.source}"
+            shape = f"{shape} feature{'s' * (self.input_shape[0] != 1)}"
+        outputs = f"{self.num_classes} classes"
+        if self.task.regression:
+            targets = ", ".join(printable(name) for name in self.class_names)
+            outputs = f"{self.num_classes} target{'s' * (self.num_classes != 1)} ({targets})"
+        return f"{self.name}: {sizes}, {shape}, {outputs}, from {self.source}"
 
 
 def read(section: DataSection) -> datasets.Raw:
@@ -265,13 +309,29 @@ def read(section: DataSection) -> datasets.Raw:
         raise datasets.unreadable(
             exc.filename or section.data_dir or section.dataset, exc
         ) from None
+    _check_task(raw, section)
     _check_sizes(raw, section.val_fraction)
     return raw
 
 
+def _check_task(raw: datasets.Raw, section: DataSection) -> None:
+    """`data.task` agrees with the data: a reader returns what its data is (the CSV reader
+    takes the wish into account: its labels may be either), so a disagreement is an error."""
+    wanted = section.task
+    if wanted in ("auto", raw.task):
+        return
+    if wanted == "regression":
+        reason = f"regression needs numeric targets; the {section.dataset} labels are classes"
+        fix = "use data.task=auto or classification"
+    else:
+        reason = f"classification needs class labels; {section.dataset} has a continuous target"
+        fix = "use data.task=auto or regression"
+    raise ConfigError("", "data.task", f"{reason} ({fix})")
+
+
 def _check_sizes(raw: datasets.Raw, val_fraction: float) -> None:
     """Every split gets a sample (an empty one would divide by zero at evaluation)."""
-    _, held = datasets.stratified_split(raw.y_train, val_fraction, names.SPLIT_SEED)
+    _, held = datasets.held_out(raw, val_fraction, names.SPLIT_SEED)
     sizes = {"training": len(raw.y_train) - len(held), "validation": len(held)}
     sizes["test"] = len(raw.y_test)
     empty = [split for split, size in sizes.items() if size == 0]
@@ -291,13 +351,16 @@ def load(
     """
     if raw is None:
         raw = read(section)
-    kept, held = datasets.stratified_split(raw.y_train, section.val_fraction, names.SPLIT_SEED)
+    kept, held = datasets.held_out(raw, section.val_fraction, names.SPLIT_SEED)
     arrays = {
         "train": (raw.x_train[kept], raw.y_train[kept]),
         "val": (raw.x_train[held], raw.y_train[held]),
         "test": (raw.x_test, raw.y_test),
     }
     mean, std = _moments(torch.from_numpy(arrays["train"][0]))
+    task, target_mean, squares = CLASSIFICATION, None, None
+    if raw.task == "regression":
+        arrays, task, target_mean, squares = _standardised(arrays, device)
     splits = {
         split: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
         for split, (x, y) in arrays.items()
@@ -311,4 +374,27 @@ def load(
         seed=seed,
         source=raw.source,
         warnings=raw.warnings,
+        task=task,
+        target_mean=target_mean,
+        total_squares=squares,
     )
+
+
+def _standardised(
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]], device: torch.device
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Task, Tensor, dict[str, list[float]]]:
+    """Regression targets (N, T) standardised by the training split's mean and std per output
+    (a constant output keeps std 1), the task that undoes it, and each split's total sum of
+    squares about its own mean (R²), all in float64 before the cast."""
+    train = arrays["train"][1].astype(np.float64)  # (N, T)
+    mean, std = train.mean(0), train.std(0)  # (T,)
+    std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    squares = {}
+    scaled = {}
+    for split, (x, y) in arrays.items():
+        y64 = y.astype(np.float64)
+        squares[split] = ((y64 - y64.mean(0)) ** 2).sum(0).tolist()
+        scaled[split] = (x, ((y64 - mean) / std).astype(np.float32))
+    target_std = torch.from_numpy(std).to(device, torch.float32)
+    target_mean = torch.from_numpy(mean).to(device, torch.float32)
+    return scaled, Task("regression", target_std), target_mean, squares

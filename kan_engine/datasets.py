@@ -124,10 +124,32 @@ def also_small(many: int, total: int, minimum: int) -> str:
     return f" ({many} of {total} classes have fewer than {minimum})" if many > 1 else ""
 
 
-def split_test(x: np.ndarray, y: np.ndarray, names: list[str], source: str) -> Raw:
-    """For data without an official test split: a fixed, seeded, stratified one."""
-    train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
-    return Raw(x[train], y[train], x[test], y[test], names, source)
+def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) of `n` samples, `fraction` of them held out (at least one when
+    n >= 2): the split of a regression, whose targets have no classes to stratify by."""
+    count = max(1, round(n * fraction)) if n >= 2 else 0
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+    return np.setdiff1d(np.arange(n), held), held
+
+
+def held_out(raw: Raw, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices of the training split: stratified by class, or at random."""
+    if raw.task == "regression":
+        return random_split(len(raw.y_train), fraction, seed)
+    return stratified_split(raw.y_train, fraction, seed)
+
+
+def split_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    source: str,
+    task: Literal["classification", "regression"] = "classification",
+) -> Raw:
+    """For data without an official test split: a fixed, seeded one (stratified by class)."""
+    whole = Raw(x, y, x[:0], y[:0], names, source, task=task)
+    train, test = held_out(whole, TEST_FRACTION, SPLIT_SEED)
+    return Raw(x[train], y[train], x[test], y[test], names, source, task=task)
 
 
 def _search_roots(name: str, data_dir: str | None) -> list[Path]:

@@ -40,6 +40,7 @@ class RunStarted(Event):
     start_epoch: int = 1  # > 1 when resuming
     data: str = ""  # one line: splits, input shape, classes, where it was read from
     classes: list[str] = field(default_factory=list)  # the class names, in label order
+    task: str = "classification"  # or "regression" (`classes` then names the targets)
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,11 @@ class StepMetrics(Event):
     global_step: int
     steps_per_epoch: int
     loss: float
-    acc: float
+    acc: float | None  # None for a regression, which has `rmse`
     lr: dict[str, float]
     grad_norm: float
     samples_per_s: float
+    rmse: float | None = None  # regression: training RMSE over the interval, in target units
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,15 @@ class EpochEnd(Event):
     event = "epoch"
     epoch: int
     train_loss: float
-    train_acc: float
+    train_acc: float | None  # None for a regression: its metrics are in `metrics`
     val_loss: float
-    val_acc: float
+    val_acc: float | None
     lr: dict[str, float]
     grid_updates: int  # total so far, all layers
     grad_norm_warnings: int  # total so far
     seconds: float  # this epoch, training and validation
     best_epoch: int
-    best_val_acc: float
+    best_val_acc: float | None  # None for a regression (`best_val_rmse`)
     samples_per_s: float
     test_acc: float | None = None
     test_loss: float | None = None
@@ -79,6 +81,11 @@ class EpochEnd(Event):
     grid_updates_per_layer: dict[str, int] = field(default_factory=dict)
     skipped_steps: int = 0
     train_seconds: float | None = None  # this epoch's training steps alone (no evaluation)
+    task: str = "classification"  # or "regression"
+    # regression: train_rmse, val_rmse / val_mae / val_r2, and test_* when tested, target units
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_val_rmse: float | None = None  # regression: the best epoch's validation RMSE
+    grid_size: int | None = None  # the grid this epoch trained on, under kan.grid_schedule
 
 
 @dataclass(frozen=True)
@@ -123,8 +130,9 @@ class EarlyStopped(Event):
     event = "early_stop"
     epoch: int
     best_epoch: int
-    best_val_acc: float
+    best_val_acc: float | None  # None for a regression
     patience: int
+    best_val_rmse: float | None = None  # regression
 
 
 @dataclass(frozen=True)

@@ -81,15 +81,16 @@ def refit_weights(
     spline_order: int,
     weight: torch.Tensor,
 ) -> torch.Tensor:
-    """Spline coefficients on `new_grid` (out, G+k, in) that best keep the function of `weight`
-    (out, G+k, in) on the current `grid` (`uniform` if it is), on samples x (N, in) plus the
-    anchors of `_anchors`."""
-    n_cols, k, in_features = weight.shape[1], spline_order, x.shape[1]
+    """Spline coefficients on `new_grid` (out, G'+k, in) that best keep the function of
+    `weight` (out, G+k, in) on the current `grid` (`uniform` if it is), on samples x (N, in)
+    plus the anchors of `_anchors`. G' may differ from G: grid extension (a finer grid)."""
+    n_old, k, in_features = weight.shape[1], spline_order, x.shape[1]
+    n_cols = new_grid.shape[1] - 1 - k  # G' + k
     # The fit is linear in the old coefficients: solve for the (G+k, G+k) map from old to new
     # coefficients of each input (in float64), then apply it to all outputs at once. Solving
     # for the coefficients themselves took out x more right-hand sides and transposed copies
     # of the weights (whole update 0.54 s -> 0.18 s, Rapid KAN lite 1024->896, one CPU core).
-    transfer = torch.empty(n_cols, n_cols, in_features, dtype=torch.float64, device=x.device)
+    transfer = torch.empty(n_cols, n_old, in_features, dtype=torch.float64, device=x.device)
     new_uniform = is_uniform(new_grid)
     points, anchor_weight = _anchors(new_grid.to(torch.float64), grid, k, x.shape[0])  # (A, in)
     rows = x.shape[0] + points.shape[0]
@@ -108,13 +109,13 @@ def refit_weights(
         a = b_new.permute(1, 2, 0).contiguous()  # (b, G+k, N+A)
         weighted = a * sample_weight.unsqueeze(1)  # (b, G+k, N+A)
         gram = weighted @ a.transpose(1, 2)  # (b, G+k, G+k)
-        cross = weighted @ b_old.permute(1, 0, 2).contiguous()  # (b, G+k, G+k)
+        cross = weighted @ b_old.permute(1, 0, 2).contiguous()  # (b, G'+k, G+k)
         ridge = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)  # (b,)
         lhs = gram + ridge[:, None, None] * eye  # (b, G+k, G+k)
         transfer[..., feats] = torch.linalg.solve(lhs, cross).permute(1, 2, 0)  # (new, old, b)
     transfer = transfer.to(weight.dtype)
-    refit = transfer[:, 0] * weight[:, :1]  # (out, G+k, in)
-    for h in range(1, n_cols):
+    refit = transfer[:, 0] * weight[:, :1]  # (out, G'+k, in)
+    for h in range(1, n_old):
         refit.addcmul_(transfer[:, h], weight[:, h : h + 1])
     return refit
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -367,7 +368,13 @@ class KANLinear(nn.Module):
         return phi
 
     @torch.no_grad()
-    def update_grid(self, x: torch.Tensor, margin: float = 0.01, keep_range: bool = False) -> None:
+    def update_grid(
+        self,
+        x: torch.Tensor,
+        margin: float = 0.01,
+        keep_range: bool = False,
+        grid_size: int | None = None,
+    ) -> None:
         """Fit the grid to samples x (N, in) and refit the splines so the layer's function is kept.
 
         The new interior knots are a mix of the sample percentiles and a uniform grid over
@@ -382,6 +389,11 @@ class KANLinear(nn.Module):
         The new grid is non-uniform; the fast path handles it exactly (searchsorted + local de
         Boor). Only `spline_weight` is overwritten; `GridPolicy.refit` (kan_engine/grid_policy.py)
         says why its optimizer moments are kept.
+
+        `grid_size` (grid extension, the KAN paper's refinement): the new grid has that many
+        intervals, and the coefficients are fitted to it the same way. `spline_weight` and `grid`
+        change shape in place (the Parameter object stays, so an optimizer still holds it, but
+        its per-parameter state no longer fits and must be dropped).
         """
         if margin <= 0:
             raise ValueError(f"KANLinear.update_grid: margin must be > 0 (got {margin})")
@@ -389,13 +401,43 @@ class KANLinear(nn.Module):
         if x.shape[0] < 2:
             raise ValueError(f"KANLinear.update_grid: need at least 2 samples (got {x.shape[0]})")
         keep = self.grid_range if keep_range else None
-        new_grid = fitted_grid(x, self.grid_size, self.spline_order, self.grid_eps, margin, keep)
+        size = self.grid_size if grid_size is None else grid_size
+        if size < 1:
+            raise ValueError(f"KANLinear.update_grid: grid_size must be >= 1 (got {size})")
+        new_grid = fitted_grid(x, size, self.spline_order, self.grid_eps, margin, keep)
         refit = refit_weights(
             x, self.grid, self._uniform, new_grid, self.spline_order, self.spline_weight
-        )  # (out, G+k, in)
-        self.grid.copy_(new_grid)  # (in, G+2k+1)
-        self.spline_weight.copy_(refit)
+        )  # (out, G'+k, in)
+        if size == self.grid_size:
+            self.grid.copy_(new_grid)  # (in, G+2k+1)
+            self.spline_weight.copy_(refit)
+        else:
+            self._resize(size)
+            self.grid.copy_(new_grid)
+            self.spline_weight.data = refit.to(self.spline_weight.dtype)
         self._grid_changed()
+
+    def _resize(self, grid_size: int) -> None:
+        """Give `grid` and `spline_weight` the shapes of `grid_size` intervals (contents
+        undefined): grid extension, and loading a state saved after one."""
+        k, weight = self.spline_order, self.spline_weight
+        self.grid = torch.empty(
+            self.in_features, grid_size + 2 * k + 1, dtype=self.grid.dtype, device=self.grid.device
+        )
+        weight.data = weight.new_empty(self.out_features, grid_size + k, self.in_features)
+        self.grid_size = grid_size
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """A state saved after grid extension loads into a layer built at the first grid: the
+        layer takes the stored grid's size first (in, out and order must still agree)."""
+        grid = state_dict.get(prefix + "grid")
+        if isinstance(grid, torch.Tensor) and grid.dim() == 2:
+            size = grid.shape[1] - 2 * self.spline_order - 1
+            if size >= 1 and size != self.grid_size and grid.shape[0] == self.in_features:
+                self._resize(size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def regularization_loss(
         self, activation_weight: float = 1.0, entropy_weight: float = 1.0

@@ -60,6 +60,9 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "init": "noise",
 }
 
+# The models that take `model.width`, and their hidden layer when it is not given.
+WIDTH_MODELS = ("flat_kan", "flat_mlp")
+DEFAULT_HIDDEN = 5
 # Rows of the batch that the memory-safe model's KAN layers process at a time.
 MEMORY_SAFE_CHUNK = 256
 # Spatial size every CNN front end pools to, so that any input size gives the same feature count.
@@ -91,6 +94,10 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, **options: An
     """
     if name not in _BUILDERS:
         raise ConfigError("", "model.name", names.unknown("model", repr(name), MODELS))
+    width = options.pop("width", None)
+    if width is not None and name not in WIDTH_MODELS:
+        reason = f"only {' and '.join(WIDTH_MODELS)} take a width list (model {name!r} has its own)"
+        raise ConfigError("", "model.width", reason)
     for key in options:
         if key not in OPTION_NAMES:
             raise ConfigError(
@@ -103,9 +110,26 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, **options: An
         raise ValueError(
             f"input_shape must be (C, H, W) or (features,) with sizes >= 1 (got {shape})"
         )
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (got {num_classes})")
+    if num_classes < 1:
+        raise ValueError(f"num_classes (outputs) must be >= 1 (got {num_classes})")
+    if name in WIDTH_MODELS:
+        options = {**options, "width": _widths(width, math.prod(shape), num_classes)}
     return _BUILDERS[name](shape, num_classes, options)
+
+
+def _widths(width: Sequence[int] | None, inputs: int, outputs: int) -> list[int]:
+    """`model.width` checked against the data: it starts with the inputs, ends with the
+    outputs (a mistake here would otherwise surface as a matmul shape error)."""
+    if not width:
+        return [inputs, DEFAULT_HIDDEN, outputs]
+    width = list(width)
+    if len(width) < 2 or width[0] != inputs or width[-1] != outputs:
+        reason = (
+            f"{width} must run from the data's {inputs} input(s) to its {outputs} output(s), "
+            f"e.g. [{inputs}, {DEFAULT_HIDDEN}, {outputs}]"
+        )
+        raise ConfigError("", "model.width", reason)
+    return width
 
 
 class GridSquash(nn.Module):
@@ -343,6 +367,47 @@ def memory_safe_kan(input_shape: Shape, num_classes: int, options: Options) -> n
 @register()
 def fast_exact_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
     return _flat_kan(input_shape, [256, num_classes], options)
+
+
+@register()
+def flat_kan(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
+    width = options.pop("width")
+    return _flat_kan(input_shape, width[1:], options, normalize=False)
+
+
+@register()
+def flat_mlp(input_shape: Shape, num_classes: int, options: Options) -> nn.Module:
+    width = options.pop("width")
+    per_edge = options.get("grid_size", RAPID_DEFAULTS["grid_size"]) + options.get(
+        "spline_order", RAPID_DEFAULTS["spline_order"]
+    ) + 1  # fmt: skip
+    target = sum(i * o * per_edge for i, o in zip(width[:-1], width[1:], strict=True))
+    return FlatMlp(width, target)
+
+
+class FlatMlp(nn.Sequential):
+    """Linear -> SiLU per hidden layer, then Linear: `width`'s depth, the hidden layers widened
+    in proportion until the network holds about `target` parameters (a KAN of that width's),
+    so the comparison with flat_kan is at equal size."""
+
+    def __init__(self, width: Sequence[int], target: int) -> None:
+        inputs, hidden, outputs = width[0], list(width[1:-1]), width[-1]
+        dims = [inputs, *self.matched(inputs, hidden, outputs, target), outputs]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.SiLU()]
+        super().__init__(*layers[:-1])
+
+    @staticmethod
+    def matched(inputs: int, hidden: list[int], outputs: int, target: int) -> list[int]:
+        def size(widths: list[int]) -> int:
+            dims = [inputs, *widths, outputs]
+            return sum(i * o + o for i, o in zip(dims[:-1], dims[1:], strict=True))
+
+        scale = 1.0
+        while hidden and size([round(w * scale) for w in hidden]) < target and scale < 1e4:
+            scale *= 1.05
+        return [max(1, round(w * scale)) for w in hidden]
 
 
 @register()

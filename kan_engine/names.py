@@ -54,6 +54,11 @@ MODELS: dict[str, str] = {
     "fast_exact_kan": (
         "exact B-spline KAN on flattened inputs, one 256 hidden layer, unchunked for speed"
     ),
+    "flat_kan": (
+        "KAN of model.width (inputs, hidden..., outputs; default [inputs, 5, outputs]), no CNN "
+        "or norms: for functions and tables, grid extension and formulas"
+    ),
+    "flat_mlp": "control: SiLU MLP of model.width's depth, widened to flat_kan's parameter count",
     "cnn": "baseline: standard small CNN (2 conv-BN-ReLU stages, linear 256 head)",
     "kan": (
         "baseline: original KAN (flatten -> KAN 64 -> C, no CNN, no norm, pykan-like defaults)"

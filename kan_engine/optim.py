@@ -29,6 +29,7 @@ DECAYED_GROUPS = ("cnn", "kan")
 SHORT_RUN_WARMUP = 0.1  # warm-up share of a run shorter than its configured warm-up
 # How this process runs the optimizer, not what it learned: kept over a loaded state dict.
 RUNTIME_FLAGS = ("fused", "foreach", "capturable")
+LBFGS_HISTORY = 10  # curvature pairs L-BFGS keeps (torch's and pykan's default)
 
 
 def warmup_capped(schedule: ScheduleSection, epochs: int) -> bool:
@@ -127,6 +128,8 @@ def build_optimizer(
     ]
     if not param_groups:
         raise ValueError("the model has no trainable parameters")
+    if opt.optimizer == "lbfgs":
+        return _lbfgs(config, [p for group in param_groups for p in group["params"]])
     if opt.optimizer == "sgd":  # None: torch's default (foreach) off CUDA
         cuda = device.type == "cuda" or None
         return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=cuda)
@@ -137,6 +140,31 @@ def build_optimizer(
     # the trainer runs some steps outside the graph on purpose (grid updates, short batches)
     optimizer._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
     return optimizer
+
+
+def _lbfgs(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.LBFGS:
+    """L-BFGS over every parameter as one group (it takes no more), named `kan`: its LR is
+    `optim.lr x lr_mult.kan`. Tolerances of zero: a step always runs its `lbfgs_iters`
+    iterations (a fit of a few hundred steps should not end silently at a float32 plateau);
+    weight decay does not apply."""
+    return torch.optim.LBFGS(
+        [{"params": params, "name": "kan"}],
+        lr=config.optim.lr,
+        max_iter=config.optim.lbfgs_iters,
+        history_size=LBFGS_HISTORY,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+    )
+
+
+def forget_state(optimizer: torch.optim.Optimizer) -> None:
+    """Drop the per-parameter state (moments, L-BFGS's history) of parameters whose values were
+    replaced, or whose shapes changed (grid extension): it described other coefficients.
+    L-BFGS also caches the parameters' total size."""
+    optimizer.state.clear()
+    if isinstance(optimizer, torch.optim.LBFGS):
+        optimizer._numel_cache = None  # type: ignore[attr-defined]
 
 
 def portable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

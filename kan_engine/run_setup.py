@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kan_engine import checkpoint as ckpt
@@ -52,6 +51,10 @@ def seed_everything(seed: int) -> None:
 def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
     """(autocast dtype or None, use a GradScaler, notice or "") for `train.mixed_precision`."""
     mode = config.train.mixed_precision
+    if config.optim.optimizer == "lbfgs":  # a line search compares losses to the last digit
+        message = f"train.mixed_precision={mode}: lbfgs trains in fp32" if mode in (
+            "bf16", "fp16") else ""  # fmt: skip
+        return None, False, message
     if device.type != "cuda":
         if mode in ("bf16", "fp16"):
             return None, False, f"train.mixed_precision={mode} needs CUDA: fp32 on {device}"
@@ -65,6 +68,8 @@ def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | No
 
 def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
     options = config.kan.build_options()
+    if config.model.width:
+        options["width"] = config.model.width
     model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
     model = model.to(device)
     if device.type == "cuda" and len(bundle.input_shape) == 3:
@@ -79,31 +84,30 @@ def eval_split(
     batch_size: int,
     amp_dtype: torch.dtype | None,
     dist: distributed.Dist = distributed.SINGLE,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) on a split; sums stay on the device, one read-back at the end.
-    Under torchrun each rank evaluates its share and the sums are all-reduced: every rank gets
-    the same numbers, those of the whole split."""
-    device = bundle.device
+) -> dict[str, float]:
+    """A split's metrics (`Task.metrics`: loss and accuracy, or loss, RMSE, MAE and R²); sums
+    stay on the device, one read-back at the end. Under torchrun each rank evaluates its share
+    and the sums are all-reduced: every rank gets the same numbers, those of the whole split."""
+    device, task = bundle.device, bundle.task
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, device=device)  # (loss sum, correct)
+    sums = torch.zeros(task.sums_size(), device=device)
     eval_batch = max(batch_size, EVAL_BATCH)
     with torch.no_grad():
         for x, y in bundle.batches(
             split, eval_batch, shuffle=False, rank=dist.rank, world=dist.world
         ):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)  # (N, classes)
-            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-            sums[1] += (logits.argmax(1) == y).sum()
+                out = model(x)  # (N, classes or targets)
+            sums += task.eval_sums(out, y)
     model.train(was_training)
-    loss, correct = dist.all_sum_(sums).tolist()
-    n = bundle.sizes[split]
-    return loss / n, correct / n
+    totals = dist.all_sum_(sums).tolist()
+    return task.metrics(totals, bundle.sizes[split], bundle.total_squares.get(split, []))
 
 
 def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
-    """Accuracy and loss of a run's checkpoint on a split: {"acc", "loss", "n", ...}."""
+    """A run's checkpoint judged on a split: {"task", "loss", "acc" (or "rmse", "mae", "r2"),
+    "n", ...}."""
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
     device = pick_device(config.train.device)
@@ -119,12 +123,12 @@ def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> di
     with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
         model.load_state_dict(ckpt.evaluated_weights(state))
     amp_dtype = precision(config, device)[0]
-    loss, acc = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
+    scores = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
     return {
         "split": split,
         "checkpoint": checkpoint,
         "epoch": epoch,
-        "acc": acc,
-        "loss": loss,
+        "task": bundle.task.kind,
+        **scores,
         "n": bundle.sizes[split],
     }

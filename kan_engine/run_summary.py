@@ -52,13 +52,14 @@ class RunReport:
             start_epoch=start_epoch,
             data=self.data.describe(),
             classes=list(self.data.class_names),
+            task=self.data.task.kind,
         )
         for event in (started, *notices):
             self.folder.emit(event)
 
     def finish(self, status: str, c: Counters) -> dict[str, Any]:
         """Test with the best weights (finished / early-stopped runs), write summary.json."""
-        test = None, None
+        test: dict[str, float] = {}
         # rank 0 reads best.pt and hands its weights on: only rank 0 is sure to see the file
         load_best = functools.partial(self.folder.load_best, self.model, self.device)
         if status in ("finished", "early_stopped") and self.dist.on_main(load_best):
@@ -79,16 +80,25 @@ class RunReport:
             self.finish("failed", c)
 
     def summary(
-        self, status: str, c: Counters, test: tuple[float | None, float | None] = (None, None)
+        self, status: str, c: Counters, test: dict[str, float] | None = None
     ) -> dict[str, Any]:
-        """summary.json; `test` is (loss, accuracy) of the final test, (None, None) without one."""
-        test_loss, test_acc = test
+        """summary.json; `test` is the final test's metrics (`eval_split`), None without one.
+        A regression has its metrics under `best_val_rmse` and `test_rmse` / `_mae` / `_r2`,
+        and None in the accuracy keys."""
+        test = test or {}
+        regression = self.data.task.regression
+        scores: dict[str, Any] = {}
+        if regression:
+            scores["best_val_rmse"] = c.best_val_rmse if c.best_epoch else None
+            scores.update({f"test_{k}": test.get(k) for k in ("rmse", "mae", "r2")})
         return {
             "status": status,
+            "task": self.data.task.kind,
             "best_epoch": c.best_epoch,
-            "best_val_acc": c.best_val_acc if c.best_epoch else None,
-            "test_acc": test_acc,
-            "test_loss": test_loss,
+            "best_val_acc": c.best_val_acc if c.best_epoch and not regression else None,
+            "test_acc": test.get("acc"),
+            "test_loss": test.get("loss"),
+            **scores,
             "epochs_run": c.epochs_run,
             "seconds": c.seconds + c.epoch_seconds,
             "params": models.count_params(self.model),

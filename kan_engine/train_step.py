@@ -26,7 +26,6 @@ import contextlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kan_engine import cuda_graph, distributed, models, optim
@@ -54,6 +53,7 @@ class TrainStep:
         """Builds what the step runs on; what is worth a line goes to `notices`."""
         train = config.train
         self.config, self.model, self.kan, self.device, self.dist = config, model, kan, device, dist
+        self.task = data.task
         self.amp_dtype, use_scaler, message = precision(config, device)
         if message:
             notices.append(Notice(message, "warning"))
@@ -87,14 +87,18 @@ class TrainStep:
             config, models.param_groups(model), device, capturable=graphs
         )
         self.train_size = data.sizes["train"]
-        self.steps_per_epoch = data.steps("train", train.batch_size, world=dist.world)
+        self.steps_per_epoch = train.steps_per_epoch or data.steps(
+            "train", train.batch_size, world=dist.world
+        )
         self.schedule = optim.Schedule(
             self.optimizer, config, self.steps_per_epoch, lr_device=device if graphs else None
         )
         self.graphed = cuda_graph.GraphedStep(self) if graphs else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        # on CUDA the optimizer is fused and skips non-finite steps itself (module docstring)
-        self.deferred = device.type == "cuda" and not use_scaler
+        self.lbfgs = config.optim.optimizer == "lbfgs"
+        # on CUDA the optimizer is fused and skips non-finite steps itself (module docstring);
+        # L-BFGS reads its loss back in every line search anyway
+        self.deferred = device.type == "cuda" and not use_scaler and not self.lbfgs
 
     def shard_weight(self, n: int, step_in_epoch: int) -> float:
         """Loss weight of a rank's `n` samples: DDP averages the ranks' gradients, which is the
@@ -109,9 +113,10 @@ class TrainStep:
     def loss(
         self, x: Tensor, y: Tensor, *, eager: bool = False, local: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(objective with regulariser, cross-entropy, correct count); `eager` bypasses
-        torch.compile (hooks registered for one step would otherwise force recompiles); `local`
-        bypasses DDP too, for a look at this rank's batch alone that starts no collective."""
+        """(objective with regulariser, the task's plain loss, `Task.step_stat`); `eager`
+        bypasses torch.compile (hooks registered for one step would otherwise force
+        recompiles); `local` bypasses DDP too, for a look at this rank's batch alone that
+        starts no collective."""
         model = self.model if local else self.train_model if eager else self.forward_model
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -121,22 +126,20 @@ class TrainStep:
         with torch.autocast(
             self.device.type, dtype=amp, enabled=amp is not None, cache_enabled=False
         ):
-            logits = model(x)  # (N, classes)
-        logits = logits.float()
-        smoothing = self.config.train.label_smoothing
-        objective = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        # the loss reported is the plain cross-entropy, comparable with the validation loss
-        loss = F.cross_entropy(logits.detach(), y) if smoothing else objective
+            out = model(x)  # (N, classes or targets)
+        out = out.float()
+        objective, loss = self.task.objective(out, y, self.config.train.label_smoothing)
         weight = self.config.kan.reg_weight
         if weight > 0:
             reg = sum(layer.regularization_loss() for layer in self.kan.values())
             objective = objective + weight * reg
-        correct = (logits.argmax(1) == y).sum()
-        return objective, loss, correct
+        return objective, loss, self.task.step_stat(out, y)
 
     def __call__(self, x: Tensor, y: Tensor, *, eager: bool = False, weight: float = 1.0) -> Tensor:
         """One whole step on the device; its values packed for `PendingSteps` (what a CUDA
         graph captures). `weight` scales the objective: a rank's share of a global batch."""
+        if self.lbfgs:
+            return self._lbfgs_step(x, y, eager)
         objective, loss, correct = self.loss(x, y, eager=eager)
         if weight != 1.0:
             objective = objective * weight
@@ -163,11 +166,38 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return norm, ok
 
+    def _lbfgs_step(self, x: Tensor, y: Tensor, eager: bool) -> Tensor:
+        """One L-BFGS step (`optim.lbfgs_iters` iterations, each with a strong-Wolfe line search,
+        re-evaluating the batch): full-batch function fitting, pykan's default. The values
+        reported are those of the first evaluation, at the weights the step starts from, as
+        for the other optimizers; a non-finite start skips the step. Never under DDP or AMP
+        (`optim.build_optimizer` and the config checks keep it to one process in fp32)."""
+        first: list[Tensor] = []
+
+        def closure() -> Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            objective, loss, stat = self.loss(x, y, eager=eager)
+            objective.backward()
+            if not first:
+                norm = self._clip() if self.config.train.clip_grad_norm > 0 else self._norm()
+                first.extend([loss, stat, norm, torch.isfinite(objective) & torch.isfinite(norm)])
+            return objective
+
+        closure()
+        loss, stat, norm, ok = first
+        if ok.item():
+            self.optimizer.step(closure)
+        self.optimizer.zero_grad(set_to_none=True)
+        return PendingSteps.pack(loss, stat, norm, ok)
+
+    def _norm(self) -> Tensor:
+        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+
     def _clip(self) -> Tensor:
         max_norm = self.config.train.clip_grad_norm
         if max_norm > 0:
             return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        return self._norm()
 
     def evaluated_weights(self) -> contextlib.AbstractContextManager[None]:
         """The weights that validation and the test judge: the average when there is one."""

@@ -46,17 +46,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from kan_engine import cuda_graph, distributed, models, resume_plan, run_folder, tracking
+from kan_engine import cuda_graph, distributed, models, optim, resume_plan, run_folder, tracking
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig, check_names
 from kan_engine.controls import Controls
 from kan_engine.counters import Counters, Window
-from kan_engine.errors import KanError
+from kan_engine.errors import ConfigError, KanError
 from kan_engine.events import EarlyStopped, EventSink, GradNormWarning, Notice, StepMetrics
 from kan_engine.grid_policy import GridPolicy
-from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer
+from kan_engine.grid_stages import GridStages
+from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer, keep_buffers
 from kan_engine.recovery import Recovery
 from kan_engine.run_setup import build_model, eval_split, pick_device, seed_everything
 from kan_engine.run_summary import RunReport
@@ -196,6 +198,8 @@ class Trainer:
         config, train, dist = self.config, self.config.train, self.dist
         check_names(config)
         if dist.enabled:
+            if config.optim.optimizer == "lbfgs":
+                raise ConfigError("", "optim.optimizer", "lbfgs trains in one process only")
             self.device = distributed.device_for(train.device, dist.local_rank)
             self._notices.append(Notice(distributed.batch_notice(train.batch_size, dist.world)))
         else:
@@ -215,6 +219,7 @@ class Trainer:
         self.monitor = GradNormMonitor(train.clip_grad_norm)
         self.pending = PendingSteps()
         self.grids = GridPolicy(config, self.kan, self.ema, dist, self.folder.emit)
+        self.stages = GridStages(config.kan, self.kan, step.steps_per_epoch)
         self.train_state = TrainState(self.folder, step, self.monitor, self.grids, self.preset_name)
         self.report = RunReport(self.folder, step, self.data, self.preset_name)
         self._window = Window()
@@ -235,12 +240,14 @@ class Trainer:
             if self.c.patience_exhausted(train.patience):  # a resumed run that stopped early
                 return "early_stopped"
             self.model.train()
+            self._enter_stage()
             batches = self.data.batches(
                 "train",
                 train.batch_size,
                 shuffle=True,
                 epoch=self.epoch,
                 skip=self.step_in_epoch,
+                steps=train.steps_per_epoch,
                 augment=self.config.data.augment,
                 erase_prob=self.config.data.erase_prob,
                 rank=self.dist.rank,
@@ -261,11 +268,7 @@ class Trainer:
                 return "diverged"
             self._end_epoch()
             if self.c.patience_exhausted(train.patience):
-                c = self.c
-                finished = self.epoch - 1
-                self.folder.emit(
-                    EarlyStopped(finished, c.best_epoch, c.best_val_acc, train.patience)
-                )
+                self.folder.emit(self._early_stopped(self.epoch - 1))
                 return "early_stopped"
         return "finished"
 
@@ -277,7 +280,7 @@ class Trainer:
         self._consistent = False
         step = self.forward_step = self.c.global_step
         self.schedule.apply(step)
-        grid_due = self.grids.due(step)
+        grid_due = self.grids.due(self.stages.stage_step(step, self.epoch))
         kan_inputs: dict[str, Tensor] = {}
         full = len(y) == self.config.train.batch_size  # a graph keeps the shape it was captured at
         if self.graphed is not None and not grid_due and full:
@@ -295,6 +298,8 @@ class Trainer:
             self._settle()
         if grid_due and self._last_ok:
             self.grids.refit(kan_inputs, self.c)
+            if self.stepper.lbfgs:  # its curvature pairs describe the old coefficients
+                optim.forget_state(self.optimizer)
         self._advance_clock()
         self._consistent = True
         if log_due:
@@ -324,6 +329,7 @@ class Trainer:
         w.loss, w.correct, w.samples = self.dist.all_sum([w.loss, w.correct, w.samples])
         now = time.perf_counter()
         samples = max(w.samples, 1)
+        regression = self.data.task.regression
         self.folder.emit(
             StepMetrics(
                 epoch=self.epoch,
@@ -331,7 +337,8 @@ class Trainer:
                 global_step=self.c.global_step,
                 steps_per_epoch=self.stepper.steps_per_epoch,
                 loss=w.loss / samples if w.samples else float("nan"),
-                acc=w.correct / samples,
+                acc=None if regression else w.correct / samples,
+                rmse=math.sqrt(w.correct / samples) if regression else None,
                 lr=self.schedule.lrs(),
                 grad_norm=w.norm,
                 samples_per_s=w.samples / max(now - w.started, 1e-9),
@@ -350,7 +357,7 @@ class Trainer:
         amp_dtype = self.stepper.amp_dtype
         with self.stepper.evaluated_weights():
             val = eval_split(self.model, self.data, "val", batch_size, amp_dtype, self.dist)
-            test = None, None
+            test = None
             if self.config.data.test_every_epoch:
                 test = eval_split(self.model, self.data, "test", batch_size, amp_dtype, self.dist)
         self._advance_clock()
@@ -359,6 +366,8 @@ class Trainer:
             self.epoch,
             val,
             test,
+            task=self.data.task,
+            grid_size=self.stages.grid_for(self.epoch) if self.stages.active else None,
             lr=self.schedule.lrs(),
             outside_grid=outside,
             train_seconds=train_seconds,
@@ -372,6 +381,20 @@ class Trainer:
         self._save("last", "epoch", finished)
         self.recovery.remember()
         self._consistent = True
+
+    def _enter_stage(self) -> None:
+        """Refine the grids when this epoch starts a stage of `kan.grid_schedule` (or a resume
+        lands in one); the optimizer state, which fits the old coefficients, is dropped."""
+        size = self.stages.due(self.epoch)
+        if size is None:
+            return
+        x, y = next(self.data.batches("train", self.config.train.batch_size, shuffle=False))
+        forward = functools.partial(self.stepper.loss, local=True)
+        with keep_buffers(self.model), torch.no_grad(), self.grids.capture_inputs() as inputs:
+            forward(x, y)
+        self.stages.refine(size, inputs)
+        optim.forget_state(self.optimizer)
+        self.folder.emit(Notice(f"grid extended to {size} intervals (epoch {self.epoch})"))
 
     def _serve_controls(self) -> bool:
         """Between steps: pause (waiting here), checkpoint requests; True when asked to stop."""
@@ -407,6 +430,16 @@ class Trainer:
         x, y = batch
         self.forward_step = step
         return find_nonfinite_layer(self.model, lambda: self.stepper.loss(x, y, local=True)[0])
+
+    def _early_stopped(self, finished: int) -> EarlyStopped:
+        c, regression = self.c, self.data.task.regression
+        return EarlyStopped(
+            finished,
+            c.best_epoch,
+            None if regression else c.best_val_acc,
+            self.config.train.patience,
+            best_val_rmse=c.best_val_rmse if regression else None,
+        )
 
     def _warn(self, warning: GradNormWarning) -> None:
         self.c.grad_norm_warnings += 1

@@ -6,8 +6,10 @@ target), and a mistake found here costs nothing, while one found by training is 
 folder with a library's traceback. Everything is read and checked before a run folder is made;
 what is wrong raises `DataError` naming the file, the line and column, and a fix.
 
-Refused, never guessed: anything in a CSV (a missing or non-numeric value, a ragged row, a
-continuous target), since dropping rows silently would change the data. The user's image folders
+Refused, never guessed: anything in a CSV (a missing or non-numeric value, a ragged row),
+since dropping rows silently would change the data. The target decides the task (`data.task`
+auto): a column of many distinct non-whole numbers is a regression target, anything else holds
+classes; `data.task` may say which. The user's image folders
 are read in `kan_engine.user_images`.
 """
 
@@ -57,10 +59,12 @@ class _Table:
     label_at: int
     x: np.ndarray  # (N, F) float32
     labels: list[str]
+    lines: list[int]  # the file line of each row
 
 
-def load_csv(data_dir: str | None, target: str | None) -> Raw:
-    """A table with a header row: numeric features, the label in `target` (default: last column)."""
+def load_csv(data_dir: str | None, target: str | None, task: str = "auto") -> Raw:
+    """A table with a header row: numeric features, the label in `target` (default: last
+    column); `task` is `data.task` (auto, classification or regression)."""
     path = _csv_path(data_dir)
     source = printable(path)
     try:
@@ -71,9 +75,37 @@ def load_csv(data_dir: str | None, target: str | None) -> Raw:
     except OSError as exc:
         raise unreadable(path, exc) from None
     column = table.header[table.label_at]
+    values = _target_values(source, table, task)
+    if values is not None:
+        return split_test(table.x, values, [column], str(path), "regression")
     names, y = _classes(source, column, table.labels)
     _check_csv_classes(source, column, names, y)
     return split_test(table.x, y, names, str(path))
+
+
+def _target_values(source: str, table: _Table, task: str) -> np.ndarray | None:
+    """The target as (N, 1) float32 numbers when the table is a regression (asked for, or a
+    continuous column under `auto`), else None (classes). A regression's every target must be
+    a finite number within float32's range; the first that is not is named by its line."""
+    if task == "classification":
+        return None
+    column = table.header[table.label_at]
+    numbers = [_finite_number(label) for label in table.labels]
+    if task == "auto" and (any(n is None for n in numbers) or not _continuous(numbers)):
+        return None
+    for line, label, number in zip(table.lines, table.labels, numbers, strict=True):
+        if number is None or abs(number) > _FLOAT32_MAX:
+            where = f"line {line}, column {column!r}"
+            reason = f"regression target is not a finite number ({short_repr(label)})"
+            fix = "fix the value or delete the line (or use data.task=classification)"
+            raise DataError(source, reason, where=where, fix=fix)
+    return np.asarray(numbers, np.float32)[:, None]
+
+
+def _continuous(numbers: list[float | None]) -> bool:
+    """Many distinct non-whole numbers: a measurement, not a class label."""
+    distinct = np.unique(np.asarray(numbers, np.float64))
+    return bool((distinct != np.round(distinct)).any()) and len(distinct) > REGRESSION_DISTINCT
 
 
 def _check_csv_classes(source: str, column: str, names: list[str], y: np.ndarray) -> None:
@@ -186,7 +218,7 @@ def _parse(source: str, rows: Iterator[tuple[int, list[str]]], target: str | Non
         raise DataError(source, "has a header but no data lines", fix="add rows below the header")
     x = np.frombuffer(values, np.float32).reshape(len(labels), len(features))
     _check_finite(source, x, header, features, lines)
-    return _Table(header, label_at, x, labels)
+    return _Table(header, label_at, x, labels, lines)
 
 
 def _check_header(source: str, header: list[str], line: int) -> None:
@@ -287,8 +319,8 @@ def _finite_number(text: str) -> float | None:
 
 def _classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
     """Class names and per-row class indices. Numeric labels are classes by value ("1" and "1.0"
-    are one class, sorted as numbers); many distinct non-whole numbers are a regression target,
-    which is refused until kan-tui does regression."""
+    are one class, sorted as numbers); many distinct non-whole numbers are refused here: only
+    `data.task=classification` brings them (auto reads them as a regression)."""
     numbers = [_finite_number(label) for label in labels]
     if any(n is None for n in numbers):
         names = sorted(set(labels))
@@ -303,8 +335,8 @@ def _classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np
             " a continuous (regression) target"
         )
         fix = (
-            "kan-tui trains classifiers only for now: pick a column of class labels with "
-            "--target, or bin the values into a few classes"
+            "train a regression (data.task=auto or regression), pick a column of class labels "
+            "with --target, or bin the values into a few classes"
         )
         raise DataError(source, reason, fix=fix)
     names = [f"{v:g}" if v != round(v) else str(int(v)) for v in distinct]

@@ -15,7 +15,9 @@ from rich.text import Text
 
 from kan_engine.untrusted import printable
 
-__all__ = ["RUN_COLUMNS", "count", "duration", "num", "pct", "plain", "printable", "run_cells"]
+__all__ = [
+    "RUN_COLUMNS", "count", "duration", "num", "pct", "plain", "printable", "run_cells", "sig"
+]
 
 if TYPE_CHECKING:
     from kan_engine.history import RunRow
@@ -30,6 +32,14 @@ def pct(value: float | None) -> str:
     """An accuracy (a share) as a percentage with two decimals, everywhere it is shown: one test
     sample of 10,000 is 0.01 %."""
     return "-" if value is None else f"{value:.2%}"
+
+
+def sig(value: float | None) -> str:
+    """A regression metric (RMSE, MAE: units of the target; R²): four significant digits, in
+    scientific notation where small, since function fits run from 1e-1 down to 1e-6."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
 def count(n: int, noun: str) -> str:

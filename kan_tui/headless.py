@@ -47,7 +47,7 @@ from kan_engine.events import (
 from kan_engine.runs import RunWriteError
 from kan_engine.untrusted import printable
 from kan_tui import exit_codes
-from kan_tui.formatting import count, pct
+from kan_tui.formatting import count, num, pct, sig
 from kan_tui.signals import (
     Stoppable,
     ignore_late_signals,
@@ -96,6 +96,7 @@ class HeadlessReporter:
         self.run_dir = ""
         self.summary: dict[str, Any] | None = None
         self._base_lr_mult = 1.0  # multiplier of the group whose LR is printed as "lr"
+        self._regression = False
         self._epoch_seconds: list[float] = []
         self._warnings_this_epoch = 0
         self._progress: Progress | None = None
@@ -176,10 +177,12 @@ class HeadlessReporter:
             case CheckpointWritten(reason="stop" | "manual"):
                 self._line(f"checkpoint ({event.reason}, epoch {event.epoch}): {event.path}")
             case EarlyStopped():
+                metric, best = "val_acc", pct(event.best_val_acc)
+                if event.best_val_rmse is not None:
+                    metric, best = "val_rmse", sig(event.best_val_rmse)
                 self._line(
-                    f"early stop at epoch {event.epoch}: no better val_acc in "
-                    f"{count(event.patience, 'epoch')} (best {pct(event.best_val_acc)} at epoch "
-                    f"{event.best_epoch})",
+                    f"early stop at epoch {event.epoch}: no better {metric} in "
+                    f"{count(event.patience, 'epoch')} (best {best} at epoch {event.best_epoch})",
                     "yellow",
                 )
             case RunStarted():
@@ -214,7 +217,9 @@ class HeadlessReporter:
         )
         if event.data:
             self._line(f"data {event.data}")
-        if event.classes and event.dataset in USER_DATASETS:  # found in the user's files
+        if event.task == "regression":
+            self._regression = True
+        elif event.classes and event.dataset in USER_DATASETS:  # found in the user's files
             shown = ", ".join(event.classes[:CLASSES_SHOWN])
             if len(event.classes) > CLASSES_SHOWN:
                 shown += f", ... ({len(event.classes)} in all)"
@@ -249,9 +254,8 @@ class HeadlessReporter:
             else event.steps_per_epoch * self.batch_size / rate
         )
         run_left = epoch_left + (self.epochs - event.epoch) * per_epoch
-        info = (
-            f"loss {event.loss:.3f} acc {pct(event.acc)} lr {self._lr(event.lr):.2g} {rate:,.0f}/s"
-        )
+        score = f"rmse {sig(event.rmse)}" if event.rmse is not None else f"acc {pct(event.acc)}"
+        info = f"loss {self._loss(event.loss)} {score} lr {self._lr(event.lr):.2g} {rate:,.0f}/s"
         if self._progress is None:
             self._progress_line(event, f"{info}  epoch ETA {_clock(epoch_left)}")
             return
@@ -279,15 +283,19 @@ class HeadlessReporter:
         self._epoch_seconds.append(event.seconds)
         self._warnings_this_epoch = 0
         self._last_progress = (self._clock(), 0)
-        parts = [
-            f"epoch {event.epoch}/{self.epochs}",
-            f"train_loss {event.train_loss:.3f}",
-            f"train_acc {pct(event.train_acc)}",
-            f"val_loss {event.val_loss:.3f}",
-            f"val_acc {pct(event.val_acc)}",
-        ]
-        if event.test_acc is not None:
-            parts.append(f"test_acc {pct(event.test_acc)}")
+        parts = [f"epoch {event.epoch}/{self.epochs}", f"train_loss {self._loss(event.train_loss)}"]
+        if event.task == "regression":
+            parts += [f"{name} {sig(value)}" for name, value in event.metrics.items()]
+        else:
+            parts += [
+                f"train_acc {pct(event.train_acc)}",
+                f"val_loss {event.val_loss:.3f}",
+                f"val_acc {pct(event.val_acc)}",
+            ]
+            if event.test_acc is not None:
+                parts.append(f"test_acc {pct(event.test_acc)}")
+        if event.grid_size is not None:
+            parts.append(f"grid {event.grid_size}")
         grid, warnings, skipped = self._this_epoch(event)
         parts += [f"lr {self._lr(event.lr):.3g}", f"grid_updates_this_epoch {grid}"]
         if warnings:
@@ -298,8 +306,15 @@ class HeadlessReporter:
         self._line("  ".join(parts))
         if self._progress is not None:
             best = f"best val_acc {pct(event.best_val_acc)} (epoch {event.best_epoch})"
+            if event.best_val_rmse is not None:
+                best = f"best val_rmse {sig(event.best_val_rmse)} (epoch {event.best_epoch})"
             self._progress.update(self._epoch_task, completed=event.epoch, info=best)
             self._progress.reset(self._batch_task, info="")
+
+    def _loss(self, value: float) -> str:
+        """A classification's cross-entropy to 3 decimals; a regression's MSE (standardised
+        targets) falls far below 0.001, so it keeps its significant digits."""
+        return num(value) if self._regression else f"{value:.3f}"
 
     def _this_epoch(self, event: EpochEnd) -> tuple[int, int, int]:
         """(grid-update steps, gradient-norm warnings, skipped steps) of this epoch alone: the
@@ -372,6 +387,8 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, str]:
         "best epoch": best_epoch,
         "best val_acc": _pct_or_none(summary.get("best_val_acc")) if best_epoch else None,
         "test_acc": _pct_or_none(summary.get("test_acc")),
+        "best val_rmse": _sig_or_none(summary.get("best_val_rmse")) if best_epoch else None,
+        **{key: _sig_or_none(summary.get(key)) for key in ("test_rmse", "test_mae", "test_r2")},
         "seconds": None if seconds is None else f"{seconds:.1f}",
         "params": _millions(params.get("total", 0)) if isinstance(params, dict) else params,
         "device": summary.get("device"),
@@ -418,6 +435,10 @@ def train(trainer: Stoppable, *, debug: bool = False, quiet: bool = False) -> in
     if status == "stopped":
         return exit_codes.for_signal(caught[0]) if caught else exit_codes.INTERRUPTED
     return exit_codes.for_status(status)
+
+
+def _sig_or_none(value: Any) -> str | None:
+    return sig(float(value)) if isinstance(value, (int, float)) else None
 
 
 def _pct_or_none(value: Any) -> str | None:

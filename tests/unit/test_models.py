@@ -47,6 +47,8 @@ def test_registry_lists_every_model_with_a_description() -> None:
         "rapid_kan_lite_mlp",
         "rapid_kan_mlp",
         "rapid_kan_power_mlp",
+        "flat_kan",
+        "flat_mlp",
     }
     assert set(MODELS) == expected
     assert all(desc and "\n" not in desc for desc in MODELS.values())
@@ -226,3 +228,17 @@ def test_rapid_kan_lite_fits_a_tiny_batch() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_flat_models_take_the_width_list_and_check_its_ends() -> None:
+    kan = build("flat_kan", (2,), 1, width=[2, 5, 1])
+    assert [layer.out_features for layer in kan.kan] == [5, 1]
+    assert kan(torch.zeros(4, 2)).shape == (4, 1)
+    mlp = build("flat_mlp", (2,), 1, width=[2, 5, 1])
+    kan_size, mlp_size = count_params(kan)["total"], count_params(mlp)["total"]
+    assert abs(mlp_size - kan_size) / kan_size < 0.2  # matched size
+    for width in ([3, 5, 1], [2, 5, 2], [2]):
+        with pytest.raises(ConfigError, match="model.width"):
+            build("flat_kan", (2,), 1, width=width)
+    with pytest.raises(ConfigError, match="model.width"):
+        build("rapid_kan_lite", (2,), 1, width=[2, 1])
