@@ -227,6 +227,9 @@ class TrainSection(_Section):
     mixed_precision: Precision = Field(
         "auto", description="auto (bf16 on CUDA, off on CPU), bf16, fp16, off"
     )
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="weights and data; float64 for function fits below 1e-5 RMSE"
+    )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
         0, description="seed for Python, NumPy and torch"
     )

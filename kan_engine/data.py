@@ -156,8 +156,8 @@ class DataBundle:
         self.device = x_train.device
         self.sizes = {split: len(y) for split, (_, y) in splits.items()}
         view = (1, -1, 1, 1) if x_train.dim() == 4 else (1, -1)
-        self._mean = mean.to(self.device, torch.float32).view(view)
-        self._inv_std = (1 / std).to(self.device, torch.float32).view(view)
+        self._moments = mean.view(view), (1 / std).view(view)  # float64 (`cast`)
+        self.cast(torch.float32)
         self._flips = name in _FLIPS
 
     def _split(self, split: str) -> tuple[Tensor, Tensor]:
@@ -165,9 +165,16 @@ class DataBundle:
             raise ValueError(f"unknown split {split!r} (one of: {', '.join(self._splits)})")
         return self._splits[split]
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """The floating dtype of the batches: the model's (float64 for exact function fits)."""
+        self.dtype = dtype
+        mean, inv_std = self._moments
+        self._mean = mean.to(self.device, dtype)
+        self._inv_std = inv_std.to(self.device, dtype)
+
     def normalize(self, x: Tensor) -> Tensor:
-        """Stored values (uint8 pixels or float features) -> float32, zero mean and unit std."""
-        return (x.float() - self._mean) * self._inv_std
+        """Stored values (uint8 pixels or float features) -> `dtype`, zero mean and unit std."""
+        return (x.to(self.dtype) - self._mean) * self._inv_std
 
     def steps(self, split: Split, batch_size: int, *, world: int = 1) -> int:
         """Batches per epoch: the last partial batch is kept, except a train batch that would give
@@ -245,6 +252,8 @@ class DataBundle:
                     xb, dy[lo:hi], dx[lo:hi], None if flip is None else flip[lo:hi], pad
                 )
             xb = self.normalize(xb)
+            if yb.is_floating_point():  # regression targets
+                yb = yb.to(self.dtype)
             if erasing is not None:
                 xb = _erase(xb, erasing[lo:hi])
             yield xb, yb

@@ -64,7 +64,8 @@ class GridPolicy:
 
         def hook(name: str, layer: nn.Module):
             def pre(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-                captured[name] = args[0].detach().reshape(-1, layer.in_features).float()  # (N, in)
+                seen = args[0].detach().reshape(-1, layer.in_features)  # (N, in)
+                captured[name] = seen.to(torch.promote_types(seen.dtype, torch.float32))
 
             return pre
 

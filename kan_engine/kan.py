@@ -320,7 +320,8 @@ class KANLinear(nn.Module):
         track = self.track_regularization
         if self.fast:
             flat_weight = self.spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
-            fused = fused_basis.available(x.device) if self.fused is None else self.fused
+            auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
+            fused = auto if self.fused is None else self.fused
             out, col_sum = _SplineLinear.apply(
                 x, base, flat_weight, self.grid, k, self._uniform, fused,
                 self.scale_base, self.scale_spline, self.chunk_size, track,

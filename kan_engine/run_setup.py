@@ -21,6 +21,7 @@ from kan_engine import distributed, models, resume_plan, runs
 from kan_engine.config import RunConfig
 from kan_engine.errors import ConfigError, RunDirError
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
 
 
@@ -51,9 +52,12 @@ def seed_everything(seed: int) -> None:
 def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
     """(autocast dtype or None, use a GradScaler, notice or "") for `train.mixed_precision`."""
     mode = config.train.mixed_precision
-    if config.optim.optimizer == "lbfgs":  # a line search compares losses to the last digit
-        message = f"train.mixed_precision={mode}: lbfgs trains in fp32" if mode in (
-            "bf16", "fp16") else ""  # fmt: skip
+    exact = {"optim.optimizer=lbfgs": config.optim.optimizer == "lbfgs",  # a line search
+             "train.dtype=float64": config.train.dtype == "float64"}  # fmt: skip
+    reasons = [name for name, holds in exact.items() if holds]
+    if reasons:  # autocast would round away the digits these are chosen for
+        lower = mode in ("bf16", "fp16")
+        message = f"train.mixed_precision={mode}: off with {reasons[0]}" if lower else ""
         return None, False, message
     if device.type != "cuda":
         if mode in ("bf16", "fp16"):
@@ -71,7 +75,9 @@ def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.de
     if config.model.width:
         options["width"] = config.model.width
     model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
-    model = model.to(device)
+    dtype = DTYPES[config.train.dtype]
+    model = model.to(device, dtype)
+    bundle.cast(dtype)  # the batches follow the model's dtype
     if device.type == "cuda" and len(bundle.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     return model

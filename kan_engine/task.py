@@ -73,7 +73,7 @@ class Task:
     def eval_sums(self, out: Tensor, y: Tensor) -> Tensor:
         """One evaluation batch's sums, added up over a split then handed to `metrics`:
         (loss, correct) or (loss, absolute error, squared error of each output)."""
-        out = out.float()
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
         if not self.regression:
             loss = F.cross_entropy(out, y, reduction="sum")
             return torch.stack([loss, (out.argmax(1) == y).sum().float()])

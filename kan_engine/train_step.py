@@ -127,7 +127,7 @@ class TrainStep:
             self.device.type, dtype=amp, enabled=amp is not None, cache_enabled=False
         ):
             out = model(x)  # (N, classes or targets)
-        out = out.float()
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 up, float64 kept
         objective, loss = self.task.objective(out, y, self.config.train.label_smoothing)
         weight = self.config.kan.reg_weight
         if weight > 0:
