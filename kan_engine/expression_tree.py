@@ -32,7 +32,9 @@ _OPERATORS: dict[str, Callable[..., Any]] = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
     "**": operator.pow, "neg": operator.neg,
 }  # fmt: skip
-_CHUNK = 1 << 16  # rows evaluated at a time, so deep formulas keep few N-sized temporaries alive
+# rows evaluated at a time: a deep formula keeps one temporary per level alive, and a float32
+# table of millions of rows is never copied whole to float64
+_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,15 @@ class Expression:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Values as float64 (N,); inf and nan are left for the caller to judge, so NumPy's
         warnings about them are silenced here."""
-        x = np.asarray(x, dtype=np.float64)  # (N, arity)
+        x = np.asarray(x)  # (N, arity), any real dtype: converted a chunk at a time
         if x.ndim != 2 or x.shape[1] != self.arity:
             raise ValueError(f"{self.text}: needs inputs (N, {self.arity}), got {x.shape}")
         evaluate = _compile(self.tree)
         out = np.empty(len(x))  # (N,)
         with np.errstate(all="ignore"):
             for start in range(0, len(x), _CHUNK):
-                rows = x[start : start + _CHUNK]  # (n, arity)
-                out[start : start + len(rows)] = evaluate(np.ascontiguousarray(rows.T))
+                columns = x[start : start + _CHUNK].T.astype(np.float64, order="C")  # (arity, n)
+                out[start : start + columns.shape[1]] = evaluate(columns)
         return out
 
     def to_sympy(self) -> Any:
