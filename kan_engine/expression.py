@@ -66,41 +66,45 @@ def parse(text: str, *, source: str = "", key: str = "data.function") -> Express
     """The formula in `text`, checked; ConfigError(source, key, reason) naming what is refused."""
     text = text.strip()
     try:
-        tree = _read(text)
+        line = _one_line(text)
+        tree = _parse(line)
         _check_size(tree)
-        builder = _Builder(text)
+        builder = _Builder(line)
         root = builder.build(tree.body)
     except _Refused as exc:
         raise ConfigError(source, key, str(exc)) from None
     return Expression(text, builder.arity, root)
 
 
-def _at(text: str, line: int, column: int) -> str:
-    """Where in the text, as a person counts (1-based); the line only when there are several."""
-    return f"line {line}, column {column}" if "\n" in text else f"column {column}"
+_WHITESPACE = str.maketrans("\t\n\r", "   ")
 
 
-def _read(text: str) -> ast.Expression:
+def _one_line(text: str) -> str:
+    """`text` with tabs and line breaks as spaces: a formula may span lines (a TOML multi-line
+    string) where Python wants brackets, and every place is then one column."""
     if not text:
         raise _Refused(f"is empty: write a formula in x1, x2, ... such as {EXAMPLE}")
     if len(text) > MAX_LENGTH:
         raise _Refused(f"is {len(text)} characters long (at most {MAX_LENGTH})")
-    for index, char in enumerate(text):
-        if not (char.isascii() and (char.isprintable() or char in "\t\n\r")):
-            line = text.count("\n", 0, index) + 1
-            column = index - (text.rfind("\n", 0, index) + 1) + 1
+    line = text.translate(_WHITESPACE)
+    for index, char in enumerate(line):
+        if not (char.isascii() and char.isprintable()):
             raise _Refused(
-                f"{short_repr(char)} at {_at(text, line, column)} is not allowed: "
+                f"{short_repr(char)} at column {index + 1} is not allowed: "
                 "a formula is plain ASCII (pi for π, * for ×)"
             )
+    return line
+
+
+def _parse(line: str) -> ast.Expression:
     with warnings.catch_warnings():
         # SyntaxWarning / DeprecationWarning about what the whitelist refuses anyway
         warnings.simplefilter("ignore")
         try:
-            return ast.parse(text, mode="eval")
+            return ast.parse(line, mode="eval")
         except SyntaxError as exc:
             offset = exc.offset or 0
-            where = _at(text, exc.lineno or 1, offset) if 0 < offset <= len(text) else "the end"
+            where = f"column {offset}" if 0 < offset <= len(line) else "the end"
             raise _Refused(f"is not a formula: {printable(exc.msg)} at {where}") from None
         except (MemoryError, RecursionError):  # the parser's own stack, on absurd nesting
             raise _Refused(f"is nested more than {MAX_DEPTH} levels deep") from None
@@ -127,6 +131,8 @@ def _kind(node: ast.AST) -> str:
         return f"attribute access (.{short(node.attr, 30)})"
     if isinstance(node, ast.Call):
         return "the result of a call"
+    if isinstance(node, ast.Constant):
+        return f"the value {short_repr(node.value)}"
     return _KINDS.get(type(node), type(node).__name__)
 
 
@@ -140,10 +146,10 @@ class _Builder:
     def _refuse(self, node: ast.AST, reason: str, *, hint: bool = False) -> _Refused:
         """`reason` at the node's place, with the node's text when it is not the whole formula
         and, for what is off the whitelist, what is on it."""
-        line, column = getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1
+        column = getattr(node, "col_offset", 0) + 1
         segment = ast.get_source_segment(self.text, node) or self.text
         part = f" ({short(segment, 40)})" if segment != self.text else ""
-        return _Refused(f"{reason} at {_at(self.text, line, column)}{part}{_HELP if hint else ''}")
+        return _Refused(f"{reason} at column {column}{part}{_HELP if hint else ''}")
 
     def _forbidden(self, node: ast.AST, what: str) -> _Refused:
         return self._refuse(node, f"{what} is not allowed", hint=True)
