@@ -206,13 +206,15 @@ def _sample(rng: np.random.Generator, n: int, arity: int, box: tuple[float, floa
 
 def _targets(expression: Expression, x: np.ndarray, source: str, fix: str) -> np.ndarray:
     """f(x) as (N, 1) float64, computed from the float32 inputs the model will see; DataError
-    with the first bad point when the function is not finite on the box."""
+    with the first bad point when it is not finite, in float64 or once stored as float32."""
     y = expression(x)  # (N,)
-    bad = ~np.isfinite(y)
+    with np.errstate(over="ignore"):  # a value past float32 becomes inf: that is the check
+        bad = ~np.isfinite(y.astype(np.float32))
     if bad.any():
         at = int(np.argmax(bad))
+        value = f"{y[at]:.4g} (beyond float32)" if np.isfinite(y[at]) else str(y[at])
         point = ", ".join(f"{v:.4g}" for v in x[at])
-        reason = f"is {y[at]} at x = ({point}) ({int(bad.sum())} of {len(y)} sampled points)"
+        reason = f"is {value} at x = ({point}) ({int(bad.sum())} of {len(y)} sampled points)"
         raise DataError(source, reason, fix=fix)
     return y[:, None]
 
