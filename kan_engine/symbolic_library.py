@@ -70,6 +70,12 @@ def _anywhere(u: np.ndarray) -> np.ndarray:
     return np.ones(u.shape[:-1], dtype=bool)
 
 
+def _pole_outside(u: np.ndarray) -> np.ndarray:
+    """The argument keeps one sign, POLE_GAP away from 0, over all samples: the pole lies outside
+    the sampled interval, not merely between two samples."""
+    return np.all(u > POLE_GAP, axis=-1) | np.all(u < -POLE_GAP, axis=-1)
+
+
 def _centred(betas: Iterable[float], centres: Iterable[float]) -> tuple[tuple[float, float], ...]:
     """Starts whose argument beta * (t - centre) is zero at `centre` (a kink, pole or peak)."""
     return tuple((b, -b * x0) for b in betas for x0 in centres)
@@ -152,7 +158,7 @@ def _inverse(name: str, p: int, complexity: int) -> Candidate:
     return Candidate(
         name, lambda u: 1.0 / u**p, lambda u: u**-p, complexity,
         _centred((1.0,), [s * x0 for s in (-1, 1) for x0 in POLES]), (False, True),
-        lambda u: np.all(np.abs(u) > POLE_GAP, axis=-1), _homogeneous(-p, 2 - p % 2),
+        _pole_outside, _homogeneous(-p, 2 - p % 2),
     )  # fmt: skip
 
 

@@ -54,19 +54,24 @@ def edge_samples(f: Fn, low: float = -1.0, high: float = 1.0) -> tuple[np.ndarra
 
 
 @pytest.mark.parametrize(
-    ("f", "name", "constants"),
+    ("f", "span", "name", "constants"),
     [
-        (lambda x: x**2, "x^2", (1.0, 1.0, 0.0, 0.0)),
-        (lambda x: torch.sin(2 * x + 0.5), "sin", (1.0, 2.0, 0.5, 0.0)),
-        (torch.exp, "exp", (1.0, 1.0, 0.0, 0.0)),
-        (lambda x: 2 * torch.tanh(3 * x - 0.5) + 1, "tanh", (2.0, 3.0, -0.5, 1.0)),
-        (lambda x: torch.log(x + 1.5), "log", (1.0, 1.0, 1.5, 0.0)),
+        (lambda x: x**2, (-1.0, 2.0), "x^2", (1.0, 1.0, 0.0, 0.0)),
+        (lambda x: (x - 0.5) ** 3, (-1.0, 2.0), "x^3", (1.0, 1.0, -0.5, 0.0)),
+        (lambda x: torch.sin(2 * x + 0.5), (-1.0, 1.0), "sin", (1.0, 2.0, 0.5, 0.0)),
+        (lambda x: -torch.sin(2 * x + 0.5), (-1.0, 1.0), "sin", (1.0, 2.0, 0.5 - math.pi, 0.0)),
+        (torch.exp, (-1.0, 1.0), "exp", (1.0, 1.0, 0.0, 0.0)),
+        (lambda x: 2 * torch.tanh(3 * x - 0.5) + 1, (-1.0, 1.0), "tanh", (2.0, 3.0, -0.5, 1.0)),
+        (lambda x: torch.log(x + 1.5), (-1.0, 2.0), "log", (1.0, 1.0, 1.5, 0.0)),
+        (lambda x: 0.5 / (x + 1.5), (-1.0, 2.0), "1/x", (0.5, 1.0, 1.5, 0.0)),
     ],
 )
 def test_an_edge_set_to_a_function_is_fitted_as_that_function(
-    f: Fn, name: str, constants: tuple[float, float, float, float]
+    f: Fn, span: tuple[float, float], name: str, constants: tuple[float, float, float, float]
 ) -> None:
-    x, y = edge_samples(f)
+    """Constants in their canonical form, whatever equivalent point the search ended on (an
+    input span other than [-1, 1] checks that the scale of a power goes into a)."""
+    x, y = edge_samples(f, *span)
     fits = fit_edge(x, y)
     best = fits[0]
     assert best.name == name, [(fit.name, fit.r2) for fit in fits[:3]]
@@ -84,6 +89,14 @@ def test_a_straight_edge_is_x_though_curved_candidates_tie_with_it() -> None:
     assert {"sin", "exp"} <= near  # a tiny frequency or rate imitates a line: the tie is real
 
 
+def test_a_near_tie_goes_to_the_simpler_candidate() -> None:
+    """x - 1e-4 x^3 is sin(b x)/b to fourth order: sin explains a hair more, x is reported."""
+    x = np.linspace(-1, 1, 256)
+    fits = fit_edge(x, x - 1e-4 * x**3)
+    better = [fit.name for fit in fits if fit.r2 > fits[0].r2]
+    assert fits[0].name == "x" and "sin" in better
+
+
 def test_a_constant_edge_is_the_constant_candidate() -> None:
     x = np.linspace(-1, 1, 50)
     (fit,) = fit_edge(x, np.full(50, 0.25))
@@ -91,16 +104,23 @@ def test_a_constant_edge_is_the_constant_candidate() -> None:
     assert fit.sympy(sp.Symbol("x")) == sp.Float(0.25)
 
 
-def test_domain_guards_keep_every_score_and_value_finite() -> None:
+@pytest.mark.parametrize("f", [lambda x: x**2 + 0.1 * x, lambda x: np.tanh(30 * x)])
+def test_domain_guards_keep_every_argument_inside_over_the_whole_range(
+    f: Callable[[np.ndarray], np.ndarray],
+) -> None:
     """On inputs that cross 0, log, sqrt and the inverse powers must shift their argument off
-    the forbidden region or drop out, never score NaN."""
+    the forbidden region or drop out, never score NaN; a pole may not sit between two samples
+    either (a step tempts 1/x to put one there)."""
     x = np.linspace(-1, 1, 200)
-    fits = fit_edge(x, x**2 + 0.1 * x)
-    names = {fit.name for fit in fits}
-    assert {"log", "sqrt", "1/x", "1/x^2"} <= names
+    fits = fit_edge(x, f(x))
+    assert {"log", "sqrt", "1/x", "1/x^2"} <= {fit.name for fit in fits}
     for fit in fits:
-        assert np.isfinite(fit.r2), fit
-        assert np.isfinite(fit.values(x)).all(), fit
+        assert np.isfinite(fit.r2) and np.isfinite(fit.values(x)).all(), fit
+        ends = fit.b * np.array([x.min(), x.max()]) + fit.c  # the argument is affine in x
+        if fit.name in ("log", "sqrt"):
+            assert (ends >= 0).all(), fit
+        if fit.name in ("1/x", "1/x^2"):
+            assert ends[0] * ends[1] > 0, fit
 
 
 def test_pick_takes_known_names_only() -> None:
@@ -185,6 +205,20 @@ def test_edges_below_the_threshold_become_zero() -> None:
     assert by_input[1].importance == pytest.approx(0.5e-4, rel=0.05)  # mean |1e-4 x| on [-1, 1]
     assert by_input[0].chosen is not None and by_input[0].chosen.name == "x^2"
     assert result.formulas[0].free_symbols == {sp.Symbol("x1")}
+
+
+def test_edges_are_fitted_on_the_range_their_inputs_take() -> None:
+    """Inputs in [2, 4]: the splines are zero left of their grid, so a fit on any fixed range
+    such as [-1, 1] would find a constant."""
+    layer = spline_layer([[lambda x: x**2]], (1.8, 4.2))
+    samples = torch.rand(200, 1, generator=torch.Generator().manual_seed(5)) * 2 + 2
+    result = symbolic.network_formula([layer], samples)
+    (edge,) = result.edges
+    assert edge.chosen is not None and edge.chosen.name == "x^2"
+    assert (edge.low, edge.high) == pytest.approx((float(samples.min()), float(samples.max())))
+    x = np.linspace(2.05, 3.95, 50)[:, None]
+    np.testing.assert_allclose(symbolic.evaluate(result.formulas[0], ["x1"], x), x[:, 0] ** 2,
+                               atol=1e-3)  # fmt: skip
 
 
 def test_evaluate_walks_every_library_node_like_numpy() -> None:
