@@ -81,26 +81,23 @@ def _centred(betas: Iterable[float], centres: Iterable[float]) -> tuple[tuple[fl
     return tuple((b, -b * x0) for b in betas for x0 in centres)
 
 
-def _homogeneous(degree: float, parity: int = 0) -> Callable[[float, float, float, float], Params]:
-    """Canon of an f with f(s*u) = s^degree * f(u) for s > 0: b becomes +-1 (the scale goes
-    into a); then, for an odd (parity 1) or even (parity 2) f, b becomes +1."""
+def _homogeneous(degree: float) -> Callable[[float, float, float, float], Params]:
+    """Canon of an f with f(s*u) = s^degree * f(u) for s > 0: b becomes +-1, the scale goes
+    into a. (The powers and abs search with beta = +1, so their b is +1: (x + c)^2.)"""
 
     def canon(a: float, b: float, c: float, d: float) -> Params:
         s = abs(b)
-        a, b, c = a * s**degree, math.copysign(1.0, b), c / s
-        if parity and b < 0:
-            a, b, c = (-a if parity == 1 else a), 1.0, -c
-        return a, b, c, d
+        return a * s**degree, math.copysign(1.0, b), c / s, d
 
     return canon
 
 
-def _symmetric(parity: int) -> Callable[[float, float, float, float], Params]:
-    """Canon of an odd (parity 1) or even (parity 2) f: b > 0."""
+def _symmetric(odd: bool) -> Callable[[float, float, float, float], Params]:
+    """Canon of an odd or even f: b > 0 (the refinement may carry b across 0)."""
 
     def canon(a: float, b: float, c: float, d: float) -> Params:
         if b < 0:
-            return (-a if parity == 1 else a), -b, -c, d
+            return (-a if odd else a), -b, -c, d
         return a, b, c, d
 
     return canon
@@ -150,7 +147,7 @@ HALF_LINES = _centred((1.0,), [-e for e in EDGES]) + _centred((-1.0,), EDGES)
 def _power(name: str, p: int, complexity: int) -> Candidate:
     return Candidate(
         name, lambda u: u**p, lambda u: u**p, complexity, POWERS, (False, True), _anywhere,
-        _homogeneous(p, 2 - p % 2),
+        _homogeneous(p),
     )  # fmt: skip
 
 
@@ -158,7 +155,7 @@ def _inverse(name: str, p: int, complexity: int) -> Candidate:
     return Candidate(
         name, lambda u: 1.0 / u**p, lambda u: u**-p, complexity,
         _centred((1.0,), [s * x0 for s in (-1, 1) for x0 in POLES]), (False, True),
-        _pole_outside, _homogeneous(-p, 2 - p % 2),
+        _pole_outside, _homogeneous(-p),
     )  # fmt: skip
 
 
@@ -180,15 +177,15 @@ LIBRARY: tuple[Candidate, ...] = (
               tuple((s * w, 0.0) for s in (-1, 1) for w in (0.25, *WIDTHS)), (True, False),
               lambda u: np.all(np.abs(u) <= EXP_LIMIT, axis=-1), _exp),
     Candidate("abs", np.abs, _sp("Abs"), 2, _centred((1.0,), SHIFTS), (False, True), _anywhere,
-              _homogeneous(1, 2)),
+              _homogeneous(1)),
     Candidate("sin", np.sin, _sp("sin"), 3, tuple((f, p) for f in FREQUENCIES for p in PHASES),
               (True, True), _anywhere, _sin),
     Candidate("tanh", np.tanh, _sp("tanh"), 3, _centred(WIDTHS, CENTRES), (True, True),
-              _anywhere, _symmetric(1)),
+              _anywhere, _symmetric(odd=True)),
     Candidate("gaussian", lambda u: np.exp(-(u**2)), lambda u: sympy_module().exp(-(u**2)), 3,
-              _centred(WIDTHS, CENTRES), (True, True), _anywhere, _symmetric(2)),
+              _centred(WIDTHS, CENTRES), (True, True), _anywhere, _symmetric(odd=False)),
     Candidate("arctan", np.arctan, _sp("atan"), 4, _centred(WIDTHS, CENTRES), (True, True),
-              _anywhere, _symmetric(1)),
+              _anywhere, _symmetric(odd=True)),
 )  # fmt: skip
 BY_NAME = {c.name: c for c in LIBRARY}
 

@@ -23,7 +23,7 @@ from kan_engine import symbolic
 from kan_engine.errors import ConfigError, SymbolicError
 from kan_engine.kan import KANLinear
 from kan_engine.symbolic_fit import fit_edge
-from kan_engine.symbolic_library import pick
+from kan_engine.symbolic_library import LIBRARY, Candidate, pick
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -78,6 +78,37 @@ def test_an_edge_set_to_a_function_is_fitted_as_that_function(
     assert best.r2 > 0.999
     assert (best.a, best.b, best.c, best.d) == pytest.approx(constants, abs=2e-3)
     np.testing.assert_allclose(best.values(x), y, atol=1e-3)
+
+
+CANONICAL = {  # what the canonical form promises, beyond computing the same function
+    "x": lambda a, b, c: b == 1 and c == 0,
+    "exp": lambda a, b, c: c == 0,
+    "sin": lambda a, b, c: a > 0 and b > 0 and -math.pi < c <= math.pi,
+    "tanh": lambda a, b, c: b > 0,
+    "arctan": lambda a, b, c: b > 0,
+    "gaussian": lambda a, b, c: b > 0,
+}
+
+
+@pytest.mark.parametrize("cand", [c for c in LIBRARY if c.name != "0"], ids=lambda c: c.name)
+def test_the_canonical_form_computes_the_same_function(cand: Candidate) -> None:
+    x = np.linspace(-1, 1, 101)
+    tried = 0
+    for b in (-2.5, -1.0, 0.6, 1.7):
+        for c in (-7.0, -3.2, 0.3, 4.0, 9.5):
+            u = (b * x + c)[None]
+            if not cand.domain(u)[0]:
+                continue
+            tried += 1
+            a, b2, c2, d = cand.canon(-1.3, b, c, 0.4)
+            np.testing.assert_allclose(
+                a * cand.numpy(b2 * x + c2) + d, -1.3 * cand.numpy(u[0]) + 0.4, atol=1e-12
+            )
+            if cand.name in CANONICAL:
+                assert CANONICAL[cand.name](a, b2, c2), (a, b2, c2)
+            else:  # powers, inverse powers, abs, sqrt, log: the scale of x goes into a
+                assert abs(b2) == 1
+    assert tried >= 4
 
 
 def test_a_straight_edge_is_x_though_curved_candidates_tie_with_it() -> None:
