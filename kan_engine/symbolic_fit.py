@@ -66,29 +66,31 @@ class EdgeFit:
 
 def _project(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best a, d of y ~ a*f + d for each row of f (K, P) -> a (K,), d (K,), residuals (K, P)."""
-    mean_f = f.mean(axis=1, keepdims=True)  # (K, 1)
-    centred = f - mean_f  # (K, P)
+    mean_f = f.sum(axis=1) / f.shape[1]  # (K,)
+    centred = f - mean_f[:, None]  # (K, P)
     var = np.einsum("kp,kp->k", centred, centred)  # (K,)
-    y_mean = y.mean()
+    y_mean = y.sum() / y.size
     cov = centred @ (y - y_mean)  # (K,)
     flat = var <= 1e-300  # f constant on the samples: only d can fit
     a = np.where(flat, 0.0, cov / np.where(flat, 1.0, var))
     residual = (y - y_mean) - a[:, None] * centred  # (K, P)
-    return a, y_mean - a * mean_f[:, 0], residual
+    return a, y_mean - a * mean_f, residual
 
 
-def _residual(
-    cand: Candidate, t: np.ndarray, y: np.ndarray, theta: np.ndarray
-) -> np.ndarray | None:
-    """The projected residual (P,) at argument theta[0]*t + theta[1], None outside the domain."""
-    u = (theta[0] * t + theta[1])[None]  # (1, P)
-    if not cand.domain(u)[0]:
-        return None
+def _residuals(
+    cand: Candidate, t: np.ndarray, y: np.ndarray, thetas: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The projected residuals (K, P) at the arguments thetas[k, 0] * t + thetas[k, 1] (K, 2),
+    and which rows (K,) are usable: inside the domain and finite (the others hold garbage).
+    Batched because numpy's per-call overhead, not arithmetic, is the cost at P ~ 256."""
+    u = thetas[:, :1] * t + thetas[:, 1:]  # (K, P)
+    ok = cand.domain(u)  # (K,)
+    f = np.zeros_like(u)
     with np.errstate(all="ignore"):
-        f = cand.numpy(u)
-    if not np.isfinite(f).all():
-        return None
-    return _project(f, y)[2][0]
+        f[ok] = cand.numpy(u[ok])
+    ok &= np.isfinite(f).all(axis=1)
+    f[~ok] = 0.0
+    return _project(f, y)[2], ok
 
 
 def _jacobian(
@@ -96,16 +98,19 @@ def _jacobian(
 ) -> np.ndarray:
     """d residual / d free parameters (P, F) by differences: central where both sides are in the
     domain, one-sided at its edge, zero where neither is."""
-    columns = []
-    for k in (k for k in range(2) if cand.free[k]):
+    free = [k for k in range(2) if cand.free[k]]
+    steps = np.zeros((2 * len(free), 2))
+    for row, k in enumerate(free):
         h = 1e-6 * max(1.0, abs(theta[k]))
-        step = np.zeros(2)
-        step[k] = h
-        plus, minus = _residual(cand, t, y, theta + step), _residual(cand, t, y, theta - step)
-        if plus is not None and minus is not None:
-            columns.append((plus - minus) / (2 * h))
-        elif plus is not None or minus is not None:
-            columns.append((plus - r) / h if plus is not None else (r - minus) / h)
+        steps[2 * row, k], steps[2 * row + 1, k] = h, -h
+    shifted, ok = _residuals(cand, t, y, theta + steps)  # (2F, P): +h, -h per parameter
+    columns = []
+    for row, k in enumerate(free):
+        plus, minus, h = 2 * row, 2 * row + 1, steps[2 * row, k]
+        if ok[plus] and ok[minus]:
+            columns.append((shifted[plus] - shifted[minus]) / (2 * h))
+        elif ok[plus] or ok[minus]:
+            columns.append((shifted[plus] - r) / h if ok[plus] else (r - shifted[minus]) / h)
         else:
             columns.append(np.zeros_like(r))
     return np.stack(columns, axis=1)
@@ -118,9 +123,9 @@ def _refine(
 
     Stops once a step gains less than `tol` (the caller's share of the variance: R^2 moves by
     less than the ranking could ever see), which ends the slow walks along degenerate valleys
-    (sin with b -> 0 and a -> inf imitating a line) after a few steps."""
-    r = _residual(cand, t, y, theta)
-    assert r is not None  # the grid only hands over starts inside the domain
+    (sin with b -> 0 and a -> inf imitating a line) after a few steps. theta must be usable
+    (the grid only hands over such starts)."""
+    r = _residuals(cand, t, y, theta[None])[0][0]  # (P,)
     cost = float(r @ r)
     free = [k for k in range(2) if cand.free[k]]
     damping = 1e-3
@@ -130,18 +135,17 @@ def _refine(
         accepted = False
         for _ in range(10):
             lhs = normal + damping * (np.diag(np.diag(normal)) + 1e-12 * np.eye(len(free)))
-            delta = np.zeros(2)
-            delta[free] = np.linalg.solve(lhs, -gradient)
-            trial = theta + delta
-            r_trial = _residual(cand, t, y, trial)
-            if r_trial is not None and (trial_cost := float(r_trial @ r_trial)) < cost:
+            trial = theta.copy()
+            trial[free] += np.linalg.solve(lhs, -gradient)
+            rows, ok = _residuals(cand, t, y, trial[None])
+            if ok[0] and (trial_cost := float(rows[0] @ rows[0])) < cost:
                 accepted = True
                 break
             damping *= 4.0
         if not accepted:
             break
         gain = cost - trial_cost
-        theta, r, cost, damping = trial, r_trial, trial_cost, max(damping / 3.0, 1e-12)
+        theta, r, cost, damping = trial, rows[0], trial_cost, max(damping / 3.0, 1e-12)
         if gain <= tol:
             break
     return theta, cost
@@ -151,24 +155,15 @@ def _fit_candidate(
     cand: Candidate, t: np.ndarray, y: np.ndarray, starts: int, steps: int, tol: float
 ) -> tuple[float, float, float, float, float] | None:
     """(beta, gamma, a, d, residual sum of squares) of the best fit in t, None when no start of
-    the grid lies inside the domain."""
-    grid = np.array(cand.starts)  # (K, 2)
-    u = grid[:, :1] * t[None] + grid[:, 1:]  # (K, P)
-    inside = cand.domain(u)
-    if not inside.any():
+    the grid is usable."""
+    grid = np.array(cand.starts, dtype=np.float64)  # (K, 2)
+    residual, ok = _residuals(cand, t, y, grid)  # (K, P), (K,)
+    if not ok.any():
         return None
-    grid, u = grid[inside], u[inside]
-    with np.errstate(all="ignore"):
-        f = cand.numpy(u)  # (K, P)
-    finite = np.isfinite(f).all(axis=1)
-    if not finite.any():
-        return None
-    grid, f = grid[finite], f[finite]
-    residual = _project(f, y)[2]  # (K, P)
-    sse = np.einsum("kp,kp->k", residual, residual)  # (K,)
+    sse = np.where(ok, np.einsum("kp,kp->k", residual, residual), np.inf)  # (K,)
     best = None
-    for index in np.argsort(sse, kind="stable")[:starts]:
-        theta, cost = _refine(cand, t, y, grid[index].astype(np.float64), steps, tol)
+    for index in np.argsort(sse, kind="stable")[: min(starts, int(ok.sum()))]:
+        theta, cost = _refine(cand, t, y, grid[index], steps, tol)
         if best is None or cost < best[1]:
             best = (theta, cost)
     theta, cost = best
