@@ -173,12 +173,17 @@ def network_formula(
         sp.Symbol(name) if (mean, std) == (0.0, 1.0) else (sp.Symbol(name) - mean) / std
         for name, (mean, std) in zip(names, inputs, strict=True)
     ]
+    means, stds = (np.array(column) for column in zip(*inputs, strict=True))
+    x_original = seen[0].cpu().double().numpy() * stds + means  # (N, in0)
     edges = []
     for index, (layer, h, importance) in enumerate(zip(layers, seen, importances, strict=True)):
-        low, high = h.min(0).values, h.max(0).values  # (in,)
+        # the formula so far, on the samples: its inputs to this layer (N, in)
+        own = np.stack([evaluate(node, names, x_original) for node in nodes], axis=1)
+        low = np.minimum(h.min(0).values.cpu().numpy(), own.min(0))  # (in,)
+        high = np.maximum(h.max(0).values.cpu().numpy(), own.max(0))
         terms: list[list[Any]] = [[] for _ in range(layer.out_features)]
         for i in range(layer.in_features):
-            grid = torch.linspace(float(low[i]), float(high[i]), points, dtype=h.dtype)
+            grid = torch.linspace(low[i], high[i], points, dtype=h.dtype)
             for j in range(layer.out_features):
                 fits: tuple[EdgeFit, ...] = ()
                 if importance[j, i] >= threshold:

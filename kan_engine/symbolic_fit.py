@@ -204,5 +204,6 @@ def fit_edge(
         beta, gamma, a, d, sse = found
         b = beta / half  # beta * t + gamma = b * x + c
         a, b, c, d = cand.canon(a, b, gamma - b * centre, d)
-        fits.append(EdgeFit(cand.name, a, b, c, d, 1.0 - sse / total, cand.complexity))
+        r2 = 1.0 - sse / total
+        fits.append(EdgeFit(cand.name, *map(float, (a, b, c, d, r2)), cand.complexity))
     return sorted(fits, key=lambda fit: fit.r2 - penalty * fit.complexity, reverse=True)

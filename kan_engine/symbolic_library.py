@@ -39,6 +39,9 @@ Params = tuple[float, float, float, float]  # (a, b, c, d) of a * f(b*x + c) + d
 EXP_LIMIT = 50.0
 # the smallest |argument| the inverse powers accept (t units: the inputs span [-1, 1])
 POLE_GAP = 1e-3
+# the smallest argument of sqrt and log: a fit that starts exactly at the lowest sample would put
+# that sample a rounding error outside the domain once the constants are mapped back to x
+EDGE_GAP = 1e-6
 
 
 def sympy_module() -> Any:
@@ -74,6 +77,10 @@ def _pole_outside(u: np.ndarray) -> np.ndarray:
     """The argument keeps one sign, POLE_GAP away from 0, over all samples: the pole lies outside
     the sampled interval, not merely between two samples."""
     return np.all(u > POLE_GAP, axis=-1) | np.all(u < -POLE_GAP, axis=-1)
+
+
+def _above_edge(u: np.ndarray) -> np.ndarray:
+    return np.all(u >= EDGE_GAP, axis=-1)
 
 
 def _centred(betas: Iterable[float], centres: Iterable[float]) -> tuple[tuple[float, float], ...]:
@@ -137,7 +144,7 @@ WIDTHS = (0.5, 1.0, 2.0, 4.0, 8.0)
 CENTRES = tuple(np.linspace(-1.5, 1.5, 7))
 SHIFTS = tuple(np.linspace(-2.0, 2.0, 9))
 POLES = (1.02, 1.1, 1.3, 2.0, 4.0, 10.0)  # distance of a pole from the centre of [-1, 1]
-EDGES = (1.0, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0)  # where sqrt / log start, left of t = -1
+EDGES = (1.001, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0)  # where sqrt / log start, left of t = -1
 FREQUENCIES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0)
 PHASES = tuple(np.linspace(-math.pi, math.pi, 8, endpoint=False))
 POWERS = _centred((1.0,), SHIFTS)
@@ -169,10 +176,9 @@ LIBRARY: tuple[Candidate, ...] = (
     _inverse("1/x", 1, 2),
     _inverse("1/x^2", 2, 3),
     Candidate("sqrt", np.sqrt, _sp("sqrt"), 2, HALF_LINES,
-              (False, True), lambda u: np.all(u >= 0, axis=-1), _homogeneous(0.5)),
+              (False, True), _above_edge, _homogeneous(0.5)),
     Candidate("log", np.log, _sp("log"), 2,
-              tuple((b, g * 1.001) for b, g in HALF_LINES), (False, True),
-              lambda u: np.all(u > 0, axis=-1), _log),
+              HALF_LINES, (False, True), _above_edge, _log),
     Candidate("exp", np.exp, _sp("exp"), 2,
               tuple((s * w, 0.0) for s in (-1, 1) for w in (0.25, *WIDTHS)), (True, False),
               lambda u: np.all(np.abs(u) <= EXP_LIMIT, axis=-1), _exp),

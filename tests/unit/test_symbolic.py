@@ -252,6 +252,24 @@ def test_edges_are_fitted_on_the_range_their_inputs_take() -> None:
                                atol=1e-3)  # fmt: skip
 
 
+def test_a_layer_is_fitted_also_where_the_formula_of_the_layers_before_takes_it() -> None:
+    """The first edge's x^2 fit misses its ripple, so the formula feeds the sqrt edge values
+    below any the network does (about -0.23 against -0.19); a sqrt fitted on the network's range
+    only would start inside that gap and make the formula NaN on its own samples."""
+    first = spline_layer([[lambda x: x**2 - 0.2 * (1 - torch.cos(6 * x))]], (-1.1, 1.1))
+    second = spline_layer([[lambda s: torch.sqrt(s + 0.2)]], (-0.195, 1.3))
+    samples = torch.linspace(-1, 1, 301, dtype=torch.float64)[:, None]  # (301, 1)
+    with torch.no_grad():
+        inner = first(samples)
+        network = second(inner).numpy()[:, 0]
+    result = symbolic.network_formula([first, second], samples, library=pick(["x^2", "sqrt"]))
+    edge = result.edges[1]
+    assert edge.chosen is not None and edge.chosen.name == "sqrt"
+    assert edge.low < float(inner.min()) - 0.02
+    (scores,) = result.check(samples.numpy(), network)
+    assert scores["nonfinite"] == 0 and scores["r2"] < 0.9  # finite, and honestly worse
+
+
 def test_evaluate_walks_every_library_node_like_numpy() -> None:
     x1, x2 = sp.symbols("x1 x2")
     expr = (
