@@ -19,7 +19,7 @@ constants for display; `formulas` keep them exact, and `check` scores those.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,20 @@ def _affine_maps(
     return [(float(m), float(s)) for m, s in maps]
 
 
+def _layer_inputs(
+    layers: Sequence[KANLinear], h: torch.Tensor
+) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """Each layer's inputs (N, in) when the network runs on h, and its edges' importance
+    (out, in) on them."""
+    seen, importances = [], []
+    for layer in layers:
+        h = h.to(layer.grid)
+        seen.append(h)
+        importances.append(edge_importance(layer, h).cpu().numpy())
+        h = _propagate(layer, h)
+    return seen, importances
+
+
 @torch.no_grad()
 def network_formula(
     layers: Sequence[KANLinear],
@@ -129,12 +143,14 @@ def network_formula(
     penalty: float = PENALTY,
     points: int = POINTS,
     max_edges: int = MAX_EDGES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> NetworkFormula:
     """The formulas of `layers` applied in sequence, from normalised samples x_norm (N, in0).
 
     Input k of the network is (names[k] - mean_k) / std_k (`input_affine`; names default to
     x1, x2, ...), output j is out_j * std_j + mean_j (`output_affine`); both default to the
-    identity. Raises SymbolicError when more than `max_edges` edges clear the threshold.
+    identity. `progress(done, total)` is called after each edge fitted. Raises SymbolicError
+    when more than `max_edges` edges clear the threshold, before fitting any.
     """
     sp = sympy_module()
     if not layers or not library:
@@ -154,47 +170,41 @@ def network_formula(
     h = torch.as_tensor(x_norm_samples).to(layers[0].grid).reshape(-1, n_in)  # (N, in0)
     if h.shape[0] < 2 or not torch.isfinite(h).all():
         raise ValueError("network_formula: need at least 2 finite samples")
-
-    # Pass 1: each layer's inputs and the importance of its edges, so the work is known first.
-    seen, importances = [], []
-    for layer in layers:
-        h = h.to(layer.grid)
-        seen.append(h)
-        importances.append(edge_importance(layer, h).cpu().numpy())  # (out, in)
-        h = _propagate(layer, h)
-    kept = sum(int((imp >= threshold).sum()) for imp in importances)
-    if kept > max_edges:
+    seen, importances = _layer_inputs(layers, h)
+    total = sum(int((imp >= threshold).sum()) for imp in importances)
+    if total > max_edges:
         raise SymbolicError(
-            f"{kept} edges to fit (at most {max_edges}): raise the importance threshold"
+            f"{total} edges to fit (at most {max_edges}): raise the importance threshold"
         )
 
-    # Pass 2: fit the kept edges and compose, layer by layer.
     nodes = [
         sp.Symbol(name) if (mean, std) == (0.0, 1.0) else (sp.Symbol(name) - mean) / std
         for name, (mean, std) in zip(names, inputs, strict=True)
     ]
     means, stds = (np.array(column) for column in zip(*inputs, strict=True))
     x_original = seen[0].cpu().double().numpy() * stds + means  # (N, in0)
-    edges = []
+    edges: list[EdgeFormula] = []
+    done = 0
     for index, (layer, h, importance) in enumerate(zip(layers, seen, importances, strict=True)):
-        # the formula so far, on the samples: its inputs to this layer (N, in)
-        own = np.stack([evaluate(node, names, x_original) for node in nodes], axis=1)
+        # The range of input i: where the network takes it, and where the formula so far does
+        # (the two differ by the fits' errors, and the formula must stay in its domain there).
+        own = np.stack([evaluate(node, names, x_original) for node in nodes], axis=1)  # (N, in)
         low = np.minimum(h.min(0).values.cpu().numpy(), own.min(0))  # (in,)
         high = np.maximum(h.max(0).values.cpu().numpy(), own.max(0))
         terms: list[list[Any]] = [[] for _ in range(layer.out_features)]
         for i in range(layer.in_features):
-            grid = torch.linspace(low[i], high[i], points, dtype=h.dtype)
+            grid = torch.linspace(low[i], high[i], points, dtype=h.dtype)  # (points,)
             for j in range(layer.out_features):
                 fits: tuple[EdgeFit, ...] = ()
                 if importance[j, i] >= threshold:
                     curve = layer.edge_function(grid.to(h.device), j, i).cpu().numpy()
                     fits = tuple(fit_edge(grid.numpy(), curve, library, penalty))
                     terms[j].append(fits[0].sympy(nodes[i]))
-                edges.append(
-                    EdgeFormula(
-                        index, i, j, float(importance[j, i]), float(low[i]), float(high[i]), fits
-                    )
-                )
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                span = float(low[i]), float(high[i])
+                edges.append(EdgeFormula(index, i, j, float(importance[j, i]), *span, fits))
         nodes = [sp.Add(*t) for t in terms]
     formulas = tuple(
         node if (mean, std) == (0.0, 1.0) else node * std + mean

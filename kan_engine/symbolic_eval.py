@@ -38,28 +38,34 @@ def _functions() -> dict[type, Callable[[np.ndarray], np.ndarray]]:
     }
 
 
-def _walk(expr: Any, columns: dict[Any, np.ndarray], n: int) -> np.ndarray:
+def _walk(expr: Any, known: dict[Any, np.ndarray], n: int) -> np.ndarray:
+    """expr's values (n,); `known` maps each variable to its values and, as the walk goes, every
+    subexpression met to its values: a composed formula repeats each hidden node in every edge
+    leaving it, and is so evaluated once per distinct subtree."""
+    if expr not in known:
+        known[expr] = _node(expr, known, n)
+    return known[expr]
+
+
+def _node(expr: Any, known: dict[Any, np.ndarray], n: int) -> np.ndarray:
     sp = sympy_module()
     if isinstance(expr, sp.Symbol):
-        if expr not in columns:
-            known = ", ".join(str(s) for s in columns)
-            raise SymbolicError(f"the formula uses {expr}, which is not a variable ({known})")
-        return columns[expr]
+        raise SymbolicError(f"the formula uses {expr}, which is not a variable")
     if isinstance(expr, (sp.Number, sp.NumberSymbol)):
         if not expr.is_real:  # oo, zoo, nan: no real number to compute with
             raise SymbolicError(f"the formula holds {expr}, which is not a finite real number")
         return np.full(n, float(expr))
     if isinstance(expr, sp.Add):
-        return np.sum([_walk(arg, columns, n) for arg in expr.args], axis=0)
+        return np.sum([_walk(arg, known, n) for arg in expr.args], axis=0)
     if isinstance(expr, sp.Mul):
-        return np.prod([_walk(arg, columns, n) for arg in expr.args], axis=0)
+        return np.prod([_walk(arg, known, n) for arg in expr.args], axis=0)
     if isinstance(expr, sp.Pow):
         base, exponent = expr.args  # a number exponent as a scalar: (-2.0)**3.0 is -8, not NaN
-        power = float(exponent) if exponent.is_Number else _walk(exponent, columns, n)
-        return np.power(_walk(base, columns, n), power)
+        power = float(exponent) if exponent.is_Number else _walk(exponent, known, n)
+        return np.power(_walk(base, known, n), power)
     function = _functions().get(type(expr))
     if function is not None and len(expr.args) == 1:
-        return function(_walk(expr.args[0], columns, n))
+        return function(_walk(expr.args[0], known, n))
     raise SymbolicError(f"cannot evaluate {type(expr).__name__} ({expr}) in a formula")
 
 
@@ -71,9 +77,13 @@ def evaluate(expr: Any, variables: Sequence[Any], x: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != len(variables):
         raise ValueError(f"evaluate: x must be (N, {len(variables)}) (got {x.shape})")
     symbols = [v if isinstance(v, sp.Symbol) else sp.Symbol(str(v)) for v in variables]
-    columns = dict(zip(symbols, x.T, strict=True))
+    known = dict(zip(symbols, x.T, strict=True))
+    try:
+        tree = sp.sympify(expr, strict=True)  # strict: a string is refused, never parsed (eval)
+    except sp.SympifyError:
+        raise SymbolicError(f"not a sympy expression: {type(expr).__name__}") from None
     with np.errstate(all="ignore"):
-        return np.asarray(_walk(sp.sympify(expr), columns, x.shape[0]), dtype=np.float64)
+        return np.asarray(_walk(tree, known, x.shape[0]), dtype=np.float64)
 
 
 def regression_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:

@@ -58,7 +58,7 @@ class EdgeFit:
         arg = var if self.b == 1 else -var if self.b == -1 else sp.Float(self.b) * var
         if self.c:
             arg = arg + sp.Float(self.c)
-        term = sp.sympify(BY_NAME[self.name].sympy(arg))
+        term = BY_NAME[self.name].sympy(arg)
         if self.a != 1:
             term = sp.Float(self.a) * term
         return term + sp.Float(self.d) if self.d else term

@@ -167,8 +167,8 @@ def _inverse(name: str, p: int, complexity: int) -> Candidate:
 
 
 LIBRARY: tuple[Candidate, ...] = (
-    Candidate("0", np.zeros_like, lambda u: 0, 0, ((0.0, 0.0),), (False, False), _anywhere,
-              _constant),
+    Candidate("0", np.zeros_like, lambda u: sympy_module().Integer(0), 0, ((0.0, 0.0),),
+              (False, False), _anywhere, _constant),
     Candidate("x", lambda u: u, lambda u: u, 1, ((1.0, 0.0),), (False, False), _anywhere, _linear),
     _power("x^2", 2, 2),
     _power("x^3", 3, 3),

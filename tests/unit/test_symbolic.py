@@ -230,7 +230,11 @@ def test_check_scores_the_formula_not_the_network(
 def test_edges_below_the_threshold_become_zero() -> None:
     layer = spline_layer([[lambda x: x**2, lambda x: 1e-4 * x]], (-1.1, 1.1))
     samples = torch.rand(200, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    result = symbolic.network_formula([layer], samples, threshold=1e-2)
+    calls: list[tuple[int, int]] = []
+    result = symbolic.network_formula(
+        [layer], samples, threshold=1e-2, progress=lambda *c: calls.append(c)
+    )
+    assert calls == [(1, 1)]  # one edge cleared the threshold
     by_input = {e.in_index: e for e in result.edges}
     assert by_input[1].candidates == () and by_input[1].chosen is None
     assert by_input[1].importance == pytest.approx(0.5e-4, rel=0.05)  # mean |1e-4 x| on [-1, 1]
@@ -293,9 +297,10 @@ def test_evaluate_walks_every_library_node_like_numpy() -> None:
         sp.Symbol("z") + 1,
         sp.Symbol("x1") + sp.oo,
         sp.Max(sp.Symbol("x1"), 0),
+        "x1 + 1",  # a string would be parsed by eval: refused
     ],
 )
-def test_evaluate_refuses_what_it_does_not_know(expr: sp.Expr) -> None:
+def test_evaluate_refuses_what_it_does_not_know(expr: sp.Expr | str) -> None:
     with pytest.raises(SymbolicError):
         symbolic.evaluate(expr, ["x1"], np.ones((3, 1)))
 
