@@ -8,8 +8,11 @@ the caller's input normalisation and output de-standardisation, in the original 
 Each edge is fitted on the range its inputs actually take: the samples are propagated through
 the layers, and the edge's curve is sampled at `points` even steps between the observed min and
 max of its input (outside that range the network was never asked anything, and a fit there
-would only chase the spline's extrapolation). Edges whose importance (mean |phi| on the samples,
-the activation viewer's `edge_importance`) is below `threshold` become 0.
+would only chase the spline's extrapolation). From the second layer on, that range also covers
+the values the formula of the layers before gives on the same samples: the two differ by the
+fits' errors, and a sqrt or log fitted on the network's range alone can start just inside the
+formula's, which would make the formula NaN on its own samples. Edges whose importance (mean
+|phi| on the samples, the activation viewer's `edge_importance`) is below `threshold` become 0.
 
 Simplification is deliberately cheap: sympy's automatic canonical form (numbers fold into sums
 and distribute over them) and nothing else, since `simplify` or even `expand` can take time
@@ -186,8 +189,7 @@ def network_formula(
     edges: list[EdgeFormula] = []
     done = 0
     for index, (layer, h, importance) in enumerate(zip(layers, seen, importances, strict=True)):
-        # The range of input i: where the network takes it, and where the formula so far does
-        # (the two differ by the fits' errors, and the formula must stay in its domain there).
+        # the range of input i: where the network takes it, and where the formula so far does
         own = np.stack([evaluate(node, names, x_original) for node in nodes], axis=1)  # (N, in)
         low = np.minimum(h.min(0).values.cpu().numpy(), own.min(0))  # (in,)
         high = np.maximum(h.max(0).values.cpu().numpy(), own.max(0))
