@@ -6,7 +6,7 @@ squares solution, so the grid only searches the two parameters that enter non-li
 few grid points are then refined by Levenberg-Marquardt on the same "variable projection"
 residual (a, d re-solved at every step), which keeps the search in two dimensions and never
 leaves a, d behind their optimum. A step whose argument leaves the candidate's domain is
-rejected like one that raises the error, so no NaN or inf can reach a score.
+rejected like one that increases the residual, so no NaN or inf can reach a score.
 
 Candidates are ranked by R^2 - penalty * complexity: R^2 of a smooth edge creeps towards 1 for
 many candidates (sin with a tiny frequency is almost a line, exp with a tiny rate too), so among
