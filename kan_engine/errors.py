@@ -51,3 +51,8 @@ class DataError(KanError):
         if fix:
             message = f"{message}; {fix}"
         super().__init__(" ".join(message.splitlines()))
+
+
+class SymbolicError(KanError):
+    """A symbolic formula cannot be made or evaluated (sympy missing, too many edges, a formula
+    with a node the evaluator does not know)."""
