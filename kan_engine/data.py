@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kan_engine import datasets, names, user_csv, user_images
+from kan_engine import datasets, function_data, names, user_csv, user_images
 from kan_engine.config import DataSection
 from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 from kan_engine.task import CLASSIFICATION, Task
@@ -53,6 +53,7 @@ _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
     "digits": lambda s: datasets.load_digits(),
     "images": lambda s: user_images.load_images(s.data_dir),
     "csv": lambda s: user_csv.load_csv(s.data_dir, s.target, s.task),
+    "function": function_data.load_function,
 }
 names.check_complete(DATASETS, set(_LOADERS), "kan_engine.data")
 

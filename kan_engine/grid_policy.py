@@ -90,7 +90,9 @@ class GridPolicy:
             for name, layer in self.kan.items():
                 # every rank refits on the whole global batch, so the grids stay identical
                 samples = self.dist.gather_rows(inputs[name])  # (N_global, in)
-                layer.update_grid(samples, keep_range=True)
+                layer.update_grid(
+                    samples, keep_range=True, margin_share=self.config.kan.grid_margin
+                )
                 if self.ema is not None:  # an average over two grids would mean nothing
                     self.ema.restart(layer.parameters())
                 counts[name] += 1

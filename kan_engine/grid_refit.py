@@ -39,11 +39,12 @@ def fitted_grid(
     grid_size: int,
     spline_order: int,
     grid_eps: float,
-    margin: float,
+    margin: float | torch.Tensor,
     keep_range: tuple[float, float] | None,
 ) -> torch.Tensor:
     """The new knots (in, G+2k+1) for samples x (N, in), N >= 2: the interior over
-    [min - margin, max + margin] per input, widened to `keep_range` when given, and extended by
+    [min - margin, max + margin] per input (margin a number or (in,)), widened to `keep_range`
+    when given, and extended by
     `spline_order` uniform steps on each side."""
     n, g, k = x.shape[0], grid_size, spline_order
     ordered = x.sort(dim=0).values  # (N, in)

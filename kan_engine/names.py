@@ -79,7 +79,11 @@ DATASETS: dict[str, str] = {
     ),
     "csv": (
         "your table: --data-dir FILE.csv with a header, numeric features, label column --target "
-        f"(default: the last); a fixed stratified {TEST_FRACTION:.0%} test split"
+        f"(default: the last; continuous: a regression); a fixed {TEST_FRACTION:.0%} test split"
+    ),
+    "function": (
+        "a formula sampled on a box, a regression: data.function = a name (kan-tui datasets) "
+        "or an expression in x1, x2, ...; data.function_range, _train, _test, _noise"
     ),
 }
 
