@@ -84,9 +84,10 @@ def export(trained: Trained, fmt: str, out: Path) -> Exported:
     """Write `trained`'s model as `fmt` to `out`, checked (see the module docstring)."""
     model, meta = trained.model, trained.meta
     shape = meta.input_shape
+    dtype = models.DTYPES[trained.checkpoint.config.train.dtype]
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(TRACE_BATCH, *shape, generator=generator)
-    sample = torch.randn(CHECK_BATCH, *shape, generator=generator)
+    example = torch.randn(TRACE_BATCH, *shape, generator=generator, dtype=dtype)
+    sample = torch.randn(CHECK_BATCH, *shape, generator=generator, dtype=dtype)
     info = {"model": trained.args, "inference": meta.to_json(), "source": _source(trained)}
     if fmt == "safetensors":
         json_path = portable.write(
@@ -139,7 +140,7 @@ def _onnx(
     blob = proto.SerializeToString()
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": sample.numpy()})
-    return blob, torch.from_numpy(got), "onnxruntime"
+    return blob, torch.from_numpy(got).double(), "onnxruntime"
 
 
 def _torchscript(
@@ -158,7 +159,7 @@ def _torchscript(
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(x).float()
+        return model(x).double()
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -26,9 +26,9 @@ from kan_engine import data as data_mod
 from kan_engine.config import RunConfig
 from kan_engine.datasets import Raw
 from kan_engine.errors import RunDirError
+from kan_engine.task import KINDS
 from kan_engine.untrusted import short_repr
 
-TASKS = ("classification", "regression")
 _MAX_SIDE = 1 << 16  # an input dimension beyond this is a damaged entry, not a real shape
 
 
@@ -54,9 +54,11 @@ class InferenceMeta:
     def outputs(self) -> int:
         return len(self.class_names)
 
-    def standardize(self, device: torch.device) -> data_mod.Standardize:
-        """The training batches' normalisation, from the stored statistics."""
-        return data_mod.Standardize(self.mean, self.std, images=self.images, device=device)
+    def standardize(self, device: torch.device, dtype: torch.dtype) -> data_mod.Standardize:
+        """The training batches' normalisation, from the stored statistics, in the model's dtype."""
+        return data_mod.Standardize(
+            self.mean, self.std, images=self.images, device=device, dtype=dtype
+        )
 
     def values(self, outputs: Tensor) -> Tensor:
         """A regression's outputs (N, T) as values in the targets' own units."""
@@ -88,19 +90,15 @@ class InferenceMeta:
 
 
 def from_bundle(bundle: data_mod.DataBundle) -> InferenceMeta:
-    """The inference data of a run on `bundle`. `task` and the target statistics are read with
-    defaults: a bundle of a classification-only kan-tui has none."""
-    target_mean, target_std = (
-        _vector(getattr(bundle, name, None)) for name in ("target_mean", "target_std")
-    )
+    """The inference data of a run on `bundle`."""
     return InferenceMeta(
         input_shape=tuple(bundle.input_shape),
         class_names=list(bundle.class_names),
         mean=_vector(bundle.mean),
         std=_vector(bundle.std),
-        task=getattr(bundle, "task", "classification"),
-        target_mean=target_mean,
-        target_std=target_std,
+        task=bundle.task.kind,
+        target_mean=_vector(bundle.target_mean),
+        target_std=_vector(bundle.task.target_std),
         feature_names=bundle.feature_names,
         label_column=bundle.label_column,
     )
@@ -140,8 +138,8 @@ def parse(entry: Any, source: str) -> InferenceMeta:
         raise _bad(source, "input_shape", f"not (C, H, W) or (F,) sizes ({short_repr(shape)})")
     width = shape[0]  # channels or features: what the statistics are per
     task = entry.get("task", "classification")
-    if task not in TASKS:
-        raise _bad(source, "task", f"{short_repr(task)} is not one of {', '.join(TASKS)}")
+    if task not in KINDS:
+        raise _bad(source, "task", f"{short_repr(task)} is not one of {', '.join(KINDS)}")
     names = _names(entry.get("class_names"), source, "class_names")
     if not names or (task == "classification" and len(names) < 2):
         raise _bad(source, "class_names", f"{len(names)} names for a {task}")

@@ -158,7 +158,9 @@ def load(path: Path | str) -> nn.Module:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:240]
-        raise ConfigError(str(weights), "", f"does not fit the model of {source}: {reason}") from None
+        raise ConfigError(
+            str(weights), "", f"does not fit the model of {source}: {reason}"
+        ) from None
     return model.eval()
 
 

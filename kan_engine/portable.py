@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from kan_engine import runs, untrusted
-from kan_engine.config import KanSection
+from kan_engine.config import KanSection, ModelSection, TrainSection
 from kan_engine.errors import ConfigError
 
 FORMAT = "kan-tui-safetensors"
@@ -28,6 +29,7 @@ VERSION = 1
 SUFFIX = ".safetensors"
 JSON_LIMIT = 64 << 20  # bytes: the build arguments are ~1 KB; a wide table's names fit easily
 WEIGHTS_LIMIT = 1 << 36  # bytes (64 GiB): the largest model is ~0.25 GB; a bound, not a target
+MAX_INPUTS = 1 << 22  # values per input (or outputs): 4 M, a 2048 x 2048 RGB image
 
 
 def sidecar(path: Path) -> Path:
@@ -89,29 +91,45 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 
 def _build_args(args: Any, source: str) -> dict[str, Any]:
-    """The `model` table checked: types here, the option ranges by the config schema (a huge
-    grid in a hostile file would otherwise be built before anything else could refuse it)."""
+    """The `model` table checked: its shape here, every value by the config schema that
+    training's own values passed (a huge grid or width in a hostile file would otherwise be
+    built before anything could refuse it)."""
     if not isinstance(args, dict):
         raise ConfigError(source, "model", "missing, or not a table")
-    name, shape, outputs = (args.get(key) for key in ("name", "input_shape", "num_classes"))
-    if not isinstance(name, str):
-        raise ConfigError(source, "model.name", f"not a name ({untrusted.short_repr(name)})")
+    shape, outputs, options = (args.get(key) for key in ("input_shape", "num_classes", "options"))
     if not (
         isinstance(shape, list)
         and len(shape) in (1, 3)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        and math.prod(shape) <= MAX_INPUTS
     ):
-        reason = f"not (C, H, W) or (F,) sizes ({untrusted.short_repr(shape)})"
-        raise ConfigError(source, "model.input_shape", reason)
-    if not isinstance(outputs, int) or isinstance(outputs, bool) or outputs < 1:
+        reason = f"not (C, H, W) or (F,) sizes of at most {MAX_INPUTS} in all"
+        raise ConfigError(source, "model.input_shape", f"{reason} ({untrusted.short_repr(shape)})")
+    if not isinstance(outputs, int) or isinstance(outputs, bool) or not 1 <= outputs <= MAX_INPUTS:
         reason = f"not a count ({untrusted.short_repr(outputs)})"
         raise ConfigError(source, "model.num_classes", reason)
-    options = args.get("options")
     if not isinstance(options, dict):
         raise ConfigError(source, "model.options", "missing, or not a table")
-    try:
-        checked = KanSection.model_validate(options)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        first = " ".join(str(exc).splitlines()[1:3])
-        raise ConfigError(source, "model.options", first) from None
-    return {**args, "options": {key: getattr(checked, key) for key in options}}
+    kan = {key: value for key, value in options.items() if key != "width"}
+    sections = {
+        "model": (ModelSection, {"name": args.get("name"), "width": options.get("width", [])}),
+        "model.options": (KanSection, kan),
+        "model.dtype": (TrainSection, {"dtype": args.get("dtype")}),
+    }
+    checked = {}
+    for key, (section, values) in sections.items():
+        try:
+            checked[key] = section.model_validate(values)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ConfigError(source, key, " ".join(str(exc).splitlines()[1:3])) from None
+    model = checked["model"]
+    built = {key: getattr(checked["model.options"], key) for key in kan}
+    if model.width:
+        built["width"] = model.width
+    return {
+        "name": model.name,
+        "input_shape": shape,
+        "num_classes": outputs,
+        "options": built,
+        "dtype": checked["model.dtype"].dtype,
+    }

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kan_engine import runs
+from kan_engine import models, runs
 from kan_engine.errors import ConfigError
 from kan_engine.inference_inputs import Inputs
 from kan_engine.run_setup import EVAL_BATCH, precision
@@ -101,9 +101,9 @@ def check_options(trained: Trained, top_k: int | None, batch_size: int | None) -
 
 def run(trained: Trained, inputs: Inputs, *, batch_size: int, top_k: int) -> Prediction:
     """The model's answers for every input row, in batches of `batch_size`."""
-    meta, device = trained.meta, trained.checkpoint.device
-    standardize = meta.standardize(device)
-    amp_dtype = precision(trained.checkpoint.config, device)[0]
+    meta, device, config = trained.meta, trained.checkpoint.device, trained.checkpoint.config
+    standardize = meta.standardize(device, models.DTYPES[config.train.dtype])
+    amp_dtype = precision(config, device)[0]
     outputs = []
     with torch.no_grad():
         for start in range(0, len(inputs.x), batch_size):

@@ -76,6 +76,19 @@ def csv_run(env: Path, iris_csv: Path) -> Path:
     return train(env / "csv", "--dataset", "csv", "--data-dir", iris_csv)
 
 
+@pytest.fixture(scope="module")
+def regression_run(env: Path) -> Path:
+    """A CSV of a continuous target around 10 (so undoing the standardisation shows)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 3))
+    y = 10 + 3 * x[:, 0] - 2 * x[:, 1] * x[:, 2]
+    path = env / "plane.csv"
+    rows = np.column_stack([x, y])
+    lines = ["a,b,c,y", *(",".join(f"{v:.6f}" for v in row) for row in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return train(env / "regression", "--dataset", "csv", "--data-dir", path)
+
+
 def bundle_of(run_dir: Path) -> data.DataBundle:
     config = runs.read_config(run_dir)
     return data.load(config.data, device=torch.device("cpu"), seed=config.train.seed)
@@ -148,7 +161,9 @@ def test_predict_on_pngs_gives_the_models_classes(digits_run: Path, tmp_path: Pa
         with out.open() as handle:
             rows = list(csv.DictReader(handle))
         assert [row["class"] for row in rows] == [names[k] for k in expected]
-        assert [Path(row["input"]).name for row in rows] == [f"digit-{k:02d}.png" for k in range(24)]
+        assert [Path(row["input"]).name for row in rows] == [
+            f"digit-{k:02d}.png" for k in range(24)
+        ]
         assert {"class_2", "probability_2"} <= set(rows[0])
 
 
@@ -194,6 +209,24 @@ def test_predict_on_a_csv_matches_columns_by_name(
     result = cli("predict", csv_run, features_only)
     assert result.exit_code == 0, result.output
     assert "line 2" in result.stdout and "accuracy" not in result.stdout
+
+
+def test_a_regression_predicts_values_in_the_targets_units(regression_run: Path) -> None:
+    out = regression_run.parent / "values.jsonl"
+    result = cli("predict", regression_run, "test", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = records(out)
+    bundle = bundle_of(regression_run)
+    assert bundle.task.regression
+    x = torch.from_numpy(data.read(runs.read_config(regression_run).data).x_test)
+    expected = model_logits(regression_run, x) * bundle.task.target_std + bundle.target_mean
+    got = torch.tensor([[row["values"]["y"]] for row in rows], dtype=torch.float64)
+    assert torch.allclose(got, expected.double(), rtol=1e-5, atol=1e-5)
+    assert 5 < float(got.mean()) < 15  # in the target's units, not standardised
+    rmse = evaluate(regression_run, "test", "best")["rmse"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RMSE "))
+    assert float(line.split()[1]) == pytest.approx(rmse, rel=1e-4)
+    error_line(cli("predict", regression_run, "test", "--top-k", "2"), 2, "is a regression")
 
 
 def test_a_checkpoint_without_inference_data_reads_the_training_data_again(
@@ -242,7 +275,7 @@ BAD_PREDICTIONS: dict[str, tuple[list[str], list[str]]] = {
     "missing run folder": (["TMP/nowhere", "test"], ["TMP/nowhere: not a run folder"]),
     "no checkpoint": (["YOUNG", "test"], ["best.pt: checkpoint missing"]),
     "damaged checkpoint": (["DAMAGED", "test"], ["best.pt: damaged"]),
-    "no inputs matched": (["RUN", "TMP/*.png"], ["TMP/*.png: matches nothing"]),
+    "no inputs matched": (["RUN", "TMP/*.jpg"], ["TMP/*.jpg: matches nothing"]),
     "missing file": (["RUN", "TMP/none.png"], ["TMP/none.png: no such file or folder"]),
     "unreadable image": (["RUN", "TMP/bad.png"], ["TMP/bad.png: cannot be read", "not an image"]),
     "a folder of no images": (["RUN", "TMP/empty"], ["TMP/empty: holds no images"]),
@@ -259,7 +292,10 @@ BAD_PREDICTIONS: dict[str, tuple[list[str], list[str]]] = {
         ["RUN", "test", "--out", "TMP/taken.csv"],
         ["--out: TMP/taken.csv: it exists and is a folder"],
     ),
-    "out of an unknown kind": (["RUN", "test", "--out", "TMP/p.txt"], ["must end in .csv or .jsonl"]),
+    "out of an unknown kind": (
+        ["RUN", "test", "--out", "TMP/p.txt"],
+        ["must end in .csv or .jsonl"],
+    ),
 }
 
 
@@ -368,6 +404,7 @@ def test_onnx_export_matches_the_model_on_the_test_split(digits_run: Path) -> No
     assert meta["inference"]["input_shape"] == [1, 8, 8] and len(meta["inference"]["mean"]) == 1
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_matches_the_model_on_the_test_split(
     digits_run: Path, tmp_path: Path
 ) -> None:
