@@ -109,7 +109,8 @@ def run(trained: Trained, inputs: Inputs, *, batch_size: int, top_k: int) -> Pre
         for start in range(0, len(inputs.x), batch_size):
             x = standardize(torch.from_numpy(inputs.x[start : start + batch_size]).to(device))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs.append(trained.model(x).float())  # (B, outputs)
+                out = trained.model(x)  # (B, outputs)
+            outputs.append(out.to(torch.promote_types(out.dtype, torch.float32)))
     out = torch.cat(outputs)  # (N, outputs)
     if meta.task == "regression":
         values = meta.values(out).cpu().numpy()
