@@ -4,10 +4,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only 
 objects), so `torch.load(..., weights_only=True)` reads it and nothing in a run folder is ever
 executed. The trainer puts in it: `model`, `optimizer`, `schedule`, `scaler` state dicts, `rng`
 (`rng_state()`), the position (`epoch`, `step_in_epoch`), the trainer `counters` (the global step
-among them), the resolved `config` as plain data and `metrics_offset`. The KAN grids are buffers,
-so they are in `model`. With a weight average (`train.ema_decay`), `ema` holds it (`model`: a whole
-state dict, `updates`): the weights that were validated, and so the ones to evaluate
-(`evaluated_weights`); `model` stays the raw weights that training resumes from.
+among them), the resolved `config` as plain data, `metrics_offset`, and `data`: what using the
+model on new inputs needs (`inference_meta`: normalisation, classes, input shape). The KAN grids
+are buffers, so they are in `model`. With a weight average (`train.ema_decay`), `ema` holds it
+(`model`: a whole state dict, `updates`): the weights that were validated, and so the ones to
+evaluate (`evaluated_weights`); `model` stays the raw weights that training resumes from.
 
 Writes go through `atomic.write_with`: the previous file stays whole until the new one is
 complete and fsynced. A failing write (disk full) raises `CheckpointWriteError` naming the file and

@@ -40,7 +40,16 @@ from kan_engine.errors import ConfigError, DataError, DataNotFoundError
 from kan_engine.task import CLASSIFICATION, Task
 from kan_engine.untrusted import printable
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "DataNotFoundError", "Split", "load", "read"]
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DataError",
+    "DataNotFoundError",
+    "Split",
+    "Standardize",
+    "load",
+    "read",
+]
 
 Split = Literal["train", "val", "test"]
 
@@ -122,6 +131,30 @@ def _shift_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None, pad: int
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 
+class Standardize:
+    """x -> (x - mean) / std per channel (images, (N, C, H, W)) or per feature (tables, (N, F)),
+    in `dtype` (1 / std taken in float64 first). One object for the training batches and for
+    inference on new inputs (`kan_engine.predict`), so a prediction sees exactly the arithmetic
+    training saw."""
+
+    def __init__(
+        self,
+        mean: Tensor,
+        std: Tensor,
+        *,
+        images: bool,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        view = (1, -1, 1, 1) if images else (1, -1)
+        self.dtype = dtype
+        self._mean = mean.double().view(view).to(device, dtype)
+        self._inv_std = (1 / std.double()).view(view).to(device, dtype)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (x.to(self.dtype) - self._mean) * self._inv_std
+
+
 class DataBundle:
     """Train/val/test splits on one device, with their normalisation; see the module docstring."""
 
@@ -139,6 +172,8 @@ class DataBundle:
         task: Task = CLASSIFICATION,
         target_mean: Tensor | None = None,
         total_squares: dict[str, list[float]] | None = None,
+        feature_names: list[str] | None = None,
+        label_column: str | None = None,
     ) -> None:
         """Regression: `splits` hold standardised targets (N, T); `task.target_std` and
         `target_mean` (T,) undo it; `total_squares` per split, in target units, serve R²."""
@@ -156,8 +191,10 @@ class DataBundle:
         self.input_shape: tuple[int, ...] = tuple(x_train.shape[1:])
         self.device = x_train.device
         self.sizes = {split: len(y) for split, (_, y) in splits.items()}
-        view = (1, -1, 1, 1) if x_train.dim() == 4 else (1, -1)
-        self._moments = mean.view(view), (1 / std).view(view)  # float64 (`cast`)
+        # the training split's statistics as computed, and a table's columns: what a checkpoint
+        # keeps so that a run predicts on new inputs without its data (`inference_meta`)
+        self.mean, self.std = mean, std
+        self.feature_names, self.label_column = feature_names, label_column
         self.cast(torch.float32)
         self._flips = name in _FLIPS
 
@@ -169,13 +206,14 @@ class DataBundle:
     def cast(self, dtype: torch.dtype) -> None:
         """The floating dtype of the batches: the model's (float64 for exact function fits)."""
         self.dtype = dtype
-        mean, inv_std = self._moments
-        self._mean = mean.to(self.device, dtype)
-        self._inv_std = inv_std.to(self.device, dtype)
+        images = len(self.input_shape) == 3
+        self._standardize = Standardize(
+            self.mean, self.std, images=images, device=self.device, dtype=dtype
+        )
 
     def normalize(self, x: Tensor) -> Tensor:
         """Stored values (uint8 pixels or float features) -> `dtype`, zero mean and unit std."""
-        return (x.to(self.dtype) - self._mean) * self._inv_std
+        return self._standardize(x)
 
     def steps(self, split: Split, batch_size: int, *, world: int = 1) -> int:
         """Batches per epoch: the last partial batch is kept, except a train batch that would give
@@ -387,6 +425,8 @@ def load(
         task=task,
         target_mean=target_mean,
         total_squares=squares,
+        feature_names=raw.feature_names,
+        label_column=raw.label_column,
     )
 
 

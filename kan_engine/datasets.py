@@ -62,6 +62,9 @@ class Raw:
     # things skipped while reading (an unreadable image among many); the trainer shows them
     warnings: list[str] = field(default_factory=list)
     task: Literal["classification", "regression"] = "classification"
+    # a table's columns (the user's CSV): the names a new table must have to be predicted on
+    feature_names: list[str] | None = None
+    label_column: str | None = None
 
 
 def cache_dir() -> Path:
@@ -174,7 +177,7 @@ def _read_up_to(handle: BinaryIO, count: int) -> bytearray:
     return data
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
+def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions (3: images, 1: labels):
     magic 00 00 08 ndim, big-endian dims, then exactly prod(dims) bytes; DataError otherwise."""
     gzipped = path.suffix == ".gz"
@@ -295,7 +298,7 @@ def _from_idx(files: dict[str, Path], name: str) -> Raw:
     parts, paths = [], []
     for split in ("train", "test"):
         image_path, label_path = (files[stem] for stem in _IDX_FILES[split])
-        images, labels = _read_idx(image_path, 3), _read_idx(label_path, 1)
+        images, labels = read_idx(image_path, 3), read_idx(label_path, 1)
         _check_idx_pair(image_path, images, label_path, labels)
         parts += [images[:, None], labels.astype(np.int64)]  # (N, 28, 28) -> (N, 1, 28, 28)
         paths.append((image_path, label_path))

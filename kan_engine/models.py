@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,9 @@ __all__ = [
     "KanClassifier",
     "build",
     "count_params",
+    "build_from",
     "kan_layers",
+    "load",
     "param_groups",
     "register",
 ]
@@ -44,6 +47,7 @@ Options = dict[str, Any]
 Builder = Callable[[Shape, int, Options], nn.Module]
 
 MODELS = names.MODELS  # name -> description: the catalogue, so a name is written once
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # `train.dtype`: the weights'
 _BUILDERS: dict[str, Builder] = {}
 
 # The `[kan]` preset fields a model may use. Every model accepts all of them (the trainer passes the
@@ -130,6 +134,44 @@ def _widths(width: Sequence[int] | None, inputs: int, outputs: int) -> list[int]
         )
         raise ConfigError("", "model.width", reason)
     return width
+
+
+def build_from(args: dict[str, Any]) -> nn.Module:
+    """`build` from a run's build arguments (`run_setup.model_args`: name, input_shape,
+    num_classes, options, dtype), as training makes them and an export's JSON keeps them."""
+    model = build(args["name"], args["input_shape"], args["num_classes"], **args["options"])
+    return model.to(DTYPES[args["dtype"]])
+
+
+def load(path: Path | str) -> nn.Module:
+    """A model exported by `kan-tui export --format safetensors`, in eval mode on the CPU: built
+    from the JSON beside the weights and loaded from them without pickle (nothing in the files
+    can run). `path` is the .safetensors file or its .json. ConfigError names the file and the
+    reason when either is missing, damaged, or the weights do not fit the model."""
+    from kan_engine import portable
+
+    weights = Path(path).with_suffix(portable.SUFFIX)
+    args, state = portable.read(weights)
+    source = str(portable.sidecar(weights))
+    model = _built(args, source)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:240]
+        raise ConfigError(
+            str(weights), "", f"does not fit the model of {source}: {reason}"
+        ) from None
+    return model.eval()
+
+
+def _built(args: dict[str, Any], source: str) -> nn.Module:
+    """`build_from` with its refusals named by the JSON they came from."""
+    try:
+        return build_from(args)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.key, exc.reason) from None
+    except ValueError as exc:
+        raise ConfigError(source, "model", str(exc)) from None
 
 
 class GridSquash(nn.Module):

@@ -1,13 +1,15 @@
 """Run set-up that training, the LR finder, the memory estimate, `compare` and `eval` share.
 
 Why its own module: each of those tools needs the same few steps (a device from `train.device`,
-seeded generators, the autocast dtype, the model on its device, a split's loss and accuracy), and
-none of them should have to import the training loop to get them.
+seeded generators, the autocast dtype, the model on its device, a split's loss and accuracy, a
+run's checkpoint checked against its config), and none of them should have to import the
+training loop to get them.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,6 @@ from kan_engine import distributed, models, resume_plan, runs
 from kan_engine.config import RunConfig
 from kan_engine.errors import ConfigError, RunDirError
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH = 512  # evaluation batch size floor: no gradients, so larger batches are cheap
 
 
@@ -70,15 +71,35 @@ def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | No
     return torch.bfloat16, False, ""
 
 
-def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
+def model_args(config: RunConfig, input_shape: tuple[int, ...], outputs: int) -> dict[str, Any]:
+    """What a run's model is built from (`models.build_from`): the model's name, the input
+    shape, the outputs, the `[kan]` build options (and `model.width`) and the weights' dtype,
+    as plain data. Training, inference and the build arguments written beside a safetensors
+    export all take it from here."""
     options = config.kan.build_options()
     if config.model.width:
-        options["width"] = config.model.width
-    model = models.build(config.model.name, bundle.input_shape, bundle.num_classes, **options)
-    dtype = DTYPES[config.train.dtype]
-    model = model.to(device, dtype)
-    bundle.cast(dtype)  # the batches follow the model's dtype
-    if device.type == "cuda" and len(bundle.input_shape) == 3:
+        options["width"] = list(config.model.width)
+    return {
+        "name": config.model.name,
+        "input_shape": list(input_shape),
+        "num_classes": outputs,
+        "options": options,
+        "dtype": config.train.dtype,
+    }
+
+
+def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.device) -> nn.Module:
+    model = build_for(config, bundle.input_shape, bundle.num_classes, device)
+    bundle.cast(models.DTYPES[config.train.dtype])  # the batches follow the model's dtype
+    return model
+
+
+def build_for(
+    config: RunConfig, input_shape: tuple[int, ...], outputs: int, device: torch.device
+) -> nn.Module:
+    """The run's model for inputs of `input_shape`, on `device` (without its data at hand)."""
+    model = models.build_from(model_args(config, input_shape, outputs)).to(device)
+    if device.type == "cuda" and len(input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -111,29 +132,55 @@ def eval_split(
     return task.metrics(totals, bundle.sizes[split], bundle.total_squares.get(split, []))
 
 
-def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
-    """A run's checkpoint judged on a split: {"task", "loss", "acc" (or "rmse", "mae", "r2"),
-    "n", ...}."""
+@dataclass
+class RunCheckpoint:
+    """A run's checkpoint, read and checked against its config.toml, for the tools that use
+    the trained model (eval, predict, export)."""
+
+    run_dir: Path
+    which: str  # "best" or "last"
+    path: Path
+    config: RunConfig
+    state: dict[str, Any]
+    epoch: int  # epochs trained when it was written
+    device: torch.device
+
+    def load_into(self, model: nn.Module) -> None:
+        """The weights validation judged (the weight average, where kept) into `model`."""
+        with ckpt.fitting(self.path, str(self.run_dir / runs.CONFIG)):
+            model.load_state_dict(ckpt.evaluated_weights(self.state))
+
+
+def open_checkpoint(run_dir: Path, which: str, device: torch.device | None = None) -> RunCheckpoint:
+    """`which` checkpoint of the run, loaded on `device` (default: the run's `train.device`);
+    RunDirError for a missing, damaged or foreign file, or one config.toml disagrees with."""
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
-    device = pick_device(config.train.device)
-    path = runs.checkpoint_path(run_dir, checkpoint)
+    device = device or pick_device(config.train.device)
+    path = runs.checkpoint_path(run_dir, which)
     state = ckpt.load(path, device, keys=("model", "counters"))
     counters = state["counters"]
     epoch = counters.get("epochs_run") if isinstance(counters, dict) else None
     if not isinstance(epoch, int):
         raise RunDirError(f"{path}: not a kan-tui checkpoint (counters)")
     resume_plan.check_matches(config, state, path, run_dir)
+    return RunCheckpoint(run_dir, which, path, config, state, epoch, device)
+
+
+def evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
+    """A run's checkpoint judged on a split: {"task", "loss", "acc" (or "rmse", "mae", "r2"),
+    "n", ...}."""
+    opened = open_checkpoint(run_dir, checkpoint)
+    config, device = opened.config, opened.device
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed)
     model = build_model(config, bundle, device)
-    with ckpt.fitting(path, str(run_dir / runs.CONFIG)):
-        model.load_state_dict(ckpt.evaluated_weights(state))
+    opened.load_into(model)
     amp_dtype = precision(config, device)[0]
     scores = eval_split(model, bundle, split, config.train.batch_size, amp_dtype)
     return {
         "split": split,
         "checkpoint": checkpoint,
-        "epoch": epoch,
+        "epoch": opened.epoch,
         "task": bundle.task.kind,
         **scores,
         "n": bundle.sizes[split],

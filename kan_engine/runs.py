@@ -28,7 +28,8 @@ from typing import Any
 
 from kan_engine import atomic, presets_io
 from kan_engine.config import RunConfig
-from kan_engine.errors import KanError, RunDirError
+from kan_engine.errors import ConfigError, KanError, RunDirError
+from kan_engine.untrusted import printable
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -60,6 +61,22 @@ def write_file(path: Path, data: bytes | str) -> None:
         atomic.write_bytes(path, data)
     except OSError as exc:
         raise write_error(path, exc) from exc
+
+
+def check_output_file(path: Path, option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """A file a command is about to write (`--out`), checked before any work: in a folder that
+    exists (a typo is not silently made a new folder), not itself a folder, a device or a link,
+    and with one of `suffixes` when the format follows the name. ConfigError naming `option`."""
+    path = Path(path)
+    shown = printable(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(option, "", f"{shown}: the name must end in {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise ConfigError(option, "", f"{shown}: no folder {printable(path.parent)} to write into")
+    try:
+        atomic.check_replaceable(path)
+    except atomic.NotRegularFileError as exc:
+        raise ConfigError(option, "", f"{shown}: {exc.strerror}") from None
 
 
 def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path:

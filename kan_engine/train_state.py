@@ -3,10 +3,12 @@
 A checkpoint is the whole position: the step's parts (`TrainStep.state_dict`: model, optimizer,
 schedule, scaler, weight average), the gradient-norm history, the grid-update random stream, every
 generator's state, the epoch and the steps done in it, the loop's `Counters`, the config as plain
-data, the preset and the byte offset of `metrics.jsonl`. A resume restores each, the random
-generators last (building the model consumed random numbers); the data order needs none of them,
-being a pure function of (seed, epoch) that the loop replays with `skip`. `resume_plan.RESUME_KEYS`
-lists what a resume needs; `checkpoint.py` says how the file is written and read.
+data, the preset and the byte offset of `metrics.jsonl`; and, for using the model without the run's
+data (`predict`, `export`), the inference data of `inference_meta` (`data`). A resume restores
+each, the random generators last (building the model consumed random numbers); the data order needs
+none of them, being a pure function of (seed, epoch) that the loop replays with `skip`.
+`resume_plan.RESUME_KEYS` lists what a resume needs; `checkpoint.py` says how the file is written
+and read.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import dataclasses
 from typing import Any
 
 from kan_engine import checkpoint as ckpt
-from kan_engine import runs
+from kan_engine import inference_meta, runs
 from kan_engine.config import to_data
 from kan_engine.counters import Counters
+from kan_engine.data import DataBundle
 from kan_engine.grid_policy import GridPolicy
 from kan_engine.monitor import GradNormMonitor
 from kan_engine.run_folder import RunFolder
@@ -34,8 +37,10 @@ class TrainState:
         monitor: GradNormMonitor,
         grids: GridPolicy,
         preset: str,
+        data: DataBundle,
     ) -> None:
         self.folder, self.step, self.monitor, self.grids = folder, step, monitor, grids
+        self.data = data
         self.config, self.preset, self.dist = step.config, preset, step.dist
 
     def save(
@@ -57,6 +62,7 @@ class TrainState:
             "config": to_data(self.config),
             "preset": self.preset,
             "metrics_offset": self.folder.metrics.offset,
+            "data": inference_meta.of_bundle(self.data),
         }
 
     def restore(

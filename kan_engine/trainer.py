@@ -220,7 +220,9 @@ class Trainer:
         self.pending = PendingSteps()
         self.grids = GridPolicy(config, self.kan, self.ema, dist, self.folder.emit)
         self.stages = GridStages(config.kan, self.kan, step.steps_per_epoch)
-        self.train_state = TrainState(self.folder, step, self.monitor, self.grids, self.preset_name)
+        self.train_state = TrainState(
+            self.folder, step, self.monitor, self.grids, self.preset_name, self.data
+        )
         self.report = RunReport(self.folder, step, self.data, self.preset_name)
         self._window = Window()
         self._last_ok = True

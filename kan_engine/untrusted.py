@@ -26,6 +26,7 @@ from kan_engine.errors import ConfigError
 
 PRESET_LIMIT = 1 << 20  # bytes: a full preset is ~3 KB; 1 MiB leaves room for any comments
 MAX_DEPTH = 8  # nesting of tables and arrays: the schema needs 3 (optim.lr_mult.cnn)
+READ_CHUNK = 1 << 24  # bytes asked of one read: os.read allocates what it is asked for
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -84,7 +85,7 @@ def _read_regular(fd: int, source: str, path: Path, limit: int) -> bytes:
     size = 0
     try:
         while size <= limit:  # the file may grow while it is read
-            chunk = os.read(fd, limit + 1 - size)
+            chunk = os.read(fd, min(READ_CHUNK, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)

@@ -77,10 +77,83 @@ def load_csv(data_dir: str | None, target: str | None, task: str = "auto") -> Ra
     column = table.header[table.label_at]
     values = _target_values(source, table, task)
     if values is not None:
-        return split_test(table.x, values, [column], str(path), "regression")
-    names, y = _classes(source, column, table.labels)
-    _check_csv_classes(source, column, names, y)
-    return split_test(table.x, y, names, str(path))
+        raw = split_test(table.x, values, [column], str(path), "regression")
+    else:
+        names, y = _classes(source, column, table.labels)
+        _check_csv_classes(source, column, names, y)
+        raw = split_test(table.x, y, names, str(path))
+    raw.feature_names = [name for k, name in enumerate(table.header) if k != table.label_at]
+    raw.label_column = column
+    return raw
+
+
+@dataclass
+class Rows:
+    """A new table to predict on, in the column order the run trained on."""
+
+    x: np.ndarray  # (N, F) float32
+    labels: list[str] | None  # the label column's values, when the table has that column
+    lines: list[int]  # each row's line number in the file
+
+
+def read_rows(path: Path, features: list[str] | None, width: int, label: str | None) -> Rows:
+    """Rows of a CSV with a header, matched to the training table's columns by name: the
+    feature columns `features` (any order), and optionally the label column `label`. A column
+    the run did not train on is refused (is it the table you meant?). Without `features` (a run
+    from before they were kept), every column but `label` is a feature and there must be `width`.
+    The same cell-by-cell checks as `load_csv`, with DataError naming line and column."""
+    source = printable(path)
+    try:
+        with path.open("rb") as handle:
+            _sniff(source, handle.read(_SNIFF))
+            handle.seek(0)
+            rows = _rows(source, csv.reader(_lines(source, handle)))
+            header, header_line = _header(source, rows)
+            _check_header(source, header, header_line, columns=1)
+            order, label_at = _match_columns(source, header, header_line, features, width, label)
+            x, labels, lines = _body(source, rows, header, order, label_at)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    return Rows(x, labels if label_at is not None else None, lines)
+
+
+def _match_columns(
+    source: str,
+    header: list[str],
+    line: int,
+    features: list[str] | None,
+    width: int,
+    label: str | None,
+) -> tuple[list[int], int | None]:
+    """(the header positions of the training's features, in its order; the label's or None)."""
+    where = f"line {line} (the header)"
+    label_at = header.index(label) if label in header else None
+    if features is None:
+        order = [k for k in range(len(header)) if k != label_at]
+        if len(order) != width:
+            reason = f"has {len(order)} feature columns, the run trained on {width}"
+            raise DataError(source, reason, where=where, fix="pass a table like the training one")
+        return order, label_at
+    trained = _some(features)
+    missing = [name for name in features if name not in header]
+    if missing:
+        reason = f"no column {missing[0]!r}" + (
+            f" (and {len(missing) - 1} more)" * (len(missing) > 1)
+        )
+        fix = f"the run trained on the columns {trained}"
+        raise DataError(source, reason, where=where, fix=fix)
+    extra = [name for name in header if name not in features and name != label]
+    if extra:
+        reason = f"column {extra[0]!r} is not one the run trained on"
+        fix = f"delete it: the run trained on {trained}" + (f" (label {label})" if label else "")
+        raise DataError(source, reason, where=where, fix=fix)
+    return [header.index(name) for name in features], label_at
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """The first `shown` names, and how many more (a table may have hundreds of columns)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _target_values(source: str, table: _Table, task: str) -> np.ndarray | None:
@@ -195,14 +268,32 @@ def _rows(source: str, reader: Iterable[list[str]]) -> Iterator[tuple[int, list[
 
 
 def _parse(source: str, rows: Iterator[tuple[int, list[str]]], target: str | None) -> _Table:
+    header, header_line = _header(source, rows)
+    _check_header(source, header, header_line)
+    label_at = _label_column(source, header, target)
+    features = [i for i in range(len(header)) if i != label_at]
+    x, labels, lines = _body(source, rows, header, features, label_at)
+    return _Table(header, label_at, x, labels, lines)
+
+
+def _header(source: str, rows: Iterator[tuple[int, list[str]]]) -> tuple[list[str], int]:
+    """The first row's names (stripped) and its line number."""
     first = next(rows, None)
     if first is None:
         raise DataError(source, "holds only blank lines", fix="a CSV needs a header and data lines")
     header_line, fields = first
-    header = [name.strip() for name in fields]
-    _check_header(source, header, header_line)
-    label_at = _label_column(source, header, target)
-    features = [i for i in range(len(header)) if i != label_at]
+    return [name.strip() for name in fields], header_line
+
+
+def _body(
+    source: str,
+    rows: Iterator[tuple[int, list[str]]],
+    header: list[str],
+    features: list[int],
+    label_at: int | None,
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """(x (N, F) float32 of the `features` columns in that order, the labels (none without
+    `label_at`), each row's line number), checked cell by cell."""
     values: array[float] = array("f")
     labels: list[str] = []
     lines: list[int] = []
@@ -212,19 +303,21 @@ def _parse(source: str, rows: Iterator[tuple[int, list[str]]], target: str | Non
             fix = "every line needs one value per header column (quote values holding commas)"
             raise DataError(source, reason, where=f"line {line}", fix=fix)
         values.extend(_numbers(source, row, features, header, line))
-        labels.append(_label(source, row[label_at], header[label_at], line))
+        if label_at is not None:
+            labels.append(_label(source, row[label_at], header[label_at], line))
         lines.append(line)
-    if not labels:
+    if not lines:
         raise DataError(source, "has a header but no data lines", fix="add rows below the header")
-    x = np.frombuffer(values, np.float32).reshape(len(labels), len(features))
+    x = np.frombuffer(values, np.float32).reshape(len(lines), len(features))
     _check_finite(source, x, header, features, lines)
-    return _Table(header, label_at, x, labels, lines)
+    return x, labels, lines
 
 
-def _check_header(source: str, header: list[str], line: int) -> None:
-    """Distinct, non-empty names, at least a feature and a label, and not a data line."""
+def _check_header(source: str, header: list[str], line: int, columns: int = 2) -> None:
+    """Distinct, non-empty names, at least `columns` of them (a feature and a label, for
+    training), and not a data line."""
     where = f"line {line} (the header)"
-    if len(header) < 2:
+    if len(header) < columns:
         other = next((sep for sep in (";", "\t", "|") if sep in header[0]), None)
         reason = f"has one column ({short_repr(header[0])})"
         fix = "a CSV needs feature columns and a label column, separated by commas"
@@ -339,8 +432,20 @@ def _classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np
             "with --target, or bin the values into a few classes"
         )
         raise DataError(source, reason, fix=fix)
-    names = [f"{v:g}" if v != round(v) else str(int(v)) for v in distinct]
+    names = [_number_name(v) for v in distinct]
     return names, np.searchsorted(distinct, values).astype(np.int64)
+
+
+def _number_name(value: float) -> str:
+    """A numeric class label's name: "1" for 1 and 1.0, "0.5" for 0.5."""
+    return f"{value:g}" if value != round(value) else str(int(value))
+
+
+def label_name(text: str) -> str:
+    """A label written in a new table, as `load_csv` names its class when the training labels
+    were numbers ("1.0" is class "1"); other text as it is."""
+    number = _finite_number(text.strip())
+    return text.strip() if number is None else _number_name(number)
 
 
 def _many_classes_hint(names: list[str], rows: int, column: str) -> str:

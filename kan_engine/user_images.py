@@ -84,11 +84,11 @@ def load_images(data_dir: str | None) -> Raw:
 def _read_pixels(files: list[Path]) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:
     """Pixels of every readable image, and (path, reason) of the others. Grey if every image is,
     else RGB; one common size, else 32x32 (chosen from the headers, before any pixel is held)."""
-    headers, bad = _probe(files)
+    headers, bad = probe_images(files)
     grey = all(mode in _GREY for _, mode in headers.values())
     sizes = {size for size, _ in headers.values()}
     size = next(iter(sizes)) if len(sizes) == 1 else (32, 32)
-    return _decode(headers, grey, size, bad), bad
+    return decode_images(headers, grey, size, bad), bad
 
 
 def _check_image_classes(
@@ -134,7 +134,7 @@ def _list_images(folder: Path, classes: list[str] | None = None) -> _Listing:
     files: list[Path] = []
     labels: list[int] = []
     for k, (_, path) in enumerate(found):
-        images = _image_files(path)
+        images = image_files(path)
         if not images:
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             fix = f"add images ({kinds}) or delete the folder"
@@ -157,7 +157,7 @@ def _class_folders(folder: Path) -> list[tuple[str, Path]]:
     return [(path.name, path) for path in _entries(folder) if path.is_dir()]
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, in sub-folders too (as torchvision's ImageFolder), following
     links but never the same folder twice (a link loop would never end)."""
     found: list[Path] = []
@@ -189,12 +189,16 @@ def _why(exc: BaseException) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-def _probe(files: list[Path]) -> tuple[dict[Path, tuple[tuple[int, int], str]], list[tuple]]:
+Headers = dict[Path, tuple[tuple[int, int], str]]  # image -> ((width, height), Pillow mode)
+
+
+def probe_images(files: list[Path]) -> tuple[Headers, list[tuple[Path, str]]]:
     """Each image's (size, mode) from its header, nothing decoded yet, so the common size is
-    known before any pixels are held; and the (path, reason) of those that cannot be opened."""
+    known before any pixels are held; and the (path, reason) of those that cannot be opened.
+    Public with `decode_images` and `image_files`: `predict` reads new images the same way."""
     from PIL import Image
 
-    headers: dict[Path, tuple[tuple[int, int], str]] = {}
+    headers: Headers = {}
     bad: list[tuple[Path, str]] = []
     for path in files:
         if not path.is_file():  # a FIFO would block, a device never end
@@ -208,8 +212,8 @@ def _probe(files: list[Path]) -> tuple[dict[Path, tuple[tuple[int, int], str]], 
     return headers, bad
 
 
-def _decode(
-    headers: dict[Path, tuple[tuple[int, int], str]],
+def decode_images(
+    headers: Headers,
     grey: bool,
     size: tuple[int, int],
     bad: list[tuple[Path, str]],

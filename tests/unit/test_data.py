@@ -76,7 +76,7 @@ def test_fashion_mnist_from_the_real_debian_files() -> None:
     assert x_test.dtype == torch.uint8
     assert torch.bincount(y_test).tolist() == [1000] * 10  # the official test split is balanced
     # Fashion-MNIST's well-known pixel mean is 0.2860 (72.9 / 255): the IDX parsing is right.
-    assert 72.0 < bundle._mean.item() < 74.0
+    assert 72.0 < bundle.mean.item() < 74.0
     assert "54,000 train / 6,000 val / 10,000 test, 1x28x28, 10 classes" in bundle.describe()
 
 

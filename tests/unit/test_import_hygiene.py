@@ -27,7 +27,8 @@ def test_help_and_version_import_neither_torch_nor_textual() -> None:
     code = (
         "import sys\n"
         "from kan_tui.cli import app\n"
-        "for args in (['--help'], ['run', '--help'], ['presets', '--help'], ['--version']):\n"
+        "for args in (['--help'], ['run', '--help'], ['presets', '--help'],\n"
+        "             ['predict', '--help'], ['export', '--help'], ['--version']):\n"
         "    assert app(args, standalone_mode=False) in (None, 0), args\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
