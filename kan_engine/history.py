@@ -3,7 +3,8 @@
 Everything comes from the files a run writes (`runs.py`): `summary.json` for the headline numbers,
 `metrics.jsonl` for the epoch rows, `config.toml` when the summary is not there yet. A folder that
 cannot be read (no config, corrupt JSON) is skipped with a reason instead of failing the listing,
-because one broken folder must not hide every other run.
+because one broken folder must not hide every other run. A row's numbers are its task's headline
+metric (`headline`: accuracy, or a regression's RMSE).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kan_engine import runs
+from kan_engine import headline, runs
 from kan_engine.config import GROUPS
 from kan_engine.errors import KanError, RunDirError
 
 __all__ = [
     "CSV_COLUMNS",
     "RunRow",
+    "csv_columns",
     "curves",
     "epoch_rows",
     "export_csv",
@@ -32,12 +34,20 @@ __all__ = [
 
 Point = tuple[float, float]
 
-# Epoch-row fields in CSV order; per-group LRs follow as lr_cnn, lr_kan, lr_other.
+# Epoch-row fields in CSV order (a classification's; `csv_columns`); per-group LRs follow as
+# lr_cnn, lr_kan, lr_other.
 CSV_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "best_epoch", "best_val_acc", "grid_updates", "grad_norm_warnings", "skipped_steps",
     "seconds", "train_seconds", "samples_per_s",
 )  # fmt: skip
+# what stands in a regression's CSV where a classification has its accuracies
+_REGRESSION_COLUMNS = {
+    "train_acc": ("train_rmse",),
+    "val_acc": ("val_rmse", "val_mae", "val_r2"),
+    "test_acc": ("test_rmse", "test_mae", "test_r2"),
+    "best_val_acc": ("best_val_rmse",),
+}
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,9 @@ class RunRow:
     model: str
     dataset: str
     status: str
-    best_val_acc: float | None
-    test_acc: float | None
+    task: str  # classification or regression (`headline.kind_of`)
+    best_val: float | None  # the task's headline metric (`headline.metric`): accuracy or RMSE
+    test: float | None
     seconds: float | None
     epochs: int
 
@@ -90,6 +101,8 @@ def read_row(run_dir: Path) -> RunRow:
     if status not in (*runs.STATUSES, "unknown"):
         raise RunDirError(f"{path}: status: not a run status (got {status!r})")
     epochs = summary.get("epochs_run")
+    task = headline.kind_of(summary)
+    metric = headline.metric(task)
     return RunRow(
         path=run_dir,
         started=_started(run_dir),
@@ -97,8 +110,9 @@ def read_row(run_dir: Path) -> RunRow:
         model=text["model"] or config.model.name,
         dataset=text["dataset"] or config.data.dataset,
         status=status,
-        best_val_acc=_number(summary.get("best_val_acc")),
-        test_acc=_number(summary.get("test_acc")),
+        task=task,
+        best_val=_number(summary.get(f"best_val_{metric}")),
+        test=_number(summary.get(f"test_{metric}")),
         seconds=_number(summary.get("seconds")),
         epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0,
     )
@@ -149,10 +163,12 @@ def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def curves(run_dir: Path) -> dict[str, list[Point]]:
-    """Per-epoch series for charts: train_loss, val_loss, train_acc, val_acc (finite points)."""
-    keys = ("train_loss", "val_loss", "train_acc", "val_acc")
+    """Per-epoch series for charts: train_loss, val_loss and the train and val headline metric
+    of either task (train_acc, val_acc; train_rmse, val_rmse), finite points only; the other
+    task's series stay empty."""
+    keys = ("train_loss", "val_loss", "train_acc", "val_acc", "train_rmse", "val_rmse")
     series: dict[str, list[Point]] = {key: [] for key in keys}
-    for row in epoch_rows(run_dir):
+    for row in map(headline.epoch_values, epoch_rows(run_dir)):
         epoch = _number(row.get("epoch"))
         for key, points in series.items():
             value = _number(row.get(key))
@@ -161,15 +177,29 @@ def curves(run_dir: Path) -> dict[str, list[Point]]:
     return series
 
 
+def csv_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The CSV fields of these epoch rows: CSV_COLUMNS, a regression's metrics in place of the
+    accuracies (the task of the first row: one run has one), and `grid_size` where a grid
+    schedule recorded it (each stage's grid, next to the metrics it reached)."""
+    columns = CSV_COLUMNS
+    if rows and headline.kind_of(rows[0]) == headline.REGRESSION:
+        columns = tuple(c for column in columns for c in _REGRESSION_COLUMNS.get(column, (column,)))
+    if any(row.get("grid_size") is not None for row in rows):
+        columns += ("grid_size",)
+    return columns
+
+
 def metrics_csv(run_dir: Path) -> str:
     """The epoch rows as CSV text (one line per epoch, header first)."""
-    header = [*CSV_COLUMNS, *(f"lr_{group}" for group in GROUPS)]
+    rows = [headline.epoch_values(row) for row in epoch_rows(run_dir)]
+    columns = csv_columns(rows)
+    header = [*columns, *(f"lr_{group}" for group in GROUPS)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for row in epoch_rows(run_dir):
+    for row in rows:
         lrs = row.get("lr") if isinstance(row.get("lr"), dict) else {}
-        values = [row.get(column) for column in CSV_COLUMNS]
+        values = [row.get(column) for column in columns]
         values += [lrs.get(group) for group in GROUPS]
         writer.writerow(["" if value is None else value for value in values])
     return buffer.getvalue()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kan_engine import headline
+
 Kind = Literal["classification", "regression"]
 KINDS: tuple[Kind, ...] = ("classification", "regression")
 
@@ -40,7 +42,7 @@ class Task:
     @property
     def selection(self) -> str:
         """The validation metric that picks the best epoch (lower is better for RMSE)."""
-        return "rmse" if self.regression else "acc"
+        return headline.metric(self.kind)
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether `value` of the selection metric beats `best` (None: nothing yet)."""

@@ -13,10 +13,20 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
+from kan_engine import headline
 from kan_engine.untrusted import printable
 
 __all__ = [
-    "RUN_COLUMNS", "count", "duration", "num", "pct", "plain", "printable", "run_cells", "sig"
+    "RUN_COLUMNS",
+    "count",
+    "duration",
+    "num",
+    "pct",
+    "plain",
+    "printable",
+    "run_cells",
+    "score",
+    "sig",
 ]
 
 if TYPE_CHECKING:
@@ -40,6 +50,14 @@ def sig(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def score(kind: str, value: float | None) -> str:
+    """A task's headline metric (`headline.metric`) where one column holds either: an accuracy
+    as `pct`, a regression's RMSE named (`rmse 0.0123`), since a bare number reads as a share."""
+    if kind != headline.REGRESSION or value is None:
+        return pct(value)
+    return f"{headline.metric(kind)} {sig(value)}"
 
 
 def count(n: int, noun: str) -> str:
@@ -68,15 +86,15 @@ def plain(value: object, style: str = "") -> Text:
 
 
 def run_cells(row: RunRow) -> tuple[Text, ...]:
-    """One past run as the cells of RUN_COLUMNS. The names come from the run folder's files,
-    which anyone may have edited: `plain` cells."""
+    """One past run as the cells of RUN_COLUMNS (best val and test: its task's `score`). The
+    names come from the run folder's files, which anyone may have edited: `plain` cells."""
     return tuple(
         plain(cell)
         for cell in (
             row.path.name,
             row.status,
-            pct(row.best_val_acc),
-            pct(row.test_acc),
+            score(row.task, row.best_val),
+            score(row.task, row.test),
             duration(row.seconds),
             str(row.epochs),
             row.model,
