@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
+from kan_engine import headline
 from kan_engine.config import RunConfig
 from kan_engine.errors import ConfigError
 from kan_engine.untrusted import printable
@@ -30,7 +31,7 @@ from kan_tui.cli.base import (
     read_data,
     reporter,
 )
-from kan_tui.formatting import pct
+from kan_tui.formatting import num, pct, sig
 from kan_tui.options import OPTION_KEYS
 
 if TYPE_CHECKING:
@@ -158,15 +159,25 @@ def evaluate(
     checkpoint: Literal["best", "last"] | None = CHECKPOINT,
     debug: bool = DEBUG,
 ) -> None:
-    """Evaluate a run's checkpoint and print its accuracy and loss."""
+    """Evaluate a run's checkpoint and print its accuracy (a regression: RMSE, MAE, R²) and loss."""
     from kan_engine.run_setup import evaluate as evaluate_run
 
     which = pick_checkpoint(run_dir, checkpoint)
     result = evaluate_run(run_dir, split=split, checkpoint=which)
     typer.echo(
-        f"{split} accuracy {pct(result['acc'])}  loss {result['loss']:.4f}  "
+        f"{split} {_scores(result)}  "
         f"({result['n']} samples, {which} checkpoint of {printable(run_dir)})"
     )
+
+
+def _scores(result: dict[str, Any]) -> str:
+    """`evaluate`'s metrics, each named: a classification's accuracy and loss; a regression's
+    RMSE, MAE and R² (target units), then its loss (the MSE on standardised targets, which
+    falls far below 0.0001, so in significant digits)."""
+    if headline.kind_of(result) == headline.REGRESSION:
+        named = "  ".join(f"{name} {sig(result[name])}" for name in headline.REGRESSION_METRICS)
+        return f"{named}  loss {num(result['loss'])}"
+    return f"accuracy {pct(result['acc'])}  loss {result['loss']:.4f}"
 
 
 def _label_by_model(

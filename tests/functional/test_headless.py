@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REGRESSION, write_function_csv
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -35,6 +36,7 @@ from kan_engine.events import (
 )
 from kan_tui import headless
 from kan_tui.cli import app
+from kan_tui.formatting import sig
 from kan_tui.headless import HeadlessReporter
 
 LRS = {"cnn": 0.004, "kan": 0.012, "other": 0.006}
@@ -306,6 +308,24 @@ def test_headless_run_on_digits(isolated: Path) -> None:
     evaluated = cli("eval", str(run_dir), "--split", "val", "--checkpoint", "last")
     assert evaluated.exit_code == 0, evaluated.output
     assert re.match(r"val accuracy \d{1,3}\.\d\d%  loss \d", evaluated.stdout), evaluated.stdout
+
+
+def test_a_headless_regression_evaluates_to_its_rmse_mae_and_r2(isolated: Path) -> None:
+    pytest.importorskip("kan_engine.trainer")
+    from kan_engine import history
+
+    write_function_csv(isolated / "f.csv")
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in REGRESSION.items()]
+    result = cli("run", "--headless", *sets, "--data-dir", "f.csv", "--out", "out")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (isolated / "out").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluated = cli("eval", str(run_dir))
+    assert evaluated.exit_code == 0, evaluated.output
+    expected = "  ".join(f"{m} {sig(summary[f'test_{m}'])}" for m in ("rmse", "mae", "r2"))
+    assert evaluated.stdout.startswith(f"test {expected}  loss "), evaluated.stdout
+    assert "accuracy" not in evaluated.stdout
+    assert history.read_row(run_dir).task == "regression"
 
 
 def test_missing_data_lists_the_places_looked(
