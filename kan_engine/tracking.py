@@ -8,7 +8,9 @@ says so once, as a warning notice, and the run goes on without it.
 
 TensorBoard is written through its own client (`torch.utils.tensorboard.SummaryWriter`) into
 `<run>/tensorboard/`: step scalars against the global step (`step/...`), epoch scalars against
-the epoch (`epoch/...`), the resolved config and the summary as text.
+the epoch (`epoch/...`), the resolved config and the summary as text. A classification logs its
+accuracies, a regression its RMSE, MAE and R² (and a grid schedule its grid size), under the
+names of the epoch rows (`val_acc`, `val_rmse`, `test_r2`, `grid_size`).
 """
 
 from __future__ import annotations
@@ -49,10 +51,7 @@ class TensorBoardTracker:
                 self.writer.add_text("config", _code(event.config), 0)
             case StepMetrics() if self.writer is not None:
                 step = event.global_step
-                scalars = {"loss": event.loss, "acc": event.acc, "grad_norm": event.grad_norm}
-                scalars["samples_per_s"] = event.samples_per_s
-                scalars |= {f"lr_{group}": lr for group, lr in event.lr.items()}
-                for key, value in scalars.items():
+                for key, value in step_scalars(event).items():
                     self.writer.add_scalar(f"step/{key}", value, step)
             case EpochEnd() if self.writer is not None:
                 for key, value in epoch_scalars(event).items():
@@ -70,22 +69,40 @@ class TensorBoardTracker:
             self.writer = None
 
 
+def step_scalars(event: StepMetrics) -> dict[str, float]:
+    """The numbers of a step event that a tracker plots: its task's training metric (accuracy,
+    or a regression's RMSE; the other is None and left out) among them."""
+    scalars = {"loss": event.loss, "acc": event.acc, "rmse": event.rmse}
+    scalars |= {"grad_norm": event.grad_norm, "samples_per_s": event.samples_per_s}
+    scalars |= {f"lr_{group}": lr for group, lr in event.lr.items()}
+    return _numbers(scalars)
+
+
 def epoch_scalars(event: EpochEnd) -> dict[str, float]:
-    """The numbers of an epoch row that a tracker plots (running totals as they are recorded)."""
+    """The numbers of an epoch row that a tracker plots (running totals as they are recorded):
+    a classification's accuracies or a regression's `metrics` (RMSE, MAE, R² of each split
+    evaluated), whichever the row holds, and the grid of the epoch under a grid schedule."""
     scalars = {
         "train_loss": event.train_loss,
         "train_acc": event.train_acc,
         "val_loss": event.val_loss,
         "val_acc": event.val_acc,
         "best_val_acc": event.best_val_acc,
-        "grid_updates": float(event.grid_updates),
-        "grad_norm_warnings": float(event.grad_norm_warnings),
+        "test_acc": event.test_acc,
+        **event.metrics,
+        "best_val_rmse": event.best_val_rmse,
+        "grid_size": event.grid_size,
+        "grid_updates": event.grid_updates,
+        "grad_norm_warnings": event.grad_norm_warnings,
         "samples_per_s": event.samples_per_s,
     }
-    if event.test_acc is not None:
-        scalars["test_acc"] = event.test_acc
     scalars |= {f"outside_grid_{layer}": share for layer, share in event.outside_grid.items()}
-    return scalars
+    return _numbers(scalars)
+
+
+def _numbers(scalars: dict[str, float | int | None]) -> dict[str, float]:
+    """The scalars that hold a value, as floats: a metric of the other task (None) is no point."""
+    return {key: float(value) for key, value in scalars.items() if value is not None}
 
 
 TRACKERS: dict[str, Callable[[], Tracker]] = {"tensorboard": TensorBoardTracker}

@@ -42,7 +42,37 @@ def test_a_run_writes_tensorboard_scalars_equal_to_its_metrics(
     steps = rows(trainer.run_dir, "step")
     logged = [(s.step, s.value) for s in board.Scalars("step/loss")]
     assert logged == [(r["global_step"], pytest.approx(r["loss"], rel=1e-6)) for r in steps]
-    assert "lr_kan" in {tag.split("/")[1] for tag in board.Tags()["scalars"]}
+    tags = {tag.split("/")[1] for tag in board.Tags()["scalars"]}
+    assert "lr_kan" in tags and not {"rmse", "val_rmse", "grid_size"} & tags
+
+
+def test_a_regression_writes_its_rmse_mae_r2_and_grid_size(
+    regression_config: Callable[..., RunConfig], runs_dir: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = regression_config(**{"log.report_to": ["tensorboard"], "data.test_every_epoch": True})
+    seen: list[Event] = []
+    trainer = Trainer(config, sink=seen.append, out_dir=runs_dir, preset_name="tb")
+    assert trainer.run()["status"] == "finished"
+    assert not [e for e in seen if isinstance(e, Notice) and "report_to" in e.message]
+    board = EventAccumulator(str(trainer.run_dir / tracking.FOLDER))
+    board.Reload()
+    epochs = rows(trainer.run_dir, "epoch")
+    keys = [f"{split}_{m}" for split in ("val", "test") for m in ("rmse", "mae", "r2")]
+    for key in ("train_rmse", *keys):
+        logged = [(s.step, s.value) for s in board.Scalars(f"epoch/{key}")]
+        expected = [(r["epoch"], pytest.approx(r["metrics"][key], rel=1e-6)) for r in epochs]
+        assert logged == expected, key
+    assert [(s.step, s.value) for s in board.Scalars("epoch/grid_size")] == [(1, 3.0), (2, 5.0)]
+    best = [(s.step, s.value) for s in board.Scalars("epoch/best_val_rmse")]
+    assert best == [(r["epoch"], pytest.approx(r["best_val_rmse"], rel=1e-6)) for r in epochs]
+    steps = rows(trainer.run_dir, "step")
+    logged = [(s.step, s.value) for s in board.Scalars("step/rmse")]
+    assert logged == [(r["global_step"], pytest.approx(r["rmse"], rel=1e-6)) for r in steps]
+    tags = {tag.split("/")[1] for tag in board.Tags()["scalars"]}
+    assert not {"acc", "train_acc", "val_acc", "best_val_acc", "test_acc"} & tags
 
 
 def test_a_tracker_that_fails_is_one_warning_and_the_run_goes_on(
