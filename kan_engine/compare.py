@@ -23,6 +23,12 @@ also gets its conventional settings (`BASELINE_SETTINGS`: pykan-like layer defau
 start, KAN LR x3) are the very tricks the table measures; with `baseline_settings=False` it trains
 with the preset as is. Per-model overrides (`--set-for kan:optim.lr=0.01`) come last.
 
+A regression (a function, a table with a continuous target) has no accuracy to reach: its table
+gives each model's best validation RMSE and its test RMSE, MAE and R² (the best-validation
+checkpoint, target units), with the training seconds; time to accuracy is a classification's
+alone. Without `--models`, a regression compares the flat models (`REGRESSION_MODELS`: a KAN of
+`model.width` and the MLP of its size), since the default set's CNNs are for images.
+
 Larger batches (issue 5's GPU path). A GPU is busy only with batches far above the presets' 64;
 `scale_batch` raises the batch and scales the learning rate with it (square-root rule by default,
 the rule under which Adam's training dynamics stay approximately the same, Malladi et al. 2022),
@@ -41,7 +47,7 @@ from typing import Any, Literal
 
 import torch
 
-from kan_engine import history, models, runs
+from kan_engine import headline, history, models, runs
 from kan_engine.config import RunConfig, apply_overrides, parse_value
 from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
@@ -52,6 +58,8 @@ THRESHOLDS = (0.85, 0.90, 0.92, 0.93)
 # rapid_kan_lite_mlp: the same CNN front end with an MLP head of the KAN head's size, so the
 # table says what the KAN head itself buys
 DEFAULT_MODELS = ("cnn", "kan", "rapid_kan_lite", "rapid_kan_lite_mlp")
+# a regression's: the flat KAN of model.width and the MLP of its parameter count
+REGRESSION_MODELS = ("flat_kan", "flat_mlp")
 LrScaling = Literal["sqrt", "linear", "none"]
 LR_SCALINGS: tuple[LrScaling, ...] = ("sqrt", "linear", "none")
 # exit codes of a training that mean "the user stopped it": compare stops there too
@@ -88,6 +96,11 @@ def parse_models(text: str, source: str = "--models") -> list[str]:
     if repeated:
         raise ConfigError(source, "model.name", f"given twice: {', '.join(repeated)}")
     return names
+
+
+def default_models(kind: str) -> tuple[str, ...]:
+    """The models compared when none are named, for data of task `kind`."""
+    return REGRESSION_MODELS if kind == headline.REGRESSION else DEFAULT_MODELS
 
 
 def parse_model_sets(
@@ -188,10 +201,16 @@ class Result:
     train_seconds: float  # training steps alone, all epochs
     seconds: float  # the summary's: training and evaluation
     best_epoch: int
-    best_val_acc: float | None
+    best_val_acc: float | None  # None for a regression, as in summary.json
     test_acc: float | None  # the best-validation checkpoint on the test split
-    to_val: dict[float, Reach | None]
+    to_val: dict[float, Reach | None]  # empty for a regression
     to_test: dict[float, Reach | None]  # empty when the test split was not evaluated per epoch
+    task: str = headline.CLASSIFICATION
+    # a regression's (None for a classification), target units; test: the best-val checkpoint
+    best_val_rmse: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
 
 
 def time_to_accuracy(
@@ -221,11 +240,18 @@ def _train_seconds(row: dict[str, Any]) -> float:
     return float(row["seconds"] if seconds is None else seconds)
 
 
+# the summary.json keys of a regression's row (`Result`)
+REGRESSION_KEYS = ("best_val_rmse", "test_rmse", "test_mae", "test_r2")
+
+
 def result_of(run_dir: Path, thresholds: Sequence[float] = THRESHOLDS) -> Result:
     """The table row of one run folder, from its summary.json and metrics.jsonl."""
     summary = runs.read_summary(run_dir)
     rows = history.epoch_rows(run_dir)
-    tested = any(r.get("test_acc") is not None for r in rows)
+    task = headline.kind_of(summary)
+    accuracy = task == headline.CLASSIFICATION
+    tested = accuracy and any(r.get("test_acc") is not None for r in rows)
+    fit = {key: summary.get(key) for key in REGRESSION_KEYS} if not accuracy else {}
     train_seconds = sum(_train_seconds(r) for r in rows)
     params = summary.get("params") or {}
     return Result(
@@ -240,8 +266,10 @@ def result_of(run_dir: Path, thresholds: Sequence[float] = THRESHOLDS) -> Result
         best_epoch=int(summary.get("best_epoch") or 0),
         best_val_acc=summary.get("best_val_acc"),
         test_acc=summary.get("test_acc"),
-        to_val=time_to_accuracy(rows, "val_acc", thresholds),
+        to_val=time_to_accuracy(rows, "val_acc", thresholds) if accuracy else {},
         to_test=time_to_accuracy(rows, "test_acc", thresholds) if tested else {},
+        task=task,
+        **fit,
     )
 
 
@@ -258,6 +286,12 @@ class Comparison:
     results: list[Result] = field(default_factory=list)
     exit_code: int = 0
     environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def regression(self) -> bool:
+        """Every model fit a regression (one data set: all or none do), so the table is the
+        fit table, not time to accuracy."""
+        return bool(self.results) and all(r.task == headline.REGRESSION for r in self.results)
 
 
 def run_models(
@@ -367,6 +401,9 @@ def _pct(threshold: float) -> str:
 
 
 def _params(n: int) -> str:
+    """1.23 M, 45.6 k; a count below a thousand (a function fit's flat KAN) as it is."""
+    if n < 1e3:
+        return str(n)
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
@@ -376,6 +413,11 @@ def _reach(reach: Reach | None) -> str:
 
 def _acc(value: float | None) -> str:
     return DASH if value is None else f"{value:.2%}"
+
+
+def _sig(value: float | None) -> str:
+    """A regression metric in four significant digits (an RMSE runs from 1e-1 to 1e-6)."""
+    return DASH if value is None else f"{value:.4g}"
 
 
 def table_rows(comparison: Comparison, split: Literal["test", "val"]) -> list[list[str]]:
@@ -407,6 +449,19 @@ def table_rows(comparison: Comparison, split: Literal["test", "val"]) -> list[li
     return rows
 
 
+def fit_rows(comparison: Comparison) -> list[list[str]]:
+    """A regression's header and rows: model, params, best val RMSE, the best-val checkpoint's
+    test RMSE, MAE and R², training seconds, status."""
+    scored = ["best val rmse", "test rmse", "test mae", "test r²"]
+    rows = [["model", "params", *scored, "train s", "status"]]
+    for r in comparison.results:
+        scores = (r.best_val_rmse, r.test_rmse, r.test_mae, r.test_r2)
+        rows.append(
+            [r.model, _params(r.params), *map(_sig, scores), f"{r.train_seconds:.1f}", r.status]
+        )
+    return rows
+
+
 SPLIT_CAPTIONS = {
     "test": "to test accuracy (evaluated after every epoch)",
     "val": "to validation accuracy",
@@ -415,12 +470,19 @@ SPLIT_CAPTIONS = {
 
 def markdown(comparison: Comparison) -> str:
     """The notes' comparison table as Markdown (pastes into BENCHMARKS.md): on test accuracy
-    when it was evaluated every epoch, then on validation accuracy."""
+    when it was evaluated every epoch, then on validation accuracy; a regression's fit table."""
     env = comparison.environment
     commit = (env.get("commit") or "?")[:12]
+    where = f"preset {comparison.preset}, device {env.get('device', '?')}, commit {commit}"
+    if comparison.regression:
+        notes = (
+            "rmse, mae: the target's units; test: the best-val checkpoint (time to accuracy: "
+            "classification only)"
+        )
+        lines = [f"regression fit: {where}", notes, "", *_markdown_table(fit_rows(comparison))]
+        return "\n".join(lines)
     lines = [
-        f"time to accuracy: preset {comparison.preset}, device {env.get('device', '?')}, "
-        f"commit {commit}",
+        f"time to accuracy: {where}",
         f"cells: the epoch at which the accuracy was first reached (training seconds until then, "
         f"evaluation not counted); {DASH}: not reached; test: the best-val checkpoint",
     ]
@@ -428,13 +490,17 @@ def markdown(comparison: Comparison) -> str:
     if any(r.to_test for r in comparison.results):
         splits.insert(0, "test")
     for split in splits:
-        rows = table_rows(comparison, split)
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["", f"{SPLIT_CAPTIONS[split]}:", ""]
-        for number, row in enumerate(rows):
-            lines.append(
-                "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-            )
-            if number == 0:
-                lines.append("| " + " | ".join("-" * w for w in widths) + " |")
+        lines += _markdown_table(table_rows(comparison, split))
     return "\n".join(lines)
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    """Header and rows as the lines of a Markdown table, columns padded to one width."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for number, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if number == 0:
+            lines.append("| " + " | ".join("-" * w for w in widths) + " |")
+    return lines

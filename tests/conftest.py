@@ -84,6 +84,16 @@ def regression_overrides(tmp: Path, **overrides: Any) -> dict[str, Any]:
     return {**REGRESSION, "data.data_dir": str(write_function_csv(tmp / "f.csv")), **overrides}
 
 
+def regression_args(tmp: Path) -> list[str]:
+    """REGRESSION as `kan-tui run` / `compare` options, on a function table written into
+    `tmp` (the values as TOML, which JSON's numbers, lists, strings and booleans are)."""
+    import json
+
+    csv = write_function_csv(tmp / "f.csv")
+    return [*(f"--set={key}={json.dumps(value)}" for key, value in REGRESSION.items()),
+            "--data-dir", str(csv)]  # fmt: skip
+
+
 @pytest.fixture
 def regression_config(tmp_path: Path) -> Callable[..., RunConfig]:
     """`regression_config(**{"train.epochs": 3})`: `tiny_config` for a regression."""

@@ -82,7 +82,8 @@ def compare(
         None,
         "--models",
         metavar="A,B,...",
-        help="models to compare (default: the cnn and kan baselines and rapid_kan_lite)",
+        help="models to compare (default: the cnn and kan baselines, rapid_kan_lite and its MLP "
+        "control; a regression: flat_kan and flat_mlp)",
     ),
     batch_size: str | None = config_option(
         "batch_size",
@@ -106,12 +107,13 @@ def compare(
     debug: bool = DEBUG,
     **named: Any,
 ) -> None:
-    """Train several models alike and compare their time to accuracy.
+    """Train several models alike and compare their time to accuracy (a regression: its fit).
 
     The models train one after the other, on the same data and budget. The table gives epochs
     and training seconds to 85/90/92/93 % (test accuracy, evaluated every epoch, and validation
-    accuracy), best val, test, seconds. Each model gets its own run folder under
-    OUT/<stamp>-compare-<preset>/, beside compare.json and compare.md.
+    accuracy), best val, test, seconds; a regression's gives best val RMSE, test RMSE, MAE and
+    R², seconds. Each model gets its own run folder under OUT/<stamp>-compare-<preset>/, beside
+    compare.json and compare.md.
     """
     from kan_engine import compare as comparing
     from kan_engine import distributed
@@ -119,10 +121,12 @@ def compare(
 
     if distributed.launched():
         raise ConfigError("torchrun", "compare", "trains one model after another: run it alone")
-    names = comparing.parse_models(model_names or ",".join(comparing.DEFAULT_MODELS))
-    per_model = comparing.parse_model_sets(set_for, names)
+    names = comparing.parse_models(model_names) if model_names else None
     preset_config, preset_name, source = load_preset(preset)
     config = options.resolve(preset_config, source, sets, named)
+    if names is None:  # the defaults follow the data: a regression compares the flat models
+        names = list(comparing.default_models(read_data(config).task))
+    per_model = comparing.parse_model_sets(set_for, names)
     configs = comparing.model_configs(
         config,
         names,

@@ -2,7 +2,8 @@
 
 One real comparison on digits (two small models, two epochs, through the CLI) is shared by the
 tests that read its output; the table and the JSON are checked against the runs' own
-metrics.jsonl rows, recomputed here independently.
+metrics.jsonl rows, recomputed here independently. One real regression comparison (the default
+flat models on a function table) checks the fit table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import regression_args
 from typer.testing import CliRunner, Result
 
 from kan_engine import compare, models, runs
@@ -226,4 +228,37 @@ def test_each_model_has_its_own_run_folder_and_the_group_keeps_the_table(
     assert json.loads((group / "compare.json").read_text())["models"] == data["models"]
     table = (group / "compare.md").read_text()
     assert "to test accuracy" in table and "to validation accuracy" in table
+    assert table.strip() in result.stdout
+
+
+# ---------------------------------------------------------------------- a regression
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict[str, Any]]:
+    """The default models of a regression (no --models) on a function table, 2 epochs each."""
+    tmp = tmp_path_factory.mktemp("fit")
+    out, json_path = tmp / "runs", tmp / "fit.json"
+    result = cli("compare", *regression_args(tmp), "--out", str(out), "--json", str(json_path))
+    assert result.exit_code == 0, result.output
+    return result, json.loads(json_path.read_text())
+
+
+def test_a_regression_compares_the_flat_models_on_their_rmse_mae_and_r2(
+    fitted: tuple[Result, dict[str, Any]],
+) -> None:
+    result, data = fitted
+    assert [m["model"] for m in data["models"]] == list(compare.REGRESSION_MODELS)
+    for model in data["models"]:
+        summary = runs.read_summary(Path(model["run_dir"]))
+        assert model["task"] == "regression" and model["to_val"] == model["to_test"] == {}
+        for key in compare.REGRESSION_KEYS:
+            assert model[key] == summary[key] is not None, key
+        row = next(line for line in result.stdout.splitlines() if f"| {model['model']} " in line)
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2:6] == [f"{model[key]:.4g}" for key in compare.REGRESSION_KEYS]
+        assert cells[1] == str(summary["params"]["total"])  # a count below a thousand as it is
+    table = (Path(data["folder"]) / "compare.md").read_text()
+    assert "best val rmse | test rmse | test mae | test r²" in table
+    assert "to test accuracy" not in table and "classification only" in table
     assert table.strip() in result.stdout

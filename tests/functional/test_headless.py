@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REGRESSION, write_function_csv
+from conftest import regression_args
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -314,9 +314,7 @@ def test_a_headless_regression_evaluates_to_its_rmse_mae_and_r2(isolated: Path) 
     pytest.importorskip("kan_engine.trainer")
     from kan_engine import history
 
-    write_function_csv(isolated / "f.csv")
-    sets = [f"--set={key}={json.dumps(value)}" for key, value in REGRESSION.items()]
-    result = cli("run", "--headless", *sets, "--data-dir", "f.csv", "--out", "out")
+    result = cli("run", "--headless", *regression_args(isolated), "--out", "out")
     assert result.exit_code == 0, result.output
     (run_dir,) = (isolated / "out").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
