@@ -20,6 +20,7 @@ __all__ = [
     "RUN_COLUMNS",
     "count",
     "duration",
+    "measure",
     "num",
     "pct",
     "plain",
@@ -52,12 +53,18 @@ def sig(value: float | None) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
+def measure(kind: str, value: float | None) -> str:
+    """A value of a task's headline metric (`headline.metric`) where its name is said beside
+    it: an accuracy as `pct`, a regression's RMSE as `sig`."""
+    return sig(value) if kind == headline.REGRESSION else pct(value)
+
+
 def score(kind: str, value: float | None) -> str:
-    """A task's headline metric (`headline.metric`) where one column holds either: an accuracy
-    as `pct`, a regression's RMSE named (`rmse 0.0123`), since a bare number reads as a share."""
+    """A task's headline metric where one column holds either task's: an accuracy as `pct`, a
+    regression's RMSE named (`rmse 0.0123`), since a bare number would read as a share."""
     if kind != headline.REGRESSION or value is None:
-        return pct(value)
-    return f"{headline.metric(kind)} {sig(value)}"
+        return measure(kind, value)
+    return f"{headline.metric(kind)} {measure(kind, value)}"
 
 
 def count(n: int, noun: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kan_engine import headline
 from kan_engine.config import RunConfig
 from kan_engine.events import (
     CheckpointWritten,
@@ -32,6 +33,7 @@ from kan_engine.events import (
     RunStarted,
     StepMetrics,
 )
+from kan_tui.formatting import measure
 
 if TYPE_CHECKING:
     from kan_engine.resume_plan import ResumePlan
@@ -73,13 +75,18 @@ class RunState:
     step: int = 0
     global_step: int = 0
     samples_per_s: float = 0.0
+    task: str = headline.CLASSIFICATION  # the run's (RunStarted); the scores are its metric's
+    # scores: the task's headline metric (`headline.metric`), accuracy or a regression's RMSE
     last_loss: float | None = None
-    last_acc: float | None = None
+    last_score: float | None = None
     val_loss: float | None = None
-    val_acc: float | None = None
-    best_val_acc: float | None = None
+    val_score: float | None = None
+    best_val_score: float | None = None
     best_epoch: int = 0
-    test_acc: float | None = None
+    test_score: float | None = None
+    # a regression's metrics of the last epoch (val_rmse, val_r2, ...), the test's at the end
+    metrics: dict[str, float] = field(default_factory=dict)
+    grid_size: int | None = None  # the grid of the last epoch, under kan.grid_schedule
     grid_total: int = 0
     grid_per_layer: dict[str, int] = field(default_factory=dict)
     grid_last_step: int | None = None
@@ -92,8 +99,8 @@ class RunState:
     notices_seen: int = 0
     train_loss: list[Point] = field(default_factory=list)
     val_loss_curve: list[Point] = field(default_factory=list)
-    train_acc: list[Point] = field(default_factory=list)
-    val_acc_curve: list[Point] = field(default_factory=list)
+    train_score: list[Point] = field(default_factory=list)
+    val_score_curve: list[Point] = field(default_factory=list)
     lr: dict[str, list[Point]] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     error: str = ""
@@ -103,6 +110,11 @@ class RunState:
     @property
     def done(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def metric(self) -> str:
+        """The name of the scores in the events and the summary: "acc" or "rmse"."""
+        return headline.metric(self.task)
 
     def eta_seconds(self) -> float | None:
         """Remaining training steps at the last measured speed (validation time not included)."""
@@ -135,6 +147,7 @@ class RunState:
         self.epochs = event.epochs
         self.steps_per_epoch = event.steps_per_epoch
         self.epoch = event.start_epoch
+        self.task = event.task
         resumed = f", resumed at epoch {event.start_epoch}" if event.start_epoch > 1 else ""
         self.notice(
             f"{self.model} on {event.dataset} "
@@ -148,10 +161,10 @@ class RunState:
             self.epoch, self.step, self.global_step = event.epoch, event.step, event.global_step
         self.steps_per_epoch = event.steps_per_epoch
         self.samples_per_s = event.samples_per_s
-        self.last_loss, self.last_acc = event.loss, event.acc
+        self.last_loss, self.last_score = event.loss, getattr(event, self.metric)
         self.grad_norms.append(event.grad_norm)
         _add(self.train_loss, x, event.loss)
-        _add(self.train_acc, x, event.acc)
+        _add(self.train_score, x, self.last_score)
         for group, value in event.lr.items():
             _add(self.lr.setdefault(group, []), x, value)
         self.curves_version += 1
@@ -172,17 +185,20 @@ class RunState:
         x = float(event.epoch)
         if self.epoch <= event.epoch:  # `follow` may already be in the next epoch
             self.epoch, self.step = event.epoch, self.steps_per_epoch
-        self.val_loss, self.val_acc = event.val_loss, event.val_acc
-        self.best_val_acc, self.best_epoch = event.best_val_acc, event.best_epoch
+        values, metric = headline.epoch_values(event), self.metric
+        self.val_loss, self.val_score = event.val_loss, values.get(f"val_{metric}")
+        self.best_val_score, self.best_epoch = values.get(f"best_val_{metric}"), event.best_epoch
+        self.metrics.update(event.metrics)
+        self.grid_size = event.grid_size
         self.samples_per_s = event.samples_per_s or self.samples_per_s
         self.grid_total = event.grid_updates
         self.grid_per_layer.update(event.grid_updates_per_layer)
         self.outside_grid = dict(event.outside_grid)
         self.warning_total = max(self.warning_total, event.grad_norm_warnings)
-        if event.test_acc is not None:
-            self.test_acc = event.test_acc
+        if values.get(f"test_{metric}") is not None:
+            self.test_score = values[f"test_{metric}"]
         _add(self.val_loss_curve, x, event.val_loss)
-        _add(self.val_acc_curve, x, event.val_acc)
+        _add(self.val_score_curve, x, self.val_score)
         if event.skipped_steps:
             self.notice(f"epoch {event.epoch}: {event.skipped_steps} steps skipped", "warning")
         self.curves_version += 1
@@ -220,9 +236,10 @@ class RunState:
             self.notice(f"checkpoint ({event.reason}, epoch {event.epoch}): {event.path}")
 
     def _early_stop(self, event: EarlyStopped) -> None:
+        best = measure(self.task, getattr(event, f"best_val_{self.metric}"))
         self.notice(
-            f"early stop at epoch {event.epoch}: no better val acc for {event.patience} epochs "
-            f"(best {event.best_val_acc:.2%} at epoch {event.best_epoch})",
+            f"early stop at epoch {event.epoch}: no better val {self.metric} for "
+            f"{event.patience} epochs (best {best} at epoch {event.best_epoch})",
             "warning",
         )
 
@@ -231,12 +248,16 @@ class RunState:
         self.summary = summary
         status = summary.get("status")
         self.status = status if status in FINAL_STATUSES else "finished"
-        test = summary.get("test_acc")
+        test, best = summary.get(f"test_{self.metric}"), summary.get(f"best_val_{self.metric}")
         if isinstance(test, (int, float)):
-            self.test_acc = float(test)
-        if isinstance(summary.get("best_val_acc"), (int, float)):
-            self.best_val_acc = float(summary["best_val_acc"])
+            self.test_score = float(test)
+        if isinstance(best, (int, float)):
+            self.best_val_score = float(best)
             self.best_epoch = int(summary.get("best_epoch", self.best_epoch))
+        for name in headline.REGRESSION_METRICS:  # a regression's final test (None otherwise)
+            value = summary.get(f"test_{name}")
+            if isinstance(value, (int, float)):
+                self.metrics[f"test_{name}"] = float(value)
         folder = summary.get("run_dir", self.run_dir) or "the run folder"
         self.notice(f"{self.status}: summary in {folder}")
 
@@ -249,9 +270,10 @@ class RunState:
         self.error_detail = detail or self.error_detail
 
 
-def _add(series: list[Point], x: float, y: float) -> None:
-    """Append a point, dropping non-finite values (a diverged step must not break the chart)."""
-    if math.isfinite(y):
+def _add(series: list[Point], x: float, y: float | None) -> None:
+    """Append a point, dropping non-finite values (a diverged step must not break the chart)
+    and absent ones (a metric the epoch did not measure)."""
+    if y is not None and math.isfinite(y):
         series.append((x, y))
 
 

@@ -20,7 +20,7 @@ from textual.widgets import Input
 
 from kan_engine import memory
 from kan_engine.config import RunConfig, apply_overrides
-from kan_engine.events import Event
+from kan_engine.events import EpochEnd, Event, Finished, Notice, RunStarted, StepMetrics
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 if not torch.cuda.is_available():
@@ -244,3 +244,66 @@ def unwrapped(widget: Widget) -> str:
     a path folded over two lines is found whole."""
     lines = visible_text(widget).splitlines()
     return "".join(line.strip("│╭╮╰╯─▏ ") for line in lines).replace(" ", "")
+
+
+def regression_replay(epochs: int = 4, steps: int = 20, log_every: int = 4) -> list[Event]:
+    """A plausible function fit for the dashboard: a [2, 1, 1] flat KAN on a 600-row table,
+    the grid extended each epoch (3, 5, 10, 20), RMSE falling 4x an epoch; finished and tested.
+    Made-up numbers, so a test or a snapshot sees only what the widgets do with them."""
+    grids = (3, 5, 10, 20)
+    run_dir = "runs/20250101-120000-lite-flat_kan"
+    events: list[Event] = [
+        RunStarted(
+            run_dir=run_dir,
+            config={"model": {"name": "flat_kan"}, "train": {"batch_size": 1000}},
+            device="cpu",
+            params={"cnn": 0, "kan": 21, "other": 0, "total": 21},
+            dataset="csv",
+            train_size=432,
+            val_size=48,
+            test_size=120,
+            steps_per_epoch=steps,
+            epochs=epochs,
+            task="regression",
+        )
+    ]
+    lr = {"cnn": 1.0, "kan": 3.0, "other": 1.5}
+    for epoch in range(1, epochs + 1):
+        if epoch > 1:
+            events.append(Notice(f"grid extended to {grids[epoch - 1]} intervals (epoch {epoch})"))
+        for step in range(log_every, steps + 1, log_every):
+            g = (epoch - 1) * steps + step
+            rmse = 0.3 / 4 ** (2 * g / steps) + 0.02 / 4 ** (g / steps - 1)
+            loss = (rmse / 0.6) ** 2  # MSE of targets standardised by their std (0.6)
+            events.append(StepMetrics(epoch, step, g, steps, loss, None, lr, 0.01, 700.0, rmse))
+        val = 0.0184 / 4 ** (epoch - 1)
+        metrics = {"train_rmse": rmse, "val_rmse": val, "val_mae": val / 2}
+        metrics["val_r2"] = 1 - (val / 0.6) ** 2
+        events.append(
+            EpochEnd(
+                epoch=epoch,
+                train_loss=(metrics["train_rmse"] / 0.6) ** 2,
+                train_acc=None,
+                val_loss=(val / 0.6) ** 2,
+                val_acc=None,
+                lr=lr,
+                grid_updates=2 * epoch,
+                grad_norm_warnings=0,
+                seconds=1.5,
+                best_epoch=epoch,
+                best_val_acc=None,
+                samples_per_s=700.0,
+                outside_grid={"kan.0": 0.0, "kan.1": 0.0},
+                grid_updates_per_layer={"kan.0": epoch, "kan.1": epoch},
+                task="regression",
+                metrics=metrics,
+                best_val_rmse=val,
+                grid_size=grids[epoch - 1],
+            )
+        )
+    test = 1.08 * val
+    summary = {"status": "finished", "task": "regression", "best_epoch": epochs}
+    summary |= {"best_val_acc": None, "test_acc": None, "best_val_rmse": val}
+    summary |= {"test_rmse": test, "test_mae": test / 2, "test_r2": 1 - (test / 0.6) ** 2}
+    events.append(Finished({**summary, "epochs_run": epochs, "run_dir": run_dir}))
+    return events

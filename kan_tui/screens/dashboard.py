@@ -23,9 +23,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from kan_engine import headline
 from kan_engine.config import RunConfig
 from kan_engine.events import Event
-from kan_tui.formatting import pct, printable
+from kan_tui.formatting import printable, score
 from kan_tui.run_model import RunState, TrainingRun, memory_in_use
 from kan_tui.screens.dialogs import ConfirmDialog
 from kan_tui.widgets.charts import SeriesChart
@@ -43,6 +44,9 @@ STATUS_STYLE = {
     "failed": "bold white on red",
 }
 CHART_TABS = ("tab-loss", "tab-acc", "tab-lr")
+# the title of the score chart's tab by task; a regression's RMSE is drawn on a log scale (a fit
+# improves by decades)
+SCORE_TABS = {headline.CLASSIFICATION: "Accuracy", headline.REGRESSION: "RMSE"}
 
 if TYPE_CHECKING:
     from kan_engine.resume_plan import ResumePlan
@@ -85,6 +89,7 @@ class DashboardScreen(Screen[None]):
         self._status_shown = Text()
         self._memory_at = -MEMORY_S
         self._memory_text = ""
+        self._task_shown = headline.CLASSIFICATION  # what the score chart is drawn for
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-status")
@@ -93,7 +98,7 @@ class DashboardScreen(Screen[None]):
             with TabbedContent(id="charts"):
                 with TabPane("Loss", id="tab-loss"):
                     yield SeriesChart(id="chart-loss", log_y=True)
-                with TabPane("Accuracy", id="tab-acc"):
+                with TabPane(SCORE_TABS[headline.CLASSIFICATION], id="tab-acc"):
                     yield SeriesChart(id="chart-acc")
                 with TabPane("LR", id="tab-lr"):
                     yield SeriesChart(id="chart-lr")
@@ -172,6 +177,8 @@ class DashboardScreen(Screen[None]):
             error, detail = printable(state.error), printable(detail, keep_newlines=True)
             message = Text.assemble(("run failed: ", "bold"), error, "\n", (detail, "dim"))
             panel.update(message)
+        if state.task != self._task_shown:
+            self._show_task(state.task)
         due = not throttle or state.done or now - self._charts_at >= CHART_S
         if state.curves_version != self._charts_version and due:
             self._charts_version, self._charts_at = state.curves_version, now
@@ -179,15 +186,24 @@ class DashboardScreen(Screen[None]):
                 {"train": state.train_loss, "val": state.val_loss_curve}
             )
             self.query_one("#chart-acc", SeriesChart).show(
-                {"train": state.train_acc, "val": state.val_acc_curve}
+                {"train": state.train_score, "val": state.val_score_curve}
             )
             self.query_one("#chart-lr", SeriesChart).show(state.lr)
+
+    def _show_task(self, task: str) -> None:
+        """The score chart and its tab for the run's task, once it is known (RunStarted)."""
+        self._task_shown = task
+        self.query_one(TabbedContent).get_tab("tab-acc").label = SCORE_TABS[task]
+        self.query_one("#chart-acc", SeriesChart).log_y = task == headline.REGRESSION
 
     def _status_line(self) -> Text:
         state = self.state
         parts = [self.run.preset_name, state.model, state.dataset]
+        if state.grid_size is not None and not state.done:  # the stage of a grid schedule
+            parts.append(f"grid {state.grid_size}")
         if state.done and state.summary is not None:
-            parts.append(f"test {pct(state.test_acc)}" if state.test_acc is not None else "no test")
+            test = state.test_score
+            parts.append(f"test {score(state.task, test)}" if test is not None else "no test")
             parts.append("n: new run")
         return Text.assemble(
             (f" {state.status} ", STATUS_STYLE.get(state.status, "bold reverse")),

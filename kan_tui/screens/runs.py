@@ -14,19 +14,19 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from kan_engine import history
+from kan_engine import headline, history
 from kan_engine.errors import KanError
 from kan_tui.formatting import RUN_COLUMNS, count, plain, printable, run_cells
 from kan_tui.widgets.charts import SeriesChart
 
-CHART_KINDS = ("acc", "loss")
+CHART_KINDS = ("score", "loss")  # score: each run's headline metric (accuracy, or RMSE)
 MAX_OVERLAY = 2
 
 
 class RunsScreen(Screen[None]):
-    """`space` marks up to two runs to overlay, `t` switches accuracy / loss, `e` exports the
-    highlighted run's metrics as CSV, `v` opens its learned activations, `r` resumes it (a
-    stopped or crashed run), escape goes back."""
+    """`space` marks up to two runs to overlay, `t` switches accuracy (a regression's RMSE) /
+    loss, `e` exports the highlighted run's metrics as CSV, `v` opens its learned activations,
+    `r` resumes it (a stopped or crashed run), escape goes back."""
 
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -82,10 +82,13 @@ class RunsScreen(Screen[None]):
         self.redraw()
 
     def redraw(self) -> None:
-        """The marked runs overlaid (val and train of each), else the highlighted run."""
+        """The marked runs overlaid (val and train of each), else the highlighted run; the
+        score chart of regressions alone is on a log scale, as losses are (RMSE falls by
+        decades)."""
         chart = self.query_one("#runs-chart", SeriesChart)
-        chart.log_y = self.kind == "loss"
         shown = self.marked or ([self.current.path] if self.current else [])
+        tasks = {path: self._task_of(path) for path in shown}
+        chart.log_y = self.kind == "loss" or set(tasks.values()) == {headline.REGRESSION}
         chart.empty = "no finished epoch in this run yet" if shown else "no run selected"
         series = {}
         for number, path in enumerate(shown, 1):
@@ -95,9 +98,14 @@ class RunsScreen(Screen[None]):
                 self._error(exc)
                 continue
             prefix = f"{number}:" if len(shown) > 1 else ""
-            series[f"{prefix}train"] = curves[f"train_{self.kind}"]
-            series[f"{prefix}val"] = curves[f"val_{self.kind}"]
+            key = "loss" if self.kind == "loss" else headline.metric(tasks[path])
+            series[f"{prefix}train"] = curves[f"train_{key}"]
+            series[f"{prefix}val"] = curves[f"val_{key}"]
         chart.show(series)
+
+    def _task_of(self, path: Path) -> str:
+        """The task of a listed run (classification for a path that is not listed)."""
+        return next((row.task for row in self.rows if row.path == path), headline.CLASSIFICATION)
 
     def action_mark(self) -> None:
         row = self.current

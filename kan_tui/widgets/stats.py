@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from kan_tui.formatting import duration, num, pct
+from kan_engine import headline
+from kan_tui.formatting import duration, measure, num, pct, score, sig
 from kan_tui.run_model import RunState
 
 LABEL_WIDTH = 9
@@ -20,7 +21,6 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
     so that an unchanged panel is detected by comparison and not redrawn."""
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else "-"
     steps = f"{state.step}/{state.steps_per_epoch}" if state.steps_per_epoch else "-"
-    best = f"{pct(state.best_val_acc)} @ epoch {state.best_epoch}" if state.best_epoch else "-"
     last = f", last @ {state.grid_last_step}" if state.grid_last_step is not None else ""
     outside = max(state.outside_grid.values(), default=None)
     grad = state.grad_norms[-1] if state.grad_norms else None
@@ -28,10 +28,7 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
         ("epoch", f"{epochs} step {steps}"),
         ("speed", f"{state.samples_per_s:,.0f} samples/s"),
         ("ETA", duration(state.eta_seconds())),
-        ("train", f"loss {num(state.last_loss)} acc {pct(state.last_acc)}"),
-        ("val", f"loss {num(state.val_loss)} acc {pct(state.val_acc)}"),
-        ("best val", best),
-        ("test acc", pct(state.test_acc)),
+        *score_rows(state),
         ("grid upd", f"{state.grid_total}{last}"),
     ]
     if state.grid_per_layer:
@@ -39,6 +36,34 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
     rows.append(("off grid", f"{pct(outside)} max of layers" if outside is not None else "-"))
     rows.append(("grad norm", f"{num(grad)} warnings {state.warning_total}"))
     return rows
+
+
+def score_rows(state: RunState) -> list[tuple[str, str]]:
+    """The train, val, best and test rows of the run's task: a classification's losses and
+    accuracies; a regression's RMSE and R² (its loss, the MSE of standardised targets, is the
+    RMSE's square in other units: the Loss chart has it; its MAE is in the summary)."""
+    best = "-"
+    if state.best_epoch:
+        best = f"{measure(state.task, state.best_val_score)} @ epoch {state.best_epoch}"
+    if state.task != headline.REGRESSION:
+        return [
+            ("train", f"loss {num(state.last_loss)} acc {pct(state.last_score)}"),
+            ("val", f"loss {num(state.val_loss)} acc {pct(state.val_score)}"),
+            ("best val", best),
+            ("test acc", pct(state.test_score)),
+        ]
+    return [
+        ("train", score(state.task, state.last_score)),
+        ("val", _fit(state, "val")),
+        ("best val", best),
+        ("test", _fit(state, "test")),
+    ]
+
+
+def _fit(state: RunState, split: str) -> str:
+    """A regression split's RMSE and R² (`rmse 0.0123 r² 0.998`), "-" before it is measured."""
+    rmse, r2 = (state.metrics.get(f"{split}_{name}") for name in ("rmse", "r2"))
+    return "-" if rmse is None else f"rmse {sig(rmse)} r² {sig(r2)}"
 
 
 def stats_text(rows: list[tuple[str, str]]) -> Text:

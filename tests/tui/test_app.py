@@ -16,14 +16,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SIZE, fix_memory_estimate, sync, type_into, unwrapped, visible_text, wait_until
+from conftest import (
+    SIZE,
+    fix_memory_estimate,
+    regression_replay,
+    sync,
+    type_into,
+    unwrapped,
+    visible_text,
+    wait_until,
+)
 from textual.pilot import Pilot
-from textual.widgets import Button, Input, Select, Static
+from textual.widgets import Button, Input, Select, Static, TabbedContent
 
 from kan_engine import presets_io, resume_plan, trainer
 from kan_engine.config import RunConfig
-from kan_engine.events import EpochEnd, GradNormWarning, RunStarted, StepMetrics
+from kan_engine.events import EarlyStopped, EpochEnd, GradNormWarning, RunStarted, StepMetrics
 from kan_tui.app import create_app
+from kan_tui.formatting import sig
 from kan_tui.run_model import RunState
 from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
@@ -31,6 +41,7 @@ from kan_tui.screens.setup import SetupScreen
 from kan_tui.widgets.charts import SeriesChart, thin
 from kan_tui.widgets.form import FIELDS, ConfigForm, lookup, parse_field, validate_form
 from kan_tui.widgets.presets import PresetList
+from kan_tui.widgets.stats import stats_rows
 from kan_tui.widgets.warnings import NoticeLog, WarningsList
 
 LITE_LR = presets_io.resolve("lite")[0].optim.lr  # what the form shows for lite
@@ -101,10 +112,29 @@ def test_run_state_folds_events_and_drops_non_finite_points() -> None:
     state.apply(GradNormWarning(10, math.inf, 2.0, "non-finite", "skipped step", "kan.0"))
     state.apply(EpochEnd(1, 0.9, 0.6, 0.8, 0.7, {"kan": 0.1}, 4, 1, 1.0, 1, 0.7, 100.0))
     assert state.train_loss == [(0.5, 1.0)]  # the NaN step is not plotted
-    assert state.val_acc_curve == [(1.0, 0.7)]
+    assert state.val_score_curve == [(1.0, 0.7)]
     assert (state.grid_total, state.best_epoch, state.warnings_seen) == (4, 1, 1)
     assert any("non-finite" in text for _, text in state.notices)
     assert state.eta_seconds() == pytest.approx(10 * 10 / 100.0)  # one epoch of 10 steps left
+
+
+def test_run_state_folds_a_regression_into_rmse_scores() -> None:
+    state = RunState()
+    events = regression_replay()
+    for event in events:
+        state.apply(event)
+    steps = [e for e in events if isinstance(e, StepMetrics)]
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    summary = events[-1].summary  # type: ignore[attr-defined]
+    assert (state.task, state.metric, state.status) == ("regression", "rmse", "finished")
+    assert state.last_score == steps[-1].rmse and len(state.train_score) == len(steps)
+    assert state.val_score_curve == [(e.epoch, e.metrics["val_rmse"]) for e in epochs]
+    assert (state.best_val_score, state.best_epoch) == (summary["best_val_rmse"], 4)
+    assert state.test_score == summary["test_rmse"] and state.grid_size == 20
+    assert state.metrics["val_r2"] == epochs[-1].metrics["val_r2"]
+    assert state.metrics["test_mae"] == summary["test_mae"]
+    state.apply(EarlyStopped(4, 3, None, 2, best_val_rmse=0.0123))
+    assert state.notices[-1][1].endswith("no better val rmse for 2 epochs (best 0.0123 at epoch 3)")
 
 
 def test_the_position_follows_the_trainers_step_counter_between_step_events() -> None:
@@ -243,7 +273,7 @@ async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None
         await pilot.pause()
         assert dash.state.status == "finished", dash.state.error
         assert dash.state.grid_total > 0 and sum(dash.state.grid_per_layer.values()) > 0
-        assert dash.state.test_acc is not None
+        assert dash.state.test_score is not None
         for chart in ("#chart-loss", "#chart-acc", "#chart-lr"):
             assert dash.query_one(chart, SeriesChart).points_drawn > 0, chart
         await pilot.press("n")
@@ -475,6 +505,37 @@ async def test_a_non_finite_gradient_names_its_layer_on_the_dashboard() -> None:
         assert row.split()[:5] == ["80", "nan", "inf", "non-finite", "kan.1"]
         notices = unwrapped(dash.query_one(NoticeLog))
         assert "step80:non-finitegradientinkan.1:skippedstep" in notices
+
+
+@sync
+async def test_a_regression_dashboard_shows_rmse_r2_and_the_grid_stage() -> None:
+    app = create_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup screen")
+        dash = DashboardScreen(RunConfig(), "lite", Path("runs"), start=False)
+        await app.push_screen(dash)
+        events = regression_replay()
+        dash.feed(events[:-1])
+        status = dash.query_one("#run-status", Static)
+        assert "csv · grid 20" in str(status.content)  # the grid schedule's stage, while it runs
+        dash.feed(events[-1:])
+        await pilot.pause()
+        epoch = [e for e in events if isinstance(e, EpochEnd)][-1]
+        summary = events[-1].summary  # type: ignore[attr-defined]
+        rows, fit = stats_rows(dash.state), epoch.metrics
+        shown = visible_text(dash.query_one("#stats-table", Static))
+        assert all(f"{label:<9} {value}" in shown for label, value in rows)  # none cut at 80x24
+        values = dict(rows)
+        assert values["train"].startswith("rmse ") and "acc" not in values["train"]
+        assert values["val"] == f"rmse {sig(fit['val_rmse'])} r² {sig(fit['val_r2'])}"
+        assert values["best val"] == f"{sig(summary['best_val_rmse'])} @ epoch 4"
+        assert values["test"] == f"rmse {sig(summary['test_rmse'])} r² {sig(summary['test_r2'])}"
+        tabs = dash.query_one(TabbedContent)
+        assert str(tabs.get_tab("tab-acc").label) == "RMSE"
+        chart = dash.query_one("#chart-acc", SeriesChart)
+        assert chart.log_y and chart.points_drawn == len(dash.state.train_score) + 4
+        assert f"csv · test rmse {sig(summary['test_rmse'])}" in str(status.content)
+        assert "gridextendedto20intervals" in unwrapped(dash.query_one(NoticeLog))
 
 
 @sync

@@ -1,7 +1,8 @@
 """The TUI's run history, activation viewer, memory line and LR-finder action, through Pilot.
 
-One short real run (digits, the kan baseline) provides the run folders; the screens read them as
-they would after any run. Waits are condition loops on app state, never sleeps.
+One short real run (digits, the kan baseline) provides the run folders, and one short regression
+the history's fit rows; the screens read them as they would after any run. Waits are condition
+loops on app state, never sleeps.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SIZE, TINY, sync, wait_until
+from conftest import SIZE, TINY, regression_overrides, sync, wait_until
 from textual.widgets import DataTable, Input, Static
 
-from kan_engine import activations, history
+from kan_engine import activations, history, runs
 from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.events import EpochEnd
 from kan_engine.trainer import Trainer
 from kan_tui.app import create_app
+from kan_tui.formatting import sig
 from kan_tui.screens.activations import TOP_EDGES, ActivationsScreen, EdgePlot
 from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog
@@ -74,6 +76,36 @@ async def test_runs_screen_lists_plots_overlays_and_exports(out_dir: Path) -> No
         assert (out_dir / "20250101-090000-tiny" / "metrics.csv").is_file()
         await pilot.press("escape")
         assert isinstance(app.screen, SetupScreen)
+
+
+@sync
+async def test_the_history_shows_a_regressions_rmse_on_a_log_scale(
+    out_dir: Path, tmp_path: Path
+) -> None:
+    overrides = regression_overrides(tmp_path, **{"train.epochs": 2})
+    config = apply_overrides(RunConfig(), overrides, source="test")
+    fit = Trainer(config, sink=lambda event: None, out_dir=out_dir, preset_name="fit")
+    fit.run()
+    summary = runs.read_summary(fit.run_dir)
+    app = create_app(out_dir=out_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("h")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen")
+        screen = app.screen
+        table = screen.query_one(DataTable)
+        assert str(table.get_row_at(0)[1]) == fit.run_dir.name  # the newest
+        cells = [str(cell) for cell in table.get_row_at(0)[3:5]]
+        assert cells == [
+            f"rmse {sig(summary['best_val_rmse'])}",
+            f"rmse {sig(summary['test_rmse'])}",
+        ]
+        chart = screen.query_one("#runs-chart", SeriesChart)
+        curves = history.curves(fit.run_dir)
+        assert chart.log_y and chart.series["val"] == curves["val_rmse"]
+        await pilot.press("space", "down", "space")  # beside an accuracy: not on a log scale
+        assert not chart.log_y and chart.series["1:val"] == curves["val_rmse"]
+        await pilot.press("t")
+        assert chart.log_y and chart.series["1:val"] == curves["val_loss"]
 
 
 @sync

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import fix_memory_estimate
+from conftest import fix_memory_estimate, regression_replay
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -115,13 +115,15 @@ def replay_events(epochs: int = 4) -> list[Event]:
     return events
 
 
-def show_dashboard(tab: str) -> Callable[[Pilot], object]:
+def show_dashboard(
+    tab: str, replay: Callable[[], list[Event]] = replay_events
+) -> Callable[[Pilot], object]:
     async def run_before(pilot: Pilot) -> None:
         screen = DashboardScreen(
             RunConfig(), "lite", Path("runs"), start=False, memory=lambda device: "1.25/2.00 GB"
         )
         await pilot.app.push_screen(screen)
-        screen.feed(replay_events())
+        screen.feed(replay())
         screen.query_one("#charts").active = tab
         await pilot.pause()
 
@@ -156,6 +158,12 @@ def test_dashboard(snap_compare: Callable[..., bool], size: tuple[int, int]) -> 
 
 def test_dashboard_lr_tab(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(create_app(), terminal_size=(80, 24), run_before=show_dashboard("tab-lr"))
+
+
+def test_dashboard_regression(snap_compare: Callable[..., bool]) -> None:
+    """A finished function fit on its RMSE tab (log scale): the stats say RMSE and R²."""
+    run_before = show_dashboard("tab-acc", regression_replay)
+    assert snap_compare(create_app(), terminal_size=(80, 24), run_before=run_before)
 
 
 def write_run(out: Path, name: str, model: str, status: str, epochs: int, top: float) -> None:
