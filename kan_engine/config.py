@@ -255,7 +255,13 @@ class TrainSection(_Section):
 # The `[kan]` fields a model is built with (`models.build(name, ..., **options)`); the others steer
 # training (grid updates, the regulariser).
 MODEL_OPTIONS = (
-    "grid_size", "spline_order", "grid_range", "scale_base", "scale_spline", "init", "grid_eps"
+    "grid_size",
+    "spline_order",
+    "grid_range",
+    "scale_base",
+    "scale_spline",
+    "init",
+    "grid_eps",
 )
 
 
@@ -281,6 +287,9 @@ class KanSection(_Section):
     )
     grid_margin: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, description="grid updates: room beyond the samples' range, as a share of it"
+    )
+    grid_keep_range: bool = Field(
+        True, description="grid updates never shrink a grid below grid_range (off: samples only)"
     )
     prob_update_grid: Annotated[float, Field(ge=0, le=1)] = Field(
         0.1, description="chance per step of adapting the grids to the batch"
@@ -489,10 +498,6 @@ def check_names(config: RunConfig, source: str = "") -> None:
     if config.data.dataset not in names.DATASETS:
         shown = untrusted.short_repr(config.data.dataset)
         raise ConfigError(source, "data.dataset", names.unknown("dataset", shown, names.DATASETS))
-    if config.data.dataset == "function":  # a formula is refused before anything is made
-        from kan_engine import function_data
-
-        function_data.check(config.data, source)
 
 
 def limits(key: str) -> dict[str, Any]:

@@ -43,9 +43,7 @@ def usable(
         "train.compile (torch.compile manages its own graphs)": config.train.compile,
         "sgd (no capturable fused step)": config.optim.optimizer == "sgd",
         "lbfgs (its line search reads the loss back)": config.optim.optimizer == "lbfgs",
-        "kan.grid_schedule (each stage changes the layers' shapes)": bool(
-            config.kan.grid_schedule
-        ),
+        "kan.grid_schedule (each stage changes the layers' shapes)": bool(config.kan.grid_schedule),
     }
     reasons = [reason for reason, blocks in blockers.items() if blocks]
     if reasons:

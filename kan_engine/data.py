@@ -241,14 +241,14 @@ class DataBundle:
         pass in its own order: an epoch of a small data set that repeats it. The first `skip`
         batches are left out either way; the rest is `_pass`."""
         per_pass = self.steps(split, batch_size, world=world)
+        rest = (augment, erase_prob, rank, world)
         if steps <= 0:
-            yield from self._pass(split, batch_size, shuffle, (epoch, 0), skip, augment,
-                                  erase_prob, rank, world)  # fmt: skip
+            yield from self._pass(split, batch_size, shuffle, (epoch, 0), skip, *rest)
             return
         for repeat in range(skip // per_pass, math.ceil(steps / per_pass)):
             first = repeat * per_pass
-            batches = self._pass(split, batch_size, shuffle, (epoch, repeat),
-                                 max(skip - first, 0), augment, erase_prob, rank, world)  # fmt: skip
+            when, skipped = (epoch, repeat), max(skip - first, 0)
+            batches = self._pass(split, batch_size, shuffle, when, skipped, *rest)
             yield from itertools.islice(batches, steps - max(skip, first))
 
     def _pass(

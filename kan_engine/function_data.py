@@ -154,15 +154,6 @@ def describe_named() -> list[tuple[str, str]]:
     ]
 
 
-def check(section: DataSection, source: str = "") -> None:
-    """Refuse a missing or bad `data.function` (ConfigError naming `source`) before anything is
-    sampled or made: the config checks call this."""
-    try:
-        _resolve(section)
-    except ConfigError as exc:
-        raise ConfigError(source, exc.key, exc.reason) from None
-
-
 @dataclass(frozen=True)
 class _Target:
     label: str  # how the data set's source names it

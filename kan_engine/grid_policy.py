@@ -90,8 +90,9 @@ class GridPolicy:
             for name, layer in self.kan.items():
                 # every rank refits on the whole global batch, so the grids stay identical
                 samples = self.dist.gather_rows(inputs[name])  # (N_global, in)
+                kan = self.config.kan
                 layer.update_grid(
-                    samples, keep_range=True, margin_share=self.config.kan.grid_margin
+                    samples, keep_range=kan.grid_keep_range, margin_share=kan.grid_margin
                 )
                 if self.ema is not None:  # an average over two grids would mean nothing
                     self.ema.restart(layer.parameters())

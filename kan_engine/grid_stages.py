@@ -56,5 +56,8 @@ class GridStages:
         """Every layer onto a grid of `size` intervals, fitted to its `inputs` (N, in)."""
         for name, layer in self.kan.items():
             layer.update_grid(
-                inputs[name], keep_range=True, grid_size=size, margin_share=self.section.grid_margin
+                inputs[name],
+                keep_range=self.section.grid_keep_range,
+                grid_size=size,
+                margin_share=self.section.grid_margin,
             )

@@ -94,7 +94,8 @@ class Task:
             return {"loss": loss / n, "acc": correct / n}
         loss, absolute, *squared = sums
         outputs = len(squared)
-        r2 = [1.0 - sse / sst if sst > 0 else math.nan for sse, sst in zip(squared, total_squares)]
+        pairs = zip(squared, total_squares, strict=True)
+        r2 = [1.0 - sse / sst if sst > 0 else math.nan for sse, sst in pairs]
         return {
             "loss": loss / n,
             "rmse": math.sqrt(sum(squared) / (n * outputs)),

@@ -118,7 +118,8 @@ def test_input_range_is_reported_once(finished_run) -> None:
 
 
 def test_early_stopping_after_patience_epochs(tiny_config, runs_dir, recorder, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "eval_split", lambda *args: {"loss": 1.0, "acc": 0.5})  # never improves
+    never_better = {"loss": 1.0, "acc": 0.5}
+    monkeypatch.setattr(trainer_mod, "eval_split", lambda *args: never_better)
     config = tiny_config(**{"train.epochs": 10, "train.patience": 2})
     summary = Trainer(config, sink=recorder, out_dir=runs_dir).run()
     assert summary["status"] == "early_stopped"
