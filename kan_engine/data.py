@@ -211,6 +211,11 @@ class DataBundle:
             self.mean, self.std, images=images, device=self.device, dtype=dtype
         )
 
+    def stored(self, split: Split) -> tuple[Tensor, Tensor]:
+        """(x as stored, y) of a whole split: the data's own units, for tools that score
+        something other than the model on it (a symbolic formula)."""
+        return self._split(split)
+
     def normalize(self, x: Tensor) -> Tensor:
         """Stored values (uint8 pixels or float features) -> `dtype`, zero mean and unit std."""
         return self._standardize(x)

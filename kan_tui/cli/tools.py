@@ -72,6 +72,23 @@ def models(ctx: typer.Context, debug: bool = DEBUG) -> None:
     console().print(table)
 
 
+@command(app)
+def datasets(ctx: typer.Context, debug: bool = DEBUG) -> None:
+    """List the data sets and the named functions."""
+    from rich.table import Table
+
+    from kan_engine import function_data, names
+
+    table = Table("data set", "description", box=None, pad_edge=False)
+    for name, description in names.DATASETS.items():
+        table.add_row(name, description)
+    console().print(table)
+    functions = Table("function (data.function)", "description", box=None, pad_edge=False)
+    for name, description in function_data.describe_named():
+        functions.add_row(name, description)
+    console().print(functions)
+
+
 @command(app, config=COMPARE_OPTIONS)
 def compare(
     ctx: typer.Context,
@@ -107,7 +124,9 @@ def compare(
     debug: bool = DEBUG,
     **named: Any,
 ) -> None:
-    """Train several models alike and compare their time to accuracy (a regression: its fit).
+    """Train several models alike and compare them.
+
+    Time to accuracy for a classification, the fit (RMSE, MAE, R²) for a regression.
 
     The models train one after the other, on the same data and budget. The table gives epochs
     and training seconds to 85/90/92/93 % (test accuracy, evaluated every epoch, and validation

@@ -159,7 +159,9 @@ def evaluate(
     checkpoint: Literal["best", "last"] | None = CHECKPOINT,
     debug: bool = DEBUG,
 ) -> None:
-    """Evaluate a run's checkpoint and print its accuracy (a regression: RMSE, MAE, R²) and loss."""
+    """Evaluate a run's checkpoint on a split.
+
+    Prints the accuracy and loss (a regression: RMSE, MAE, R² and loss)."""
     from kan_engine.run_setup import evaluate as evaluate_run
 
     which = pick_checkpoint(run_dir, checkpoint)

@@ -50,7 +50,9 @@ def predict(
     ),
     debug: bool = DEBUG,
 ) -> None:
-    """Predict with a run's model: classes and probabilities, or values for a regression.
+    """Predict with a run's model on new inputs.
+
+    Classes and probabilities, or values for a regression.
 
     Inputs are normalised with the statistics of the run's training split, kept in the
     checkpoint (never computed from the new inputs); images are converted to the run's grey or
@@ -118,7 +120,9 @@ def export(
     checkpoint: Literal["best", "last"] | None = CHECKPOINT,
     debug: bool = DEBUG,
 ) -> None:
-    """Export a run's model for use outside kan-tui, checked against the PyTorch model.
+    """Export a run's model (ONNX, TorchScript, safetensors).
+
+    Checked against the PyTorch model before it is written.
 
     ONNX (dynamic batch axis, checked with onnxruntime) and TorchScript trace the KAN layers'
     reference path, the same function as the fast one; safetensors writes the weights alone
