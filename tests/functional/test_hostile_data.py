@@ -124,10 +124,6 @@ CSV_CASES = {
         (HEADER + rows(6) + "1,1,2\n").encode(),
         ["class '2' of the label column 'y' has 1 row(s)", "3 rows or more"],
     ),
-    "regression target": (
-        REGRESSION.encode(),
-        ["the label column 'y' holds 300 distinct numbers", "regression", "--target"],
-    ),
     "id-like target": (
         (HEADER + "".join(f"{i},{i % 3},{i}\n" for i in range(40))).encode(),
         ["has 1 row(s) (40 of 40 classes", "is 'y' a label column?"],
@@ -142,6 +138,18 @@ def test_bad_csv_is_refused_with_file_and_place(isolated: Path, case: str) -> No
     path.write_bytes(contents)
     line = refused(train("csv", path), isolated, "data.csv: ", *fragments)
     assert "; " in line, f"no fix offered: {line}"
+
+
+def test_a_continuous_target_is_a_regression_unless_told_otherwise(isolated: Path) -> None:
+    path = isolated / "data.csv"
+    path.write_text(REGRESSION)
+    fragments = ["the label column 'y' holds 300 distinct numbers", "data.task", "--target"]
+    refused(
+        train("csv", path, "--set", "data.task=classification"), isolated, "data.csv: ", *fragments
+    )
+    result = train("csv", path)
+    assert result.exit_code == 0, result.output
+    assert "1 target (y)" in result.output and "test_rmse" in result.output
 
 
 def test_csv_target_that_does_not_exist(isolated: Path) -> None:
@@ -440,11 +448,12 @@ def test_corrupt_or_incomplete_cifar_folder_names_the_file(isolated: Path) -> No
 def test_lr_find_and_compare_refuse_bad_data_alike(isolated: Path) -> None:
     path = isolated / "data.csv"
     path.write_text(REGRESSION)
+    told = ("--set", "data.task=classification")
     lr = cli("lr-find", "--dataset", "csv", "--data-dir", str(path), "--model", "kan",
-             "--device", "cpu", "--steps", "5")  # fmt: skip
+             "--device", "cpu", "--steps", "5", *told)  # fmt: skip
     refused(lr, isolated, "data.csv: the label column 'y' holds 300 distinct numbers")
     compared = cli("compare", "--dataset", "csv", "--data-dir", str(path), "--models", "kan",
-                   "--epochs", "1", "--device", "cpu", "--out", "out")  # fmt: skip
+                   "--epochs", "1", "--device", "cpu", "--out", "out", *told)  # fmt: skip
     refused(compared, isolated, "data.csv: the label column 'y' holds 300 distinct numbers")
 
 

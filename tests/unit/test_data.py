@@ -132,7 +132,8 @@ def test_unknown_dataset_name() -> None:
     section = DataSection.model_construct(dataset="imagenet")
     with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset 'imagenet' \(known: "):
         data.load(section, device=CPU, seed=0)
-    assert set(data.DATASETS) == {"fashion-mnist", "mnist", "cifar10", "digits", "images", "csv"}
+    known = {"fashion-mnist", "mnist", "cifar10", "digits", "images", "csv", "function"}
+    assert set(data.DATASETS) == known
 
 
 # --- splits and batches ------------------------------------------------------------------------
