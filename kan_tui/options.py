@@ -60,6 +60,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("data.dataset", "dataset", "NAME", "dataset", "select"),
     FieldSpec("data.data_dir", "data_dir", "PATH", "data folder"),
     FieldSpec("data.target", "target", "COLUMN", "CSV target"),
+    FieldSpec("data.function", "function", "FORMULA", "function"),
+    FieldSpec("model.width", label="KAN widths"),
     FieldSpec("optim.lr", "lr", "FLOAT", "base LR"),
     FieldSpec("optim.lr_mult.cnn", label="LR x cnn"),
     FieldSpec("optim.lr_mult.kan", label="LR x kan"),
