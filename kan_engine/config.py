@@ -33,7 +33,7 @@ Optimizer = Literal["adamw", "adam", "sgd", "lbfgs"]
 Task = Literal["auto", "classification", "regression"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
-Tracker = Literal["tensorboard"]
+Tracker = Literal["tensorboard", "mlflow"]
 
 GROUPS = ("cnn", "kan", "other")
 
@@ -373,7 +373,8 @@ class KanSection(_Section):
 class LogSection(_Section):
     report_to: list[Tracker] = Field(
         default_factory=list,
-        description="trackers that also get the metrics: tensorboard (<run>/tensorboard/); none",
+        description="trackers that also get the metrics: tensorboard (<run>/tensorboard/), "
+        "mlflow ($MLFLOW_TRACKING_URI or <out>/mlflow.db); none",
     )
 
     @field_validator("report_to", mode="before")

@@ -11,12 +11,23 @@ TensorBoard is written through its own client (`torch.utils.tensorboard.SummaryW
 the epoch (`epoch/...`), the resolved config and the summary as text. A classification logs its
 accuracies, a regression its RMSE, MAE and R² (and a grid schedule its grid size), under the
 names of the epoch rows (`val_acc`, `val_rmse`, `test_r2`, `grid_size`).
+
+MLflow is written through its own client (`MlflowClient`, never the fluent global state, so two
+runs of one process do not share a run) into `$MLFLOW_TRACKING_URI` when that is set, else a
+local SQLite store beside the run folders (`<out>/mlflow.db`; MLflow 3 refuses its old file
+store): one MLflow run per run folder, in the experiment `kan-tui`, with the config as params
+(dotted keys), the same step and epoch scalars, the summary's numbers as `summary/...` metrics
+and its status. A resumed run continues its MLflow run (found by the run folder's tag), so
+its metrics are one history.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +36,12 @@ from kan_engine.events import EpochEnd, Event, Failed, Finished, Notice, RunStar
 
 EventSink = Callable[[Event], None]
 FOLDER = "tensorboard"  # inside the run folder
+MLFLOW_STORE = "mlflow.db"  # beside the run folders, unless $MLFLOW_TRACKING_URI says otherwise
+EXPERIMENT = "kan-tui"
+RUN_TAG = "kan_tui.run_dir"
+MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "stopped": "KILLED"}
+PARAM_MAX = 500  # characters of an MLflow param value
+BATCH_MAX = 100  # params per log_batch call
 
 
 class Tracker(Protocol):
@@ -69,6 +86,86 @@ class TensorBoardTracker:
             self.writer = None
 
 
+class MlflowTracker:
+    """Writes the event stream to an MLflow run; opened at `RunStarted`, ended at `Finished`
+    (its status) or `Failed`."""
+
+    name = "mlflow"
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.run_id = ""
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self._open(event)
+            case StepMetrics() if self.client is not None:
+                self._log(step_scalars(event), "step", event.global_step)
+            case EpochEnd() if self.client is not None:
+                self._log(epoch_scalars(event), "epoch", event.epoch)
+            case Finished() if self.client is not None:
+                summary = {k: v for k, v in event.summary.items() if _is_number(v)}
+                self._log(summary, "summary", 0)
+                status = MLFLOW_STATUS.get(str(event.summary.get("status")), "FAILED")
+                self.client.set_terminated(self.run_id, status)
+                self.client = None
+            case Failed() if self.client is not None:
+                self.client.set_terminated(self.run_id, "FAILED")
+                self.client = None
+
+    def _open(self, event: RunStarted) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient  # ImportError: not installed
+
+        # after the import, which sets its loggers up: its INFO lines are not our log's
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+        run_dir = Path(event.run_dir).resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / MLFLOW_STORE}"
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(EXPERIMENT)
+        experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT)
+        earlier = client.search_runs(
+            [experiment], filter_string=f"tags.`{RUN_TAG}` = '{_quoted(str(run_dir))}'"
+        )
+        if earlier:  # a resume: the same MLflow run goes on (its params are set already)
+            self.run_id = earlier[0].info.run_id
+            client.update_run(self.run_id, "RUNNING")
+        else:
+            run = client.create_run(experiment, run_name=run_dir.name, tags={RUN_TAG: str(run_dir)})
+            self.run_id = run.info.run_id
+            params = [Param(k, str(v)[:PARAM_MAX]) for k, v in _flat(event.config)]
+            for start in range(0, len(params), BATCH_MAX):
+                client.log_batch(self.run_id, params=params[start : start + BATCH_MAX])
+        self.client = client
+
+    def _log(self, scalars: dict[str, float], prefix: str, step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}/{k}", float(v), stamp, step) for k, v in scalars.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested config."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _quoted(text: str) -> str:
+    """Text inside an MLflow filter's single quotes."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def step_scalars(event: StepMetrics) -> dict[str, float]:
     """The numbers of a step event that a tracker plots: its task's training metric (accuracy,
     or a regression's RMSE; the other is None and left out) among them."""
@@ -105,7 +202,10 @@ def _numbers(scalars: dict[str, float | int | None]) -> dict[str, float]:
     return {key: float(value) for key, value in scalars.items() if value is not None}
 
 
-TRACKERS: dict[str, Callable[[], Tracker]] = {"tensorboard": TensorBoardTracker}
+TRACKERS: dict[str, Callable[[], Tracker]] = {
+    "tensorboard": TensorBoardTracker,
+    "mlflow": MlflowTracker,
+}
 
 
 def with_trackers(sink: EventSink, config: RunConfig) -> EventSink:

@@ -47,9 +47,7 @@ def symbolic(
         if edge.chosen is None:
             out.print(f"{where}  0 (importance {edge.importance:.3g} < {threshold:g})")
             continue
-        fits = ", ".join(
-            f"{fit.name} {fit.r2:.6f}" for fit in edge.candidates[:CANDIDATES_SHOWN]
-        )
+        fits = ", ".join(f"{fit.name} {fit.r2:.6f}" for fit in edge.candidates[:CANDIDATES_SHOWN])
         out.print(f"{where}  {printable(fits)}", highlight=False)
     for name, formula in zip(result.outputs, shown.rounded(digits), strict=True):
         out.print(f"{printable(name)} = {printable(formula)}", highlight=False, soft_wrap=True)

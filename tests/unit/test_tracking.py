@@ -111,3 +111,58 @@ def test_report_to_takes_names_a_list_or_none(value: object, expected: list[str]
 def test_an_unknown_tracker_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="log.report_to"):
         apply_overrides(RunConfig(), {"log.report_to": "wandb"})
+
+
+def mlflow_run(runs_dir: Path, run_dir: Path):  # the MLflow run of a run folder, and its client
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir.resolve() / tracking.MLFLOW_STORE}")
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags[tracking.RUN_TAG] == str(run_dir.resolve())
+    return client, run
+
+
+def test_a_run_writes_mlflow_metrics_equal_to_its_metrics_and_resumes_into_them(
+    tiny_config: Callable[..., RunConfig], runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tiny_config(**{"log.report_to": ["mlflow"], "train.epochs": 2})
+    seen: list[Event] = []
+
+    def stop_after_epoch_one(event: Event) -> None:
+        seen.append(event)
+        if getattr(event, "event", "") == "epoch" and event.epoch == 1:
+            trainer.stop()
+
+    trainer = Trainer(config, sink=stop_after_epoch_one, out_dir=runs_dir, preset_name="ml")
+    assert trainer.run()["status"] == "stopped"
+    client, run = mlflow_run(runs_dir, trainer.run_dir)
+    assert run.info.status == "KILLED"
+    assert run.data.params["optim.lr"] == str(config.optim.lr)
+    resumed = Trainer.from_run_dir(trainer.run_dir, sink=seen.append)
+    assert resumed.run()["status"] == "finished"
+    client, run = mlflow_run(runs_dir, trainer.run_dir)  # one MLflow run for the folder
+    assert run.info.status == "FINISHED"
+    epochs = rows(trainer.run_dir, "epoch")
+    for key in ("val_acc", "train_loss"):
+        history = client.get_metric_history(run.info.run_id, f"epoch/{key}")
+        logged = sorted((m.step, m.value) for m in history)
+        assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in epochs], key
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    (test_acc,) = client.get_metric_history(run.info.run_id, "summary/test_acc")
+    assert test_acc.value == pytest.approx(summary["test_acc"])
+    assert not [e for e in seen if isinstance(e, Notice) and "report_to" in e.message]
+
+
+def test_mlflow_honours_its_tracking_uri(
+    tiny_config: Callable[..., RunConfig], runs_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    pytest.importorskip("mlflow")
+    store = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    config = tiny_config(**{"log.report_to": ["mlflow"]})
+    Trainer(config, sink=lambda e: None, out_dir=runs_dir, preset_name="ml").run()
+    assert store.is_file() and not (runs_dir / tracking.MLFLOW_STORE).exists()
