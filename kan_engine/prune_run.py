@@ -145,9 +145,14 @@ def trainer(pruned: Pruning, *, sink: EventSink, out_dir: Path) -> Trainer:
 
 @dataclass(frozen=True)
 class InputAttribution:
-    """The run's inputs by importance (`pruning.attribute`'s input scores), best first."""
+    """The run's inputs by importance (`pruning.attribute`'s input scores), best first.
+
+    An input that never varies (digits' corner pixels) still scores by the constant its edges
+    add, which is what removing it would change; `constant` names them, since they carry no
+    information about the sample."""
 
     ranked: list[tuple[str, float]]
+    constant: frozenset[str]
     model: str
     samples: int
 
@@ -165,4 +170,7 @@ def attribution(run_dir: Path, which: str = "best") -> InputAttribution:
         raise ConfigError("", "model.name", reason)
     scores = pruning.attribute(layers, pruning.layer_inputs(model, opened.samples))
     names = pruning.input_names(opened.bundle.input_shape, opened.bundle.feature_names)
-    return InputAttribution(pruning.rank_inputs(scores, names), name, len(opened.samples))
+    x = opened.samples.flatten(1)  # (N, inputs)
+    still = (x.amax(0) == x.amin(0)).tolist()
+    constant = frozenset(n for n, flat in zip(names, still, strict=True) if flat)
+    return InputAttribution(pruning.rank_inputs(scores, names), constant, name, len(x))

@@ -240,8 +240,16 @@ def _refusal(
             high = mid - 1
         else:
             best, low = candidates[mid], mid + 1
-    reason = f"{threshold:g} {problem}; the largest threshold that keeps a network is {best:.4g}"
+    shown = _floor_digits(best)  # rounded down, so that the number shown works as a threshold
+    reason = f"{threshold:g} {problem}; the largest threshold that keeps a network is {shown:g}"
     return ConfigError("", "--threshold", reason)
+
+
+def _floor_digits(value: float, digits: int = 4) -> float:
+    if value <= 0:
+        return 0.0
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.floor(value * scale) / scale
 
 
 def _sliced(layer: KANLinear, rows: Tensor, cols: Tensor, mask: Tensor) -> KANLinear:
