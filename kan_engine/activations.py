@@ -13,7 +13,8 @@ range alike (say so where it is shown: `ImportanceSource`).
 
 Layers are read from a run folder's checkpoint without building the model or loading its data set
 (`load_layers`): each KAN layer's tensors sit under `<path>.spline_weight` / `.base_weight` /
-`.grid` in the model state, and the checkpoint's own config holds the scales.
+`.grid` (and `.edge_mask` for a pruned one) in the model state, and the checkpoint's own config
+holds the scales.
 """
 
 from __future__ import annotations
@@ -110,11 +111,11 @@ def edge_importance(layer: KANLinear, inputs: Tensor | None = None, samples: int
     k = layer.spline_order
     if inputs is None:
         low, high = layer.grid[:, k], layer.grid[:, -k - 1]  # (in,)
-        share = (torch.arange(samples, dtype=low.dtype) + 0.5) / samples  # (S,) midpoints
+        share = (torch.arange(samples, dtype=low.dtype, device=low.device) + 0.5) / samples  # (S,)
         x = low + share[:, None] * (high - low)  # (S, in)
     else:
         x = inputs.reshape(-1, layer.in_features).to(layer.grid)  # (S, in)
-    total = torch.zeros(layer.in_features, layer.out_features, dtype=x.dtype)  # (in, out)
+    total = x.new_zeros(layer.in_features, layer.out_features)  # (in, out)
     rows = max(1, CHUNK_ELEMENTS // (layer.in_features * layer.out_features))
     for part in x.split(rows):
         total += layer.edge_functions(part).abs().sum(0)  # (s, in, out) summed over s
@@ -168,10 +169,11 @@ def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANL
                 scale_base=config.kan.scale_base,
                 scale_spline=config.kan.scale_spline,
             )
+        tensors = {"spline_weight": spline, "base_weight": base, "grid": grid}
+        if f"{name}.edge_mask" in model:  # a pruned layer (kan_engine.pruning)
+            tensors["edge_mask"] = model[f"{name}.edge_mask"]
         with ckpt.fitting(path, f"a KAN layer of order {order}"):
-            layer.load_state_dict(
-                {"spline_weight": spline, "base_weight": base, "grid": grid}, assign=True
-            )
+            layer.load_state_dict(tensors, assign=True)
         layers[name] = layer.float().eval()
     if not layers:
         raise RunDirError(f"{path}: the model ({config.model.name}) has no KAN layer")

@@ -96,6 +96,14 @@ class ModelSection(_Section):
         max_length=64,
         description="flat_kan / flat_mlp: nodes per layer, inputs to outputs, e.g. [2, 5, 1]",
     )
+    init_from: str | None = Field(
+        None,
+        max_length=PATH_MAX,
+        description="start from these weights (a kan-tui checkpoint; a relative path is read "
+        "from the run folder: kan-tui prune writes checkpoints/init.pt)",
+    )
+
+    _paths = field_validator("init_from")(_check_path_text)
 
 
 class DataSection(_Section):

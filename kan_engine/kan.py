@@ -205,6 +205,12 @@ class KANLinear(nn.Module):
     * "noise": efficient-kan style; the splines are a small random ripple (1 % of the variance)
       and the base branch carries the output.
 
+    `edge_mask` (out, in) bool, None by default: pruned edges (`set_edge_mask`, written by
+    `kan_engine.pruning`). Where it is False, both weights are multiplied by zero in every forward,
+    so a masked edge computes exactly 0 and gets no gradient, whatever the optimizer or a grid
+    refit does; without a mask the forward is unchanged (one `is None` test). The mask is in the
+    state dict when set, and a layer takes the stored mask (or none) when it loads a state.
+
     `fast=False` selects the textbook reference path (kept for tests and benchmarks). `fused`
     picks the Triton kernels of `fused_basis` (None: on CUDA when Triton is there; True on the
     CPU needs Triton's interpreter, for tests). `chunk_size` bounds the transient memory of
@@ -267,6 +273,7 @@ class KANLinear(nn.Module):
         self.spline_weight = nn.Parameter(
             torch.empty(out_features, grid_size + spline_order, in_features, **kw)
         )
+        self.register_buffer("edge_mask", None)  # (out, in) bool: False = pruned edge
         self._uniform = True
         # share of inputs outside the grid in the last training forward (-1: none yet); filled in
         # place, so a CUDA graph replaying the forward keeps it current
@@ -307,6 +314,36 @@ class KANLinear(nn.Module):
             f"fast={self.fast}, fused={self.fused}, chunk_size={self.chunk_size}"
         )
 
+    def masked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base_weight (out, in), spline_weight (out, G+k, in)) with pruned edges zeroed: the
+        weights every computation of the layer's function uses."""
+        mask = self.edge_mask
+        if mask is None:
+            return self.base_weight, self.spline_weight
+        return self.base_weight * mask, self.spline_weight * mask[:, None, :]
+
+    @torch.no_grad()
+    def set_edge_mask(self, mask: torch.Tensor | None) -> None:
+        """Prune the edges where `mask` (out, in) is False (None: no mask). The weights of the
+        pruned edges are zeroed too, so the raw weights, the optimizer's view of them, and a
+        grid refit (which fits every edge's coefficients from the old ones) all see 0 there."""
+        if mask is None:
+            self.edge_mask = None
+            return
+        shape = (self.out_features, self.in_features)
+        if tuple(mask.shape) != shape:
+            got = tuple(mask.shape)
+            raise ValueError(f"KANLinear.set_edge_mask: mask must be {shape} (got {got})")
+        self.edge_mask = mask.to(device=self.base_weight.device, dtype=torch.bool).clone()
+        self._zero_masked()
+
+    @torch.no_grad()
+    def _zero_masked(self) -> None:
+        mask = self.edge_mask
+        if mask is not None:
+            self.base_weight.mul_(mask)
+            self.spline_weight.mul_(mask[:, None, :])
+
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
         """Basis values x (N, in) -> (N, in, G+k) by the textbook recursion (the reference)."""
         return reference_basis(x.reshape(-1, self.in_features), self.grid, self.spline_order)
@@ -316,10 +353,11 @@ class KANLinear(nn.Module):
         x = x.reshape(-1, self.in_features)  # (N, in)
         k, n_cols = self.spline_order, self.grid_size + self.spline_order
         act = self.base_activation(x)  # (N, in)
-        base = F.linear(act, self.base_weight)  # (N, out)
+        base_weight, spline_weight = self.masked_weights()
+        base = F.linear(act, base_weight)  # (N, out)
         track = self.track_regularization
         if self.fast:
-            flat_weight = self.spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
+            flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
             auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
             fused = auto if self.fused is None else self.fused
             out, col_sum = _SplineLinear.apply(
@@ -328,7 +366,7 @@ class KANLinear(nn.Module):
             )  # fmt: skip
         else:
             basis = self.b_splines(x)  # (N, in, G+k)
-            weight = self.spline_weight.transpose(1, 2).reshape(self.out_features, -1)
+            weight = spline_weight.transpose(1, 2).reshape(self.out_features, -1)
             spline = F.linear(basis.reshape(x.shape[0], -1), weight)  # (N, out)
             out = self.scale_base * base + self.scale_spline * spline
             col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
@@ -354,18 +392,20 @@ class KANLinear(nn.Module):
         so the function follows a grid that `update_grid` has moved."""
         i, j = in_index, out_index
         x = x.to(self.grid)
-        base = self.scale_base * self.base_weight[j, i] * self.base_activation(x)  # (P,)
+        base_weight, spline_weight = self.masked_weights()
+        base = self.scale_base * base_weight[j, i] * self.base_activation(x)  # (P,)
         basis = reference_basis(x[:, None], self.grid[i : i + 1], self.spline_order)  # (P, 1, G+k)
-        spline = basis[:, 0] @ self.spline_weight[j, :, i]  # (P,)
+        spline = basis[:, 0] @ spline_weight[j, :, i]  # (P,)
         return base + self.scale_spline * spline
 
     def edge_functions(self, x: torch.Tensor) -> torch.Tensor:
         """phi of every edge at inputs x (N, in) -> (N, in, out); the forward is its sum over
         the inputs. Builds the whole (N, in, out) tensor: chunk the rows of a large x."""
+        base_weight, spline_weight = self.masked_weights()
         basis = self.b_splines(x)  # (N, in, G+k)
-        coeffs = self.scale_spline * self.spline_weight  # (out, G+k, in)
+        coeffs = self.scale_spline * spline_weight  # (out, G+k, in)
         phi = torch.einsum("sig,jgi->sij", basis, coeffs)  # (N, in, out)
-        phi += self.base_activation(x)[:, :, None] * (self.scale_base * self.base_weight.t())
+        phi += self.base_activation(x)[:, :, None] * (self.scale_base * base_weight.t())
         return phi
 
     @torch.no_grad()
@@ -424,6 +464,7 @@ class KANLinear(nn.Module):
             self._resize(size)
             self.grid.copy_(new_grid)
             self.spline_weight.data = refit.to(self.spline_weight.dtype)
+        self._zero_masked()  # a pruned edge's refit is 0 up to the solver's rounding: exactly 0
         self._grid_changed()
 
     def _resize(self, grid_size: int) -> None:
@@ -440,12 +481,20 @@ class KANLinear(nn.Module):
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         """A state saved after grid extension loads into a layer built at the first grid: the
-        layer takes the stored grid's size first (in, out and order must still agree)."""
+        layer takes the stored grid's size first (in, out and order must still agree). A state
+        with an edge mask (a pruned layer) gives the layer one, a state without takes it away:
+        the layer built from a config has none."""
         grid = state_dict.get(prefix + "grid")
         if isinstance(grid, torch.Tensor) and grid.dim() == 2:
             size = grid.shape[1] - 2 * self.spline_order - 1
             if size >= 1 and size != self.grid_size and grid.shape[0] == self.in_features:
                 self._resize(size)
+        mask = state_dict.get(prefix + "edge_mask")
+        if mask is None:
+            self.edge_mask = None
+        elif self.edge_mask is None and isinstance(mask, torch.Tensor):  # filled in by the load
+            shape = (self.out_features, self.in_features)
+            self.edge_mask = torch.ones(shape, dtype=torch.bool, device=self.grid.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def regularization_loss(
@@ -467,8 +516,9 @@ class KANLinear(nn.Module):
                 "when its regularisation weight is > 0)"
             )
         act_mean, basis_mean = self._reg_stats  # (in,), (G+k, in)
-        base = self.scale_base * self.base_weight.abs() * act_mean  # (out, in)
-        spline = self.scale_spline * (self.spline_weight.abs() * basis_mean).sum(1)  # (out, in)
+        base_weight, spline_weight = self.masked_weights()
+        base = self.scale_base * base_weight.abs() * act_mean  # (out, in)
+        spline = self.scale_spline * (spline_weight.abs() * basis_mean).sum(1)  # (out, in)
         magnitude = base + spline  # (out, in)
         total = magnitude.sum()
         p = magnitude / total.clamp_min(1e-12)

@@ -22,21 +22,34 @@ from torch import nn
 
 from kan_engine import checkpoint as ckpt
 from kan_engine import resume_plan, run_lock, runs
-from kan_engine.config import RunConfig
+from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.distributed import Dist
 from kan_engine.errors import KanError, RunDirError
 from kan_engine.events import CheckpointWritten, Event, EventSink, Failed, Notice
 
 
-def create(out_dir: Path, preset_name: str, config: RunConfig, dist: Dist) -> Path:
-    """A new run folder with its config.toml (made by rank 0; every rank gets its path)."""
+def create(
+    out_dir: Path,
+    preset_name: str,
+    config: RunConfig,
+    dist: Dist,
+    init_weights: dict[str, torch.Tensor] | None = None,
+) -> tuple[Path, RunConfig]:
+    """A new run folder with its config.toml (made by rank 0; every rank gets its path), and
+    the config it holds. `init_weights` (a model state dict) are written into the folder first
+    (`runs.INIT`), and the config's `model.init_from` names them: a start-over resume of a run
+    killed in its first epoch starts from them again, and the folder is whole on its own."""
+    if init_weights is not None:
+        config = apply_overrides(config, {"model.init_from": runs.INIT}, "init_weights")
 
     def make() -> Path:
         path = runs.create_run_dir(Path(out_dir), preset_name)
+        if init_weights is not None:
+            ckpt.save(path / runs.INIT, {"model": init_weights})
         runs.write_config(path, config)
         return path
 
-    return dist.on_main(make)
+    return dist.on_main(make), config
 
 
 class RunFolder:

@@ -94,6 +94,17 @@ def build_model(config: RunConfig, bundle: data_mod.DataBundle, device: torch.de
     return model
 
 
+def load_initial(model: nn.Module, init_from: str, run_dir: Path, device: torch.device) -> None:
+    """`model.init_from`'s weights into the model built from the config: a checkpoint's
+    evaluated weights (the weight average where it kept one), or a file of model weights
+    (`{"model": state dict}`, what a pruned run keeps in `runs.INIT`); a relative path is read
+    from the run folder. A file that is missing, damaged or does not fit is one RunDirError."""
+    path = Path(run_dir) / Path(init_from).expanduser()
+    state = ckpt.load(path, device, keys=("model",))
+    with ckpt.fitting(path, f"the model of {Path(run_dir) / runs.CONFIG} (model.init_from)"):
+        model.load_state_dict(ckpt.evaluated_weights(state))
+
+
 def build_for(
     config: RunConfig, input_shape: tuple[int, ...], outputs: int, device: torch.device
 ) -> nn.Module:

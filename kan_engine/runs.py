@@ -5,6 +5,8 @@
         metrics.jsonl      one event per line (`Event.to_record()`), flushed as written
         summary.json       status and headline numbers, rewritten atomically
         checkpoints/last.pt, checkpoints/best.pt
+        checkpoints/init.pt  the weights a run starts from, where it has its own
+                             (`model.init_from`: a pruned run, kan-tui prune)
         run.lock           held by the process training in the folder (`run_lock.py`)
 
 `metrics.jsonl` is append-only while a run lives; every line goes to the OS in one write (not
@@ -37,6 +39,7 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+INIT = f"{CHECKPOINTS}/init.pt"  # `model.init_from` of a run that brings its own start weights
 STATUSES = ("running", "finished", "early_stopped", "stopped", "diverged", "failed")
 
 

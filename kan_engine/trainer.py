@@ -60,7 +60,13 @@ from kan_engine.grid_policy import GridPolicy
 from kan_engine.grid_stages import GridStages
 from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer, keep_buffers
 from kan_engine.recovery import Recovery
-from kan_engine.run_setup import build_model, eval_split, pick_device, seed_everything
+from kan_engine.run_setup import (
+    build_model,
+    eval_split,
+    load_initial,
+    pick_device,
+    seed_everything,
+)
 from kan_engine.run_summary import RunReport
 from kan_engine.train_state import TrainState
 from kan_engine.train_step import TrainStep
@@ -78,16 +84,21 @@ class Trainer:
         preset_name: str = "custom",
         run_dir: Path | None = None,
         raw: data_mod.datasets.Raw | None = None,
+        init_weights: dict[str, Tensor] | None = None,
     ) -> None:
         """Creates the run folder (with config.toml) unless `run_dir` names an existing one
         (`from_run_dir` does that). Nothing heavy happens until `setup()` / `run()`. `raw`: the
-        data as `data.read` gave it (the CLI reads and checks it before making the folder)."""
-        self.config = config
+        data as `data.read` gave it (the CLI reads and checks it before making the folder).
+        `init_weights`: a state dict the new run starts from (a pruned model, whose widths
+        `config` has), kept in the folder and named by `model.init_from`."""
         self.preset_name = preset_name
         self._fresh = run_dir is None
         self.dist = distributed.current()  # rank 0 of many, or the only process
         if run_dir is None:
-            run_dir = run_folder.create(out_dir, preset_name, config, self.dist)
+            run_dir, config = run_folder.create(
+                out_dir, preset_name, config, self.dist, init_weights
+            )
+        self.config = config
         self.folder = run_folder.RunFolder(run_dir, self.dist, tracking.with_trackers(sink, config))
         self.run_dir = self.folder.path
         self.controls = Controls()
@@ -209,6 +220,10 @@ class Trainer:
         self._raw = None  # the bundle holds its own copy
         self._notices += [Notice(warning, "warning") for warning in self.data.warnings]
         self.model = build_model(config, self.data, self.device)
+        plan = self._plan
+        if config.model.init_from and (plan is None or plan.state is None):
+            # before the optimizer and the weight average are made from the parameters
+            load_initial(self.model, config.model.init_from, self.run_dir, self.device)
         self.kan = models.kan_layers(self.model)
         self.c.grid_updates = {name: 0 for name in self.kan}
         step = self.stepper = TrainStep(
@@ -226,7 +241,6 @@ class Trainer:
         self.report = RunReport(self.folder, step, self.data, self.preset_name)
         self._window = Window()
         self._last_ok = True
-        plan = self._plan
         if plan is not None and plan.state is not None:
             self.epoch, self.step_in_epoch, self.c = self.train_state.restore(
                 plan.state, restart_patience=plan.restart_patience

@@ -1,8 +1,8 @@
 """The `kan-tui` command: the entry point only.
 
 The commands live by group: `train` (run, resume, eval), `use` (predict, export), `science`
-(symbolic), `tools` (compare, lr-find, inspect, models), `runs` (runs list / export) and
-`presets` (presets list / show / save / delete / path);
+(symbolic), `pruning` (prune, attribution), `tools` (compare, lr-find, inspect, models), `runs`
+(runs list / export) and `presets` (presets list / show / save / delete / path);
 `base` holds what they share (the Typer apps, the common options, the error wrapper).
 
 Importing this package stays light (Typer and the pydantic config schema) so that `--help` and
@@ -22,7 +22,7 @@ from kan_tui.cli.base import DEBUG, NO_MOUSE, app, open_tui
 
 # each module registers its commands when imported: this order is the order of `--help`
 # isort: off
-from kan_tui.cli import train, use, tools, science, runs, presets  # noqa: F401
+from kan_tui.cli import train, use, science, pruning, tools, runs, presets  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

@@ -6,7 +6,8 @@ trains, the screen looks at the checkpoint's modification time every POLL_S seco
 and reloads after each new one (every epoch end, and `c` on the dashboard), so it follows the run
 epoch by epoch. Loading and ranking run in a thread worker: a large layer's ranking takes a
 second or two. Importance is mean |phi| over a uniform sample of each input's grid range (a
-checkpoint stores no inputs), as the info line says.
+checkpoint stores no inputs), as the info line says. A pruned run's masked edges (`kan-tui
+prune`) compute 0: the info line counts them, and they are marked `pruned` where listed.
 """
 
 from __future__ import annotations
@@ -181,13 +182,17 @@ class ActivationsScreen(Screen[None]):
             f"{view.name} ({self.layer_index % len(view.layers) + 1}/{len(view.layers)}): "
             f"{layer.in_features} -> {layer.out_features} · {outside}"
         )  # the folder's name is anyone's text: escaped, and a Text (no markup)
+        mask = layer.edge_mask
+        if mask is not None:
+            info += f" · {int((~mask).sum())} of {mask.numel()} edges pruned"
         self.query_one("#act-info", Static).update(
             Text.assemble(printable(info), f"\nranked by mean |phi| over {activations.UNIFORM}")
         )
         table = self.query_one(DataTable)
         table.clear()
         for rank, (i, j, score) in enumerate(view.ranked, 1):
-            table.add_row(str(rank), f"{i} -> {j}", f"{score:.3g}", key=f"{i} {j}")
+            shown = "pruned" if _pruned(layer, i, j) else f"{score:.3g}"
+            table.add_row(str(rank), f"{i} -> {j}", shown, key=f"{i} {j}")
         edge = self.edge if self.edge and self._valid(*self.edge) else view.ranked[0][:2]
         self.show_edge(*edge)
 
@@ -202,6 +207,8 @@ class ActivationsScreen(Screen[None]):
         layer = self.view.layers[self.view.name]
         low, high = activations.grid_range(layer, i)
         title = f"{self.view.name}: phi {i} -> {j} on [{low:.3g}, {high:.3g}]"
+        if _pruned(layer, i, j):
+            title += " (pruned: 0)"
         self.query_one(EdgePlot).show(activations.edge_curve(layer, i, j), title)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -241,3 +248,8 @@ class ActivationsScreen(Screen[None]):
     def action_toggle_checkpoint(self) -> None:
         self.checkpoint = "best" if self.checkpoint == "last" else "last"
         self.action_reload()
+
+
+def _pruned(layer: KANLinear, i: int, j: int) -> bool:
+    """Whether the edge i -> j is masked (a pruned run's)."""
+    return layer.edge_mask is not None and not bool(layer.edge_mask[j, i])
