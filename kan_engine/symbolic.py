@@ -174,7 +174,7 @@ def network_formula(
     if h.shape[0] < 2 or not torch.isfinite(h).all():
         raise ValueError("network_formula: need at least 2 finite samples")
     seen, importances = _layer_inputs(layers, h)
-    total = sum(int((imp >= threshold).sum()) for imp in importances)
+    total = sum(int(((imp >= threshold) & (imp > 0)).sum()) for imp in importances)
     if total > max_edges:
         raise SymbolicError(
             f"{total} edges to fit (at most {max_edges}): raise the importance threshold"
@@ -198,7 +198,7 @@ def network_formula(
             grid = torch.linspace(low[i], high[i], points, dtype=h.dtype)  # (points,)
             for j in range(layer.out_features):
                 fits: tuple[EdgeFit, ...] = ()
-                if importance[j, i] >= threshold:
+                if importance[j, i] >= threshold and importance[j, i] > 0:  # 0: pruned
                     curve = layer.edge_function(grid.to(h.device), j, i).cpu().numpy()
                     fits = tuple(fit_edge(grid.numpy(), curve, library, penalty))
                     terms[j].append(fits[0].sympy(nodes[i]))
