@@ -41,6 +41,9 @@ class RunStarted(Event):
     data: str = ""  # one line: splits, input shape, classes, where it was read from
     classes: list[str] = field(default_factory=list)  # the class names, in label order
     task: str = "classification"  # or "regression" (`classes` then names the targets)
+    # a resume's running totals so far (grid_updates_per_layer, grad_norm_warnings,
+    # skipped_steps): what the epoch rows' totals count on from, so "this epoch" is this epoch's
+    totals: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ class RunReport:
         self.amp_dtype, self.dist = step.amp_dtype, step.dist
         self.steps_per_epoch = step.steps_per_epoch
 
-    def start(self, start_epoch: int, notices: list[Notice]) -> None:
-        """The run's first events: RunStarted, then what set-up found worth a line."""
+    def start(self, start_epoch: int, notices: list[Notice], c: Counters) -> None:
+        """The run's first events: RunStarted (with the counters' totals, for a resume), then
+        what set-up found worth a line."""
         sizes = self.data.sizes
         started = RunStarted(
             run_dir=str(self.folder.path),
@@ -53,6 +54,11 @@ class RunReport:
             data=self.data.describe(),
             classes=list(self.data.class_names),
             task=self.data.task.kind,
+            totals={
+                "grid_updates_per_layer": dict(c.grid_updates),
+                "grad_norm_warnings": c.grad_norm_warnings,
+                "skipped_steps": c.skipped_steps,
+            },
         )
         for event in (started, *notices):
             self.folder.emit(event)

@@ -179,7 +179,7 @@ class Trainer:
                     self.folder.discard()
                 raise
             with self.folder.logging(self._plan, self.config):
-                self.report.start(self.epoch, self._notices)
+                self.report.start(self.epoch, self._notices, self.c)
                 if self._fresh and self.dist.is_main:
                     forward = functools.partial(self.stepper.loss, local=True)
                     notice = self.grids.input_range(self.model, self.data, forward)

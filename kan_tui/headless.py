@@ -204,6 +204,14 @@ class HeadlessReporter:
 
     def _started(self, event: RunStarted) -> None:
         self.run_dir = event.run_dir
+        totals = event.totals  # a resume's counts so far: the next epoch row counts on from them
+        layers = dict(totals.get("grid_updates_per_layer", {}))
+        self._totals = {
+            "layers": layers,
+            "grid": sum(layers.values()),
+            "warnings": totals.get("grad_norm_warnings", 0),
+            "skipped": totals.get("skipped_steps", 0),
+        }
         self.epochs = event.epochs
         self.batch_size = int(event.config.get("train", {}).get("batch_size", 1))
         mults = event.config.get("optim", {}).get("lr_mult", {})

@@ -137,3 +137,17 @@ def test_symbolic_refuses_a_run_of_another_model_naming_model_name(env: Path) ->
 
 def test_symbolic_of_a_missing_run_folder_exits_2(isolated: Path) -> None:
     error_line(cli("symbolic", isolated / "nothing-here"), 2, "nothing-here")
+
+
+def test_a_resumed_run_prints_its_own_epochs_counts_not_the_running_totals(
+    env: Path, tmp_path: Path
+) -> None:
+    run_dir = train(tmp_path / "out", *SHORT_FIT)
+    resumed = cli("resume", run_dir, "--headless", "--epochs", "5")
+    assert resumed.exit_code == 0, resumed.output
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["event"] == "epoch"]
+    before, after = epochs[-2]["grid_updates_per_layer"], epochs[-1]["grid_updates_per_layer"]
+    this_epoch = max(after[name] - before.get(name, 0) for name in after)
+    (line,) = [x for x in resumed.stdout.splitlines() if x.startswith("epoch 5/5")]
+    assert f"grid_updates_this_epoch {this_epoch} " in line + " ", line
