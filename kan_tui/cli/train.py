@@ -68,12 +68,6 @@ def run(
     if batch_auto:
         named["batch_size"] = None
     config = options.resolve(preset_config, source, sets, named)
-    if config.model.name == "kan" != preset_config.model.name:
-        print(
-            f"note: --model kan trains with preset {preset_name}'s tuned [kan] and LR settings; "
-            "--preset kan is the original KAN baseline as compare trains it",
-            file=sys.stderr,
-        )
     config, preset_name = _label_by_model(config, preset_config, preset_name)
     if batch_auto:
         from kan_engine import auto_batch
