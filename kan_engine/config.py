@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import typing
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -464,6 +465,15 @@ def validate_config(data: dict[str, Any], source: str = "") -> RunConfig:
 def to_data(config: RunConfig) -> dict[str, Any]:
     """Plain, TOML-ready data (no None values: TOML has no null)."""
     return config.model_dump(mode="json", exclude_none=True)
+
+
+def dotted_items(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of nested config data (`to_data`): `optim.lr_mult.kan`."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from dotted_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def parse_value(text: str) -> Any:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kan_engine import checkpoint as ckpt
 from kan_engine import runs
-from kan_engine.config import RunConfig, apply_overrides, to_data, validate_config
+from kan_engine.config import RunConfig, apply_overrides, dotted_items, to_data, validate_config
 from kan_engine.errors import ConfigError, KanError, RunDirError
 from kan_engine.run_lock import RunLock
 
@@ -206,7 +206,7 @@ def differences(
 ) -> list[tuple[str, Any, Any]]:
     """(dotted key, our value, their value) where two configs differ, in schema order. Entries of
     `ignore` / `only` are keys, or prefixes ending in "."; None values are absent keys."""
-    a, b = dict(_flat(to_data(ours))), dict(_flat(to_data(theirs)))
+    a, b = dict(dotted_items(to_data(ours))), dict(dotted_items(to_data(theirs)))
     keys = [*a, *(key for key in b if key not in a)]
     return [
         (key, a.get(key), b.get(key))
@@ -323,14 +323,6 @@ def _mismatch(
 
 def _show(value: Any) -> str:
     return "(not set)" if value is None else json.dumps(value)
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def _matches(key: str, patterns: Sequence[str]) -> bool:

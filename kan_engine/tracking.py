@@ -27,11 +27,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from kan_engine.config import RunConfig
+from kan_engine.config import RunConfig, dotted_items
 from kan_engine.events import EpochEnd, Event, Failed, Finished, Notice, RunStarted, StepMetrics
 
 EventSink = Callable[[Event], None]
@@ -135,7 +135,7 @@ class MlflowTracker:
         else:
             run = client.create_run(experiment, run_name=run_dir.name, tags={RUN_TAG: str(run_dir)})
             self.run_id = run.info.run_id
-            params = [Param(k, str(v)[:PARAM_MAX]) for k, v in _flat(event.config)]
+            params = [Param(k, str(v)[:PARAM_MAX]) for k, v in dotted_items(event.config)]
             for start in range(0, len(params), BATCH_MAX):
                 client.log_batch(self.run_id, params=params[start : start + BATCH_MAX])
         self.client = client
@@ -146,15 +146,6 @@ class MlflowTracker:
         stamp = int(time.time() * 1000)
         metrics = [Metric(f"{prefix}/{k}", float(v), stamp, step) for k, v in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a nested config."""
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def _quoted(text: str) -> str:
