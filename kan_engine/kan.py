@@ -285,6 +285,15 @@ class KANLinear(nn.Module):
     def _grid_changed(self) -> None:
         self._uniform = is_uniform(self.grid)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> KANLinear:
+        """`.to()`, `.double()`, `.cuda()`: the grid's dtype may change, and with it whether its
+        knots are uniform to that precision (float32 knots are not uniform in float64): decide
+        again, as loading a state does, so a model computes the same before and after a
+        checkpoint round trip."""
+        super()._apply(fn, recurse)
+        self._grid_changed()
+        return self
+
     def greville(self) -> torch.Tensor:
         """Greville abscissae (in, G+k): the knot averages at which B-spline coefficients sit."""
         k = self.spline_order

@@ -524,3 +524,11 @@ def test_update_grid_spreads_knots_over_tied_samples() -> None:
     interior = layer.grid[:, k : k + g + 1]  # (in, G+1)
     step = (interior[:, -1] - interior[:, 0]) / g  # (in,)
     assert bool((interior.diff(dim=1) >= MIN_KNOT_GAP * step[:, None] * (1 - 1e-5)).all())
+
+
+def test_a_float64_layer_computes_the_same_after_a_state_round_trip() -> None:
+    layer = KANLinear(2, 3, grid_size=5).to(torch.float64)  # float32 knots, now float64
+    x = torch.rand(50, 2, dtype=torch.float64) * 4 - 2
+    again = KANLinear(2, 3, grid_size=5).to(torch.float64)
+    again.load_state_dict(layer.state_dict())
+    assert torch.equal(again(x), layer(x))
