@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kan_engine.config import RunConfig
 from kan_engine.datasets import Raw
+from kan_engine.errors import ConfigError
 
 __all__ = ["LRFinderResult", "find_lr", "range_test", "suggest"]
 
@@ -191,6 +191,9 @@ def find_lr(
     from kan_engine.run_setup import build_model, pick_device, precision, seed_everything
 
     check_names(config)
+    if config.optim.optimizer == "lbfgs":
+        reason = "the LR range test is for adamw, adam and sgd: lbfgs's line search sizes its steps"
+        raise ConfigError("", "optim.optimizer", reason)
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed, raw=raw)
@@ -204,8 +207,8 @@ def find_lr(
     def loss_fn(module: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = module(x)  # (N, classes)
-        return F.cross_entropy(logits.float(), y)
+            out = module(x)  # (N, classes or targets)
+        return bundle.task.objective(out.float(), y)[1]  # cross-entropy, or a regression's MSE
 
     def epoch_batches(epoch: int) -> Iterator[Batch]:
         return bundle.batches("train", batch_size, shuffle=True, epoch=epoch)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kan_engine.config import RunConfig, limits
@@ -164,16 +163,32 @@ def measure(
     optimizer = make_optimizer(model)
     model.train()
 
+    dtype = params[0].dtype  # float64 for an exact function fit
+
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randn(n, *input_shape, device=device)  # (n, *input_shape)
+        x = torch.randn(n, *input_shape, device=device, dtype=dtype)  # (n, *input_shape)
         return x, torch.randint(0, num_classes, (n,), device=device)
 
-    def forward_backward(x: torch.Tensor, y: torch.Tensor) -> None:
-        F.cross_entropy(model(x), y).backward()
+    def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # a loss of the outputs alone: what backward keeps alive is the model's, whatever the
+        # task's loss (cross-entropy, or a regression's MSE) on top of it
+        del y
+        loss = model(x).float().square().mean()
+        loss.backward()
+        return loss
 
     def step() -> None:
         if clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if isinstance(optimizer, torch.optim.LBFGS):  # its step re-evaluates a batch
+            probe = batch(probes[0])
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                return forward_backward(*probe)
+
+            optimizer.step(closure)
+            return
         optimizer.step()
 
     forward_backward(*batch(probes[0]))  # a first step creates the optimizer state

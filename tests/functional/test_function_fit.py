@@ -151,3 +151,12 @@ def test_a_resumed_run_prints_its_own_epochs_counts_not_the_running_totals(
     this_epoch = max(after[name] - before.get(name, 0) for name in after)
     (line,) = [x for x in resumed.stdout.splitlines() if x.startswith("epoch 5/5")]
     assert f"grid_updates_this_epoch {this_epoch} " in line + " ", line
+
+
+def test_lr_find_works_on_a_regression_and_refuses_lbfgs(env: Path) -> None:
+    found = cli("lr-find", "--dataset", "function", "--set", "data.function=x1*x2",
+                "--model", "flat_kan", "--steps", "20", "--device", "cpu")  # fmt: skip
+    assert found.exit_code == 0, found.output
+    assert "suggested lr" in found.stdout
+    refused = cli("lr-find", "--preset", "function", "--steps", "20")
+    error_line(refused, 2, "optim.optimizer", "lbfgs")

@@ -138,3 +138,16 @@ def test_batch_size_auto_on_the_command_line(
     assert batch & (batch - 1) == 0  # a power of two
     assert batch <= 1437  # never more than the training split (digits: 1437 after the test split)
     assert f"batch size auto: {batch}" in result.stderr
+
+
+def test_estimate_of_a_float64_lbfgs_regression() -> None:
+    from kan_engine import presets_io
+    from kan_engine.config import apply_overrides
+
+    config, _ = presets_io.resolve("function")  # float64, lbfgs, a regression of 2 inputs
+    config = apply_overrides(config, {"data.function_train": 200, "data.function_test": 50})
+    est = estimate(config)
+    assert est.params == 21  # [2, 1, 1] at grid 3: 3 edges x (3 + 3 + 1)
+    assert est.param_bytes == 8 * est.params  # float64
+    assert est.optimizer_bytes > 0  # L-BFGS keeps its history
+    assert est.total(512) > est.total(8) > 0
