@@ -34,7 +34,7 @@ Optimizer = Literal["adamw", "adam", "sgd", "lbfgs"]
 Task = Literal["auto", "classification", "regression"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
-Tracker = Literal["tensorboard", "mlflow"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 
 GROUPS = ("cnn", "kan", "other")
 
@@ -383,7 +383,8 @@ class LogSection(_Section):
     report_to: list[Tracker] = Field(
         default_factory=list,
         description="trackers that also get the metrics: tensorboard (<run>/tensorboard/), "
-        "mlflow ($MLFLOW_TRACKING_URI or <out>/mlflow.db); none",
+        "mlflow ($MLFLOW_TRACKING_URI or <out>/mlflow.db), wandb (<run>/wandb/, offline "
+        "unless logged in); none",
     )
 
     @field_validator("report_to", mode="before")

@@ -19,10 +19,17 @@ store): one MLflow run per run folder, in the experiment `kan-tui`, with the con
 (dotted keys), the same step and epoch scalars, the summary's numbers as `summary/...` metrics
 and its status. A resumed run continues its MLflow run (found by the run folder's tag), so
 its metrics are one history.
+
+W&B is written through `wandb.init` (console capture off, silent) into `<run>/wandb/`, offline
+unless `$WANDB_MODE` says otherwise or `$WANDB_API_KEY` is set; the run's id is derived from the
+run folder, so a resume continues it (`resume="allow"`). Step scalars plot against
+`global_step`, epoch scalars against `epoch` (`define_metric`), the summary's numbers go to the
+W&B summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -148,6 +155,60 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
 
+class WandbTracker:
+    """Writes the event stream to a W&B run (offline by default); opened at `RunStarted`,
+    finished at `Finished` / `Failed`."""
+
+    name = "wandb"
+
+    def __init__(self) -> None:
+        self.run: Any = None
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self._open(event)
+            case StepMetrics() if self.run is not None:
+                scalars = {f"step/{k}": v for k, v in step_scalars(event).items()}
+                self.run.log({"global_step": event.global_step, **scalars})
+            case EpochEnd() if self.run is not None:
+                scalars = {f"epoch/{k}": v for k, v in epoch_scalars(event).items()}
+                self.run.log({"epoch": event.epoch, **scalars})
+            case Finished() if self.run is not None:
+                summary = {k: v for k, v in event.summary.items() if _is_number(v)}
+                self.run.summary.update(summary)
+                failed = event.summary.get("status") not in MLFLOW_STATUS
+                self.run.finish(exit_code=int(failed))
+                self.run = None
+            case Failed() if self.run is not None:
+                self.run.finish(exit_code=1)
+                self.run = None
+
+    def _open(self, event: RunStarted) -> None:
+        import wandb  # ImportError: not installed
+
+        run_dir = Path(event.run_dir).resolve()
+        mode = os.environ.get("WANDB_MODE") or (
+            "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        )
+        run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", EXPERIMENT),
+            name=run_dir.name,
+            id=hashlib.sha1(str(run_dir).encode()).hexdigest()[:16],
+            resume="allow",
+            dir=str(run_dir),
+            mode=mode,
+            config=event.config,
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        run.define_metric("global_step")
+        run.define_metric("step/*", step_metric="global_step")
+        run.define_metric("epoch")
+        run.define_metric("epoch/*", step_metric="epoch")
+        self.run = run
+
+
 def _quoted(text: str) -> str:
     """Text inside an MLflow filter's single quotes."""
     return text.replace("\\", "\\\\").replace("'", "\\'")
@@ -196,6 +257,7 @@ def _numbers(scalars: dict[str, float | int | None]) -> dict[str, float]:
 TRACKERS: dict[str, Callable[[], Tracker]] = {
     "tensorboard": TensorBoardTracker,
     "mlflow": MlflowTracker,
+    "wandb": WandbTracker,
 }
 
 

@@ -110,7 +110,7 @@ def test_report_to_takes_names_a_list_or_none(value: object, expected: list[str]
 
 def test_an_unknown_tracker_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="log.report_to"):
-        apply_overrides(RunConfig(), {"log.report_to": "wandb"})
+        apply_overrides(RunConfig(), {"log.report_to": "comet"})
 
 
 def mlflow_run(runs_dir: Path, run_dir: Path):  # the MLflow run of a run folder, and its client
@@ -166,3 +166,21 @@ def test_mlflow_honours_its_tracking_uri(
     config = tiny_config(**{"log.report_to": ["mlflow"]})
     Trainer(config, sink=lambda e: None, out_dir=runs_dir, preset_name="ml").run()
     assert store.is_file() and not (runs_dir / tracking.MLFLOW_STORE).exists()
+
+
+def test_a_run_logs_to_wandb_offline_into_its_folder(
+    tiny_config: Callable[..., RunConfig], runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(runs_dir / "elsewhere"))  # init's dir= wins over it
+    config = tiny_config(**{"log.report_to": ["wandb"], "data.test_every_epoch": True})
+    seen: list[Event] = []
+    trainer = Trainer(config, sink=seen.append, out_dir=runs_dir, preset_name="wb")
+    assert trainer.run()["status"] == "finished"
+    assert not [e for e in seen if isinstance(e, Notice) and "report_to" in e.message]
+    (record,) = (trainer.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = record.read_bytes()  # W&B's own record file: the keys are stored as text
+    for key in (b"epoch/val_acc", b"step/loss", b"global_step", b"test_acc"):
+        assert key in logged, key
