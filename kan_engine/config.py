@@ -34,7 +34,7 @@ Optimizer = Literal["adamw", "adam", "sgd", "lbfgs"]
 Task = Literal["auto", "classification", "regression"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
-Tracker = Literal["tensorboard", "mlflow", "wandb"]
+Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio"]
 
 GROUPS = ("cnn", "kan", "other")
 
@@ -384,7 +384,7 @@ class LogSection(_Section):
         default_factory=list,
         description="trackers that also get the metrics: tensorboard (<run>/tensorboard/), "
         "mlflow ($MLFLOW_TRACKING_URI or <out>/mlflow.db), wandb (<run>/wandb/, offline "
-        "unless logged in); none",
+        "unless logged in), trackio ($TRACKIO_DIR); none",
     )
 
     @field_validator("report_to", mode="before")

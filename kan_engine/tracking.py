@@ -25,11 +25,17 @@ unless `$WANDB_MODE` says otherwise or `$WANDB_API_KEY` is set; the run's id is 
 run folder, so a resume continues it (`resume="allow"`). Step scalars plot against
 `global_step`, epoch scalars against `epoch` (`define_metric`), the summary's numbers go to the
 W&B summary.
+
+trackio is written through its own API into its local store (`$TRACKIO_DIR`, by default in the
+Hugging Face cache), project `kan-tui`, one trackio run per run folder (named by it; a resume
+continues it); what trackio prints about itself is kept out of the run's log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -209,6 +215,43 @@ class WandbTracker:
         self.run = run
 
 
+class TrackioTracker:
+    """Writes the event stream to a trackio run; opened at `RunStarted`, finished at
+    `Finished` / `Failed`."""
+
+    name = "trackio"
+
+    def __init__(self) -> None:
+        self.run: Any = None
+        self.step = 0  # the last global step logged
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                import trackio  # ImportError: not installed
+
+                with contextlib.redirect_stdout(io.StringIO()):  # its banner is not our log
+                    self.run = trackio.init(
+                        project=EXPERIMENT,
+                        name=Path(event.run_dir).resolve().name,
+                        config=event.config,
+                        resume="allow",
+                    )
+            case StepMetrics() if self.run is not None:
+                self.step = event.global_step
+                scalars = {f"step/{k}": v for k, v in step_scalars(event).items()}
+                self.run.log(scalars, step=self.step)
+            case EpochEnd() if self.run is not None:  # at the last step seen: one step axis
+                scalars = {f"epoch/{k}": v for k, v in epoch_scalars(event).items()}
+                self.run.log({"epoch": event.epoch, **scalars}, step=self.step)
+            case Finished() | Failed() if self.run is not None:
+                import trackio
+
+                with contextlib.redirect_stdout(io.StringIO()):
+                    trackio.finish()  # the module's: it also forgets the run (its atexit would
+                self.run = None  # finish it again, printing)
+
+
 def _quoted(text: str) -> str:
     """Text inside an MLflow filter's single quotes."""
     return text.replace("\\", "\\\\").replace("'", "\\'")
@@ -258,6 +301,7 @@ TRACKERS: dict[str, Callable[[], Tracker]] = {
     "tensorboard": TensorBoardTracker,
     "mlflow": MlflowTracker,
     "wandb": WandbTracker,
+    "trackio": TrackioTracker,
 }
 
 

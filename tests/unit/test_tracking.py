@@ -184,3 +184,31 @@ def test_a_run_logs_to_wandb_offline_into_its_folder(
     logged = record.read_bytes()  # W&B's own record file: the keys are stored as text
     for key in (b"epoch/val_acc", b"step/loss", b"global_step", b"test_acc"):
         assert key in logged, key
+
+
+def test_a_run_logs_to_trackio_in_its_store_and_keeps_its_log_clean(tmp_path: Path) -> None:
+    pytest.importorskip("trackio")
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = tmp_path / "trackio"  # trackio reads $TRACKIO_DIR once, at import: a process of its own
+    env = {**os.environ, "TRACKIO_DIR": str(store), "KAN_TUI_CONFIG": str(tmp_path / "config")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kan_tui", "run", "--headless", "--dataset", "digits", "--model",
+         "kan", "--epochs", "2", "--device", "cpu", "--report-to", "trackio", "--out",
+         str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Trackio" not in done.stdout and "report_to" not in done.stdout + done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with sqlite3.connect(store / f"{tracking.EXPERIMENT}.db") as db:
+        logged = [json.loads(m) for (m,) in db.execute("select metrics from metrics")]
+    epochs = [row for row in logged if "epoch/val_acc" in row]
+    expected = rows(run_dir, "epoch")
+    assert [row["epoch"] for row in epochs] == [r["epoch"] for r in expected]
+    assert [row["epoch/val_acc"] for row in epochs] == pytest.approx(
+        [r["val_acc"] for r in expected], rel=1e-6
+    )
