@@ -126,6 +126,11 @@ class GradNormMonitor:
     def state_dict(self) -> dict[str, list[float]]:
         return {"history": list(self.history)}
 
+    def restart(self) -> None:
+        """Forget the norms seen: after grid extension the gradients have another scale (more,
+        narrower basis functions), and the old ones would make every new norm a "spike"."""
+        self.history.clear()
+
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
         self.history = deque(state["history"], maxlen=HISTORY)
 

@@ -410,6 +410,7 @@ class Trainer:
             forward(x, y)
         self.stages.refine(size, inputs)
         optim.forget_state(self.optimizer)
+        self.monitor.restart()
         self.folder.emit(Notice(f"grid extended to {size} intervals (epoch {self.epoch})"))
 
     def _serve_controls(self) -> bool:

@@ -400,3 +400,22 @@ def test_a_run_stopped_and_resumed_across_grid_stages_equals_the_uninterrupted_o
     got, expected = (runs.read_summary(run.run_dir) for run in (first, whole))
     assert got["grid_updates"] == expected["grid_updates"]
     assert got["global_step"] == expected["global_step"]
+
+
+def test_grid_extension_is_no_gradient_norm_spike(tmp_path: Path) -> None:
+    """A finer grid changes the gradients' scale: the norms before it are no yardstick."""
+    recorder = Recorder()
+    config = function_config(
+        **{
+            "kan.grid_schedule": [3, 20],
+            "kan.grid_stage_epochs": 3,
+            "train.epochs": 5,
+            "train.steps_per_epoch": 20,
+            "optim.lbfgs_iters": 20,
+        }  # fmt: skip
+    )
+    trainer = Trainer(config, sink=recorder, out_dir=tmp_path)
+    assert trainer.run()["status"] == "finished"
+    refined_at = 3 * 20  # the first step of epoch 4
+    warned = [w.global_step for w in recorder.of("grad_norm_warning")]
+    assert not [step for step in warned if refined_at <= step < refined_at + 20], warned
