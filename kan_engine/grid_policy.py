@@ -116,10 +116,7 @@ class GridPolicy:
             return None
         name = next(iter(self.kan))
         low, high = self.config.kan.grid_range
-        x, y = next(data.batches("train", self.config.train.batch_size, shuffle=False))
-        with keep_buffers(model), torch.no_grad(), self.capture_inputs() as inputs:
-            forward(x, y)
-        seen = inputs[name]  # (N, in)
+        seen = self.first_batch_inputs(model, data, forward)[name]  # (N, in)
         stats = torch.stack([((seen < low) | (seen > high)).float().mean(), seen.min(), seen.max()])
         outside, smallest, largest = stats.tolist()
         level = "warning" if outside > WIDE_OUTSIDE else "info"
@@ -128,6 +125,20 @@ class GridPolicy:
             f"[{low:g}, {high:g}] (seen {smallest:.2f} to {largest:.2f})",
             level,
         )
+
+    def first_batch_inputs(
+        self,
+        model: nn.Module,
+        data: data_mod.DataBundle,
+        forward: Callable[[Tensor, Tensor], object],
+    ) -> dict[str, Tensor]:
+        """Each KAN layer's input on the first training batch (unshuffled), from a forward
+        without gradients whose BatchNorm statistics are put back: what the input-range report
+        and a grid extension's refit look at."""
+        x, y = next(data.batches("train", self.config.train.batch_size, shuffle=False))
+        with keep_buffers(model), torch.no_grad(), self.capture_inputs() as inputs:
+            forward(x, y)
+        return inputs
 
     def state_dict(self) -> dict[str, Any]:
         return ckpt.pack_random(self.rng.getstate())

@@ -285,16 +285,26 @@ def _mlp_params(in_features: int, widths: Sequence[int]) -> int:
     return sum(2 * i + i * o + o for i, o in zip(dims[:-1], dims[1:], strict=True))
 
 
+def _plain_mlp_params(in_features: int, widths: Sequence[int]) -> int:
+    """Linear layers alone (weights and biases), no BatchNorm: `FlatMlp`'s size."""
+    dims = [in_features, *widths]
+    return sum(i * o + o for i, o in zip(dims[:-1], dims[1:], strict=True))
+
+
 def matched_widths(
-    in_features: int, hidden: Sequence[int], num_classes: int, target: int
+    in_features: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    target: int,
+    size: Callable[[int, Sequence[int]], int] = _mlp_params,
 ) -> list[int]:
-    """Hidden widths proportional to `hidden` whose MLP head holds about `target` parameters
-    (bisection on the common factor; the head's size grows monotonically with it)."""
+    """Hidden widths proportional to `hidden` whose MLP (`size` counts its parameters) holds
+    about `target` parameters (bisection on the common factor; the size grows with it)."""
     low, high = 1e-3, 1e4
     for _ in range(100):
         mid = (low + high) / 2
         widths = [max(1, round(w * mid)) for w in hidden]
-        if _mlp_params(in_features, [*widths, num_classes]) < target:
+        if size(in_features, [*widths, num_classes]) < target:
             low = mid
         else:
             high = mid
@@ -434,22 +444,12 @@ class FlatMlp(nn.Sequential):
 
     def __init__(self, width: Sequence[int], target: int) -> None:
         inputs, hidden, outputs = width[0], list(width[1:-1]), width[-1]
-        dims = [inputs, *self.matched(inputs, hidden, outputs, target), outputs]
+        matched = matched_widths(inputs, hidden, outputs, target, _plain_mlp_params)
+        dims = [inputs, *matched, outputs]
         layers: list[nn.Module] = [nn.Flatten()]
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(d_in, d_out), nn.SiLU()]
         super().__init__(*layers[:-1])
-
-    @staticmethod
-    def matched(inputs: int, hidden: list[int], outputs: int, target: int) -> list[int]:
-        def size(widths: list[int]) -> int:
-            dims = [inputs, *widths, outputs]
-            return sum(i * o + o for i, o in zip(dims[:-1], dims[1:], strict=True))
-
-        scale = 1.0
-        while hidden and size([round(w * scale) for w in hidden]) < target and scale < 1e4:
-            scale *= 1.05
-        return [max(1, round(w * scale)) for w in hidden]
 
 
 @register()

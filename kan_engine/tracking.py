@@ -52,6 +52,7 @@ FOLDER = "tensorboard"  # inside the run folder
 MLFLOW_STORE = "mlflow.db"  # beside the run folders, unless $MLFLOW_TRACKING_URI says otherwise
 EXPERIMENT = "kan-tui"
 RUN_TAG = "kan_tui.run_dir"
+ENDED_WELL = ("finished", "early_stopped", "stopped")  # summary statuses that are no failure
 MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "stopped": "KILLED"}
 PARAM_MAX = 500  # characters of an MLflow param value
 BATCH_MAX = 100  # params per log_batch call
@@ -81,11 +82,11 @@ class TensorBoardTracker:
                 self.writer.add_text("config", _code(event.config), 0)
             case StepMetrics() if self.writer is not None:
                 step = event.global_step
-                for key, value in step_scalars(event).items():
-                    self.writer.add_scalar(f"step/{key}", value, step)
+                for key, value in _under("step", step_scalars(event)).items():
+                    self.writer.add_scalar(key, value, step)
             case EpochEnd() if self.writer is not None:
-                for key, value in epoch_scalars(event).items():
-                    self.writer.add_scalar(f"epoch/{key}", value, event.epoch)
+                for key, value in _under("epoch", epoch_scalars(event)).items():
+                    self.writer.add_scalar(key, value, event.epoch)
                 self.writer.flush()
             case Finished() if self.writer is not None:
                 self.writer.add_text("summary", _code(event.summary), 0)
@@ -157,7 +158,8 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(f"{prefix}/{k}", float(v), stamp, step) for k, v in scalars.items()]
+        named = _under(prefix, scalars)
+        metrics = [Metric(key, float(value), stamp, step) for key, value in named.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
 
@@ -175,15 +177,15 @@ class WandbTracker:
             case RunStarted():
                 self._open(event)
             case StepMetrics() if self.run is not None:
-                scalars = {f"step/{k}": v for k, v in step_scalars(event).items()}
+                scalars = _under("step", step_scalars(event))
                 self.run.log({"global_step": event.global_step, **scalars})
             case EpochEnd() if self.run is not None:
-                scalars = {f"epoch/{k}": v for k, v in epoch_scalars(event).items()}
+                scalars = _under("epoch", epoch_scalars(event))
                 self.run.log({"epoch": event.epoch, **scalars})
             case Finished() if self.run is not None:
                 summary = {k: v for k, v in event.summary.items() if _is_number(v)}
                 self.run.summary.update(summary)
-                failed = event.summary.get("status") not in MLFLOW_STATUS
+                failed = event.summary.get("status") not in ENDED_WELL
                 self.run.finish(exit_code=int(failed))
                 self.run = None
             case Failed() if self.run is not None:
@@ -239,10 +241,10 @@ class TrackioTracker:
                     )
             case StepMetrics() if self.run is not None:
                 self.step = event.global_step
-                scalars = {f"step/{k}": v for k, v in step_scalars(event).items()}
+                scalars = _under("step", step_scalars(event))
                 self.run.log(scalars, step=self.step)
             case EpochEnd() if self.run is not None:  # at the last step seen: one step axis
-                scalars = {f"epoch/{k}": v for k, v in epoch_scalars(event).items()}
+                scalars = _under("epoch", epoch_scalars(event))
                 self.run.log({"epoch": event.epoch, **scalars}, step=self.step)
             case Finished() | Failed() if self.run is not None:
                 import trackio
@@ -250,6 +252,11 @@ class TrackioTracker:
                 with contextlib.redirect_stdout(io.StringIO()):
                     trackio.finish()  # the module's: it also forgets the run (its atexit would
                 self.run = None  # finish it again, printing)
+
+
+def _under(prefix: str, scalars: dict[str, float]) -> dict[str, float]:
+    """`step/loss`, `epoch/val_acc`: one namespace per axis, the same in every tracker."""
+    return {f"{prefix}/{key}": value for key, value in scalars.items()}
 
 
 def _quoted(text: str) -> str:

@@ -170,8 +170,10 @@ class TrainStep:
         """One L-BFGS step (`optim.lbfgs_iters` iterations, each with a strong-Wolfe line search,
         re-evaluating the batch): full-batch function fitting, pykan's default. The values
         reported are those of the first evaluation, at the weights the step starts from, as
-        for the other optimizers; a non-finite start skips the step. Never under DDP or AMP
-        (`optim.build_optimizer` and the config checks keep it to one process in fp32)."""
+        for the other optimizers; a non-finite start skips the step. No clipping: the line
+        search sizes every move (clipping the first evaluation's gradient alone would bend only
+        the first of its iterations). Never under DDP or AMP (the trainer and `precision` keep
+        it to one process, unrounded)."""
         first: list[Tensor] = []
 
         def closure() -> Tensor:
@@ -179,7 +181,7 @@ class TrainStep:
             objective, loss, stat = self.loss(x, y, eager=eager)
             objective.backward()
             if not first:
-                norm = self._clip() if self.config.train.clip_grad_norm > 0 else self._norm()
+                norm = self._norm()
                 first.extend([loss, stat, norm, torch.isfinite(objective) & torch.isfinite(norm)])
             return objective
 

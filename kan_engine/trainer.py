@@ -46,7 +46,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from kan_engine import cuda_graph, distributed, models, optim, resume_plan, run_folder, tracking
@@ -58,7 +57,7 @@ from kan_engine.errors import ConfigError, KanError
 from kan_engine.events import EarlyStopped, EventSink, GradNormWarning, Notice, StepMetrics
 from kan_engine.grid_policy import GridPolicy
 from kan_engine.grid_stages import GridStages
-from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer, keep_buffers
+from kan_engine.monitor import GradNormMonitor, PendingSteps, find_nonfinite_layer
 from kan_engine.recovery import Recovery
 from kan_engine.run_setup import (
     build_model,
@@ -404,10 +403,8 @@ class Trainer:
         size = self.stages.due(self.epoch)
         if size is None:
             return
-        x, y = next(self.data.batches("train", self.config.train.batch_size, shuffle=False))
         forward = functools.partial(self.stepper.loss, local=True)
-        with keep_buffers(self.model), torch.no_grad(), self.grids.capture_inputs() as inputs:
-            forward(x, y)
+        inputs = self.grids.first_batch_inputs(self.model, self.data, forward)
         self.stages.refine(size, inputs)
         optim.forget_state(self.optimizer)
         self.monitor.restart()
