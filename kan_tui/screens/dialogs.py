@@ -61,10 +61,10 @@ class ChartQuestionDialog(ConfirmDialog):
     DIALOG_CLASSES = "dialog dialog-wide"
 
     def above_question(self) -> ComposeResult:
-        yield SeriesChart(id="dialog-chart", log_y=True)
-
-    def on_mount(self) -> None:
-        self.query_one(SeriesChart).show(self.series, xlabel=self.xlabel)
+        # Filled as it is built, not on mount: the dialog's first frame already holds the curve.
+        chart = SeriesChart(id="dialog-chart", log_y=True)
+        chart.show(self.series, xlabel=self.xlabel)
+        yield chart
 
 
 class NameDialog(ModalScreen[str | None]):
