@@ -30,7 +30,7 @@ from kan_engine import names, untrusted
 from kan_engine.errors import ConfigError
 from kan_engine.names import Init
 
-Optimizer = Literal["adamw", "adam", "sgd", "lbfgs"]
+Optimizer = Literal["adamw", "adam", "sgd", "lbfgs", "lm"]
 Task = Literal["auto", "classification", "regression"]
 Schedule = Literal["cosine", "onecycle", "step", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
@@ -182,7 +182,8 @@ class OptimSection(_Section):
     lr: Annotated[float, Field(gt=0, le=10)] = Field(0.001, description="base learning rate")
     lr_mult: GroupMultipliers = Field(default_factory=GroupMultipliers)
     optimizer: Optimizer = Field(
-        "adamw", description="adamw, adam, sgd or lbfgs (full-batch function fitting)"
+        "adamw",
+        description="adamw, adam, sgd, or for full-batch fits lbfgs or lm (Levenberg-Marquardt)",
     )
     weight_decay: Annotated[float, Field(ge=0, le=1)] = Field(
         0.01, description="decoupled (adamw) or L2"

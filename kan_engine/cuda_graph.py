@@ -43,6 +43,7 @@ def usable(
         "train.compile (torch.compile manages its own graphs)": config.train.compile,
         "sgd (no capturable fused step)": config.optim.optimizer == "sgd",
         "lbfgs (its line search reads the loss back)": config.optim.optimizer == "lbfgs",
+        "lm (each step solves on the host's terms)": config.optim.optimizer == "lm",
         "kan.grid_schedule (each stage changes the layers' shapes)": bool(config.kan.grid_schedule),
     }
     reasons = [reason for reason, blocks in blockers.items() if blocks]

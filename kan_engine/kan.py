@@ -42,6 +42,7 @@ from kan_engine.basis import (
     basis_row_bytes,
     basis_rows,
     is_uniform,
+    local_dense,
     local_input_grad,
     local_scale,
     reference_basis,
@@ -352,6 +353,16 @@ class KANLinear(nn.Module):
         if mask is not None:
             self.base_weight.mul_(mask)
             self.spline_weight.mul_(mask[:, None, :])
+
+    def weight_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer is linear in its weights: out[n, o] = sum_i base[n, i] W_b[o, i] +
+        sum_ji spline[n, j, i] W_s[o, j, i] over its unpruned edges. Returns those factors,
+        (base (N, in), spline (N, G+k, in)), scales included: with the output's sensitivity
+        they are the Jacobian with respect to the weights (`least_squares`)."""
+        x = x.reshape(-1, self.in_features)
+        base = self.scale_base * self.base_activation(x)
+        dense = local_dense(x, self.grid, self.spline_order, self._uniform)  # (N, in, G+k)
+        return base, self.scale_spline * dense.transpose(1, 2)
 
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
         """Basis values x (N, in) -> (N, in, G+k) by the textbook recursion (the reference)."""

@@ -191,8 +191,9 @@ def find_lr(
     from kan_engine.run_setup import build_model, pick_device, precision, seed_everything
 
     check_names(config)
-    if config.optim.optimizer == "lbfgs":
-        reason = "the LR range test is for adamw, adam and sgd: lbfgs's line search sizes its steps"
+    if config.optim.optimizer in ("lbfgs", "lm"):
+        how = "lbfgs's line search" if config.optim.optimizer == "lbfgs" else "lm's damping"
+        reason = f"the LR range test is for adamw, adam and sgd: {how} sizes its steps"
         raise ConfigError("", "optim.optimizer", reason)
     device = pick_device(config.train.device)
     seed_everything(config.train.seed)

@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kan_engine import least_squares
 from kan_engine.config import RunConfig, limits
 from kan_engine.errors import ConfigError
+from kan_engine.levenberg_marquardt import LevenbergMarquardt
 from kan_engine.memory_peak import TensorMemoryPeak
 
 __all__ = [
@@ -188,6 +190,17 @@ def measure(
                 return forward_backward(*probe)
 
             optimizer.step(closure)
+            return
+        if isinstance(optimizer, LevenbergMarquardt):  # its step builds a P x P system
+            x, _ = batch(probes[0])
+            with torch.no_grad():
+                target = model(x).float() + 1  # any target of the outputs' shape
+            optimizer.state.clear()  # never converged: the step measured solves its system
+            group = optimizer.param_groups[0]["params"]
+            optimizer.step(
+                lambda: least_squares.normal_equations(model, group, x, target.to(x.dtype)),
+                lambda: model(x).square().mean(),
+            )
             return
         optimizer.step()
 

@@ -88,13 +88,16 @@ class GradNormMonitor:
     their norms tiny, one hard batch is 10-50x the median: a fixed 10x flooded a healthy lite run
     with 1,847 warnings), and a step that clipping leaves untouched changes the weights no more
     than a normal step does. The first MIN_HISTORY steps are not judged (a fresh model's norms are
-    large, and clipping takes them). A vanishing norm is below VANISHING. At most one warning per
-    reason is returned per read-back (the worst), so a burst gives one line per logging interval.
-    Non-finite steps are the trainer's business and are always reported.
+    large, and clipping takes them). A vanishing norm is below VANISHING, judged unless
+    `vanishing` is off: a full-batch fit by lbfgs or lm that converges ends at a zero gradient, as
+    it should (a converged Levenberg-Marquardt stage read as dozens of warnings). At most one
+    warning per reason is returned per read-back (the worst), so a burst gives one line per
+    logging interval. Non-finite steps are the trainer's business and are always reported.
     """
 
-    def __init__(self, clip: float) -> None:
+    def __init__(self, clip: float, *, vanishing: bool = True) -> None:
         self.clip = clip
+        self.vanishing = vanishing
         self.history: deque[float] = deque(maxlen=HISTORY)
 
     def threshold(self) -> float:
@@ -115,7 +118,8 @@ class GradNormMonitor:
             if len(self.history) < MIN_HISTORY:
                 limit = self.threshold()
             if norm < VANISHING:
-                if "vanishing" not in worst or norm < worst["vanishing"].norm:
+                weaker = "vanishing" in worst and norm >= worst["vanishing"].norm
+                if self.vanishing and not weaker:
                     worst["vanishing"] = GradNormWarning(step, norm, VANISHING, "vanishing", "none")
             elif norm > limit and ("spike" not in worst or norm > worst["spike"].norm):
                 action = f"clipped to {self.clip:g}" if 0 < self.clip < norm else "none"

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from kan_engine.config import GROUPS, RunConfig, ScheduleSection
+from kan_engine.errors import ConfigError
+from kan_engine.levenberg_marquardt import MAX_PARAMETERS, LevenbergMarquardt
 
 WARMUP_START = 0.01  # warm-up starts at lr / 100
 ONECYCLE_RISE = 0.3  # one-cycle rise share when no warm-up is configured (as torch's OneCycleLR)
@@ -130,6 +132,9 @@ def build_optimizer(
         raise ValueError("the model has no trainable parameters")
     if opt.optimizer == "lbfgs":
         return _lbfgs(config, [p for group in param_groups for p in group["params"]])
+    if opt.optimizer == "lm":  # one group named kan, as L-BFGS: its LR scales each step
+        every = [p for group in param_groups for p in group["params"]]
+        return LevenbergMarquardt([{"params": every, "name": "kan"}], lr=opt.lr)
     if opt.optimizer == "sgd":  # None: torch's default (foreach) off CUDA
         cuda = device.type == "cuda" or None
         return torch.optim.SGD(param_groups, lr=opt.lr, momentum=opt.momentum, fused=cuda)
@@ -140,6 +145,26 @@ def build_optimizer(
     # the trainer runs some steps outside the graph on purpose (grid updates, short batches)
     optimizer._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
     return optimizer
+
+
+def check_least_squares(config: RunConfig, model: nn.Module, regression: bool) -> None:
+    """Refuse, naming `optim.optimizer`, an lm run it cannot fit: Levenberg-Marquardt minimises
+    a sum of squares (no classification, no L1 regulariser) through a P x P system."""
+    if config.optim.optimizer != "lm":
+        return
+    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    reason = None
+    if not regression:
+        reason = "lm fits least squares: regression runs only (this data is a classification)"
+    elif config.kan.reg_weight > 0:
+        reason = "lm fits least squares: set kan.reg_weight to 0 (its L1 term is not a square)"
+    elif size > MAX_PARAMETERS:
+        reason = (
+            f"lm solves a P x P system per step: models up to {MAX_PARAMETERS:,} parameters "
+            f"(this one has {size:,}); use lbfgs or adamw"
+        )
+    if reason:
+        raise ConfigError("", "optim.optimizer", reason)
 
 
 def _lbfgs(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.LBFGS:

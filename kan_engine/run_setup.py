@@ -54,6 +54,7 @@ def precision(config: RunConfig, device: torch.device) -> tuple[torch.dtype | No
     """(autocast dtype or None, use a GradScaler, notice or "") for `train.mixed_precision`."""
     mode = config.train.mixed_precision
     exact = {"optim.optimizer=lbfgs": config.optim.optimizer == "lbfgs",  # a line search
+             "optim.optimizer=lm": config.optim.optimizer == "lm",  # a P x P solve
              "train.dtype=float64": config.train.dtype == "float64"}  # fmt: skip
     reasons = [name for name, holds in exact.items() if holds]
     if reasons:  # autocast would round away the digits these are chosen for

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kan_engine import cuda_graph, distributed, models, optim
+from kan_engine import cuda_graph, distributed, least_squares, models, optim
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig
 from kan_engine.ema import WeightAverage
@@ -83,6 +83,7 @@ class TrainStep:
         )
         if message:
             notices.append(Notice(message))
+        optim.check_least_squares(config, model, data.task.regression)
         self.optimizer = optim.build_optimizer(
             config, models.param_groups(model), device, capturable=graphs
         )
@@ -96,9 +97,11 @@ class TrainStep:
         self.graphed = cuda_graph.GraphedStep(self) if graphs else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.lbfgs = config.optim.optimizer == "lbfgs"
+        self.lm = config.optim.optimizer == "lm"
+        self._lm_norm: Tensor | None = None  # the last gradient norm an LM step computed
         # on CUDA the optimizer is fused and skips non-finite steps itself (module docstring);
-        # L-BFGS reads its loss back in every line search anyway
-        self.deferred = device.type == "cuda" and not use_scaler and not self.lbfgs
+        # L-BFGS and Levenberg-Marquardt read their loss back in every trial anyway
+        self.deferred = device.type == "cuda" and not use_scaler and not self.lbfgs and not self.lm
 
     def shard_weight(self, n: int, step_in_epoch: int) -> float:
         """Loss weight of a rank's `n` samples: DDP averages the ranks' gradients, which is the
@@ -140,6 +143,8 @@ class TrainStep:
         graph captures). `weight` scales the objective: a rank's share of a global batch."""
         if self.lbfgs:
             return self._lbfgs_step(x, y, eager)
+        if self.lm:
+            return self._lm_step(x, y)
         objective, loss, correct = self.loss(x, y, eager=eager)
         if weight != 1.0:
             objective = objective * weight
@@ -191,6 +196,31 @@ class TrainStep:
             self.optimizer.step(closure)
         self.optimizer.zero_grad(set_to_none=True)
         return PendingSteps.pack(loss, stat, norm, ok)
+
+    def _lm_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One Levenberg-Marquardt iteration on the whole batch (`levenberg_marquardt`). The
+        values reported are those at the weights the step starts from, as for the other
+        optimizers, taken from the residuals the step's Jacobian came with (a plain forward
+        once the fit has converged and no Jacobian is computed); the norm is that of the
+        objective's gradient 2Jᵀr (the last one computed, once converged)."""
+        params = self.optimizer.param_groups[0]["params"]  # the order its step vector follows
+
+        def system() -> least_squares.NormalEquations:
+            return least_squares.normal_equations(self.model, params, x, y)
+
+        def objective() -> Tensor:
+            return self.loss(x, y, eager=True)[0]
+
+        equations = self.optimizer.step(system, objective)
+        if equations is None:
+            with torch.no_grad():
+                _, loss, stat = self.loss(x, y, eager=True)
+        else:
+            loss, stat = equations.loss, self.task.step_stat(y + equations.errors, y)
+            self._lm_norm = 2 * equations.jtr.norm()
+        norm = torch.zeros_like(loss) if self._lm_norm is None else self._lm_norm
+        ok = torch.isfinite(loss) & torch.isfinite(norm)
+        return PendingSteps.pack(loss, stat, norm.to(loss.dtype), ok)
 
     def _norm(self) -> Tensor:
         return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])

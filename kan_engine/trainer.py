@@ -208,8 +208,9 @@ class Trainer:
         config, train, dist = self.config, self.config.train, self.dist
         check_names(config)
         if dist.enabled:
-            if config.optim.optimizer == "lbfgs":
-                raise ConfigError("", "optim.optimizer", "lbfgs trains in one process only")
+            if config.optim.optimizer in ("lbfgs", "lm"):
+                reason = f"{config.optim.optimizer} trains in one process only"
+                raise ConfigError("", "optim.optimizer", reason)
             self.device = distributed.device_for(train.device, dist.local_rank)
             self._notices.append(Notice(distributed.batch_notice(train.batch_size, dist.world)))
         else:
@@ -230,7 +231,8 @@ class Trainer:
         )
         self.optimizer, self.schedule, self.ema = step.optimizer, step.schedule, step.ema
         self.graphed = step.graphed
-        self.monitor = GradNormMonitor(train.clip_grad_norm)
+        converges = config.optim.optimizer in ("lbfgs", "lm")  # full batch: to a zero gradient
+        self.monitor = GradNormMonitor(train.clip_grad_norm, vanishing=not converges)
         self.pending = PendingSteps()
         self.grids = GridPolicy(config, self.kan, self.ema, dist, self.folder.emit)
         self.stages = GridStages(config.kan, self.kan, step.steps_per_epoch)
@@ -313,7 +315,7 @@ class Trainer:
             self._settle()
         if grid_due and self._last_ok:
             self.grids.refit(kan_inputs, self.c)
-            if self.stepper.lbfgs:  # its curvature pairs describe the old coefficients
+            if self.stepper.lbfgs or self.stepper.lm:  # their state describes the old problem
                 optim.forget_state(self.optimizer)
         self._advance_clock()
         self._consistent = True

@@ -153,10 +153,12 @@ def test_a_resumed_run_prints_its_own_epochs_counts_not_the_running_totals(
     assert f"grid_updates_this_epoch {this_epoch} " in line + " ", line
 
 
-def test_lr_find_works_on_a_regression_and_refuses_lbfgs(env: Path) -> None:
+def test_lr_find_works_on_a_regression_and_refuses_lbfgs_and_lm(env: Path) -> None:
     found = cli("lr-find", "--dataset", "function", "--set", "data.function=x1*x2",
                 "--model", "flat_kan", "--steps", "20", "--device", "cpu")  # fmt: skip
     assert found.exit_code == 0, found.output
     assert "suggested lr" in found.stdout
     refused = cli("lr-find", "--preset", "function", "--steps", "20")
-    error_line(refused, 2, "optim.optimizer", "lbfgs")
+    error_line(refused, 2, "optim.optimizer", "lm's damping")
+    refused = cli("lr-find", "--preset", "function", "--set", "optim.optimizer=lbfgs")
+    error_line(refused, 2, "optim.optimizer", "lbfgs's line search")

@@ -140,14 +140,16 @@ def test_batch_size_auto_on_the_command_line(
     assert f"batch size auto: {batch}" in result.stderr
 
 
-def test_estimate_of_a_float64_lbfgs_regression() -> None:
+@pytest.mark.parametrize("optimizer", ["lbfgs", "lm"])
+def test_estimate_of_a_float64_full_batch_regression(optimizer: str) -> None:
     from kan_engine import presets_io
     from kan_engine.config import apply_overrides
 
-    config, _ = presets_io.resolve("function")  # float64, lbfgs, a regression of 2 inputs
-    config = apply_overrides(config, {"data.function_train": 200, "data.function_test": 50})
-    est = estimate(config)
+    config, _ = presets_io.resolve("function")  # float64, a regression of 2 inputs
+    overrides = {"data.function_train": 200, "data.function_test": 50, "optim.optimizer": optimizer}
+    est = estimate(apply_overrides(config, overrides))
     assert est.params == 21  # [2, 1, 1] at grid 3: 3 edges x (3 + 3 + 1)
     assert est.param_bytes == 8 * est.params  # float64
-    assert est.optimizer_bytes > 0  # L-BFGS keeps its history
+    # L-BFGS keeps its history; Levenberg-Marquardt keeps two numbers but solves a P x P system
+    assert est.optimizer_bytes > 0 if optimizer == "lbfgs" else est.step_bytes >= 8 * 21 * 21
     assert est.total(512) > est.total(8) > 0

@@ -26,9 +26,11 @@ from kan_engine.task import CLASSIFICATION, Task
 from kan_engine.trainer import Trainer
 
 # The function preset made small: a [2, 1, 1] KAN on kan_exp_sin2 (180 train / 20 val / 200
-# test), full batch, L-BFGS of 3 iterations a step, 4 steps an epoch, grid updates at the
-# stage's steps 0 and 2; no grid schedule unless a test sets one.
+# test), full batch, L-BFGS of 3 iterations a step (the preset's Levenberg-Marquardt has tests
+# of its own, test_levenberg_marquardt.py), 4 steps an epoch, grid updates at the stage's steps
+# 0 and 2; no grid schedule unless a test sets one.
 FUNCTION: dict[str, Any] = {
+    "optim.optimizer": "lbfgs",
     "data.function_train": 200,
     "data.function_test": 200,
     "data.test_every_epoch": False,
