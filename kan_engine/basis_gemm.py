@@ -73,6 +73,7 @@ TILES: dict[str, Tiles] = {
     "weight_grad": Tiles(block_n=64, block_o=128, block_k=128, num_warps=8),
 }
 FORWARD_SPLIT: int | None = None  # K splits of the forward; None: `forward_splits` picks
+MIN_BLOCK = 16  # the smallest tl.dot dimension on a GPU (the interpreter takes any: tests)
 PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithmetic can then
 # overlap another's matmul on the same SM
 
@@ -111,9 +112,9 @@ class _Shape:
         cols_p2 = 1 << (self.n_cols - 1).bit_length()
         if tiles.block_k & (tiles.block_k - 1):
             raise ValueError(f"basis_gemm: block_k must be a power of two (got {tiles.block_k})")
-        # Blocks no larger than the problem needs (16: the smallest tl.dot dimension on a GPU).
-        self.block_n = min(tiles.block_n, max(16, _pow2(self.n_rows)))
-        self.block_o = min(tiles.block_o, max(16, _pow2(n_out)))
+        # Blocks no larger than the problem needs, and no smaller than tl.dot takes.
+        self.block_n = min(tiles.block_n, max(MIN_BLOCK, _pow2(self.n_rows)))
+        self.block_o = min(tiles.block_o, max(MIN_BLOCK, _pow2(n_out)))
         self.block_i = max(1, tiles.block_k // cols_p2)
         self.constants = {
             "ORDER": order,
