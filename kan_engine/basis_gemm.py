@@ -24,9 +24,10 @@ and a long K ((G+k)*in = 25088 at in = 3136), so it is split over K into float p
 (`forward_splits`), summed in a fixed order afterwards: deterministic, unlike atomics.
 
 float32 operands multiply in full float32 (`input_precision="ieee"`) unless torch allows TF32
-for matmuls, as cuBLAS does on the other route. float64 runs through `tl.dot` in float64 (the
-tests check it under Triton's interpreter; the layer takes the fused route for float64 only when
-asked to, `fused=True`).
+for matmuls, as cuBLAS does on the other route. float64 goes through `tl.dot` in float64 under
+Triton's interpreter (the tests' 1e-10 checks); whether Triton lowers a float64 `tl.dot` on the
+GPU is not settled (triton-lang/triton#5483), so there float64 keeps today's fused route
+(`supports`); bench/basis_gemm_check.py --fp64 tries the kernels in float64 on the device.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "SplineGemm",
     "Tiles",
     "enabled",
+    "supports",
     "forward_splits",
     "spline_forward",
     "spline_input_grad",
@@ -81,6 +83,12 @@ PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithm
 def enabled() -> bool:
     """Whether KAN_TUI_BASIS_GEMM asks for this route by default."""
     return os.environ.get(ENABLE_ENV, "0") == "1"
+
+
+def supports(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the layer should take this route for matmuls in `dtype` on `device`: float64
+    only under Triton's interpreter (see the module's docstring)."""
+    return dtype != torch.float64 or device.type == "cpu"
 
 
 @functools.cache

@@ -220,9 +220,10 @@ class KANLinear(nn.Module):
     picks the Triton kernels of `fused_basis` (None: on CUDA when Triton is there; True on the
     CPU needs Triton's interpreter, for tests). `basis_gemm` makes that fused route the matmuls
     of `basis_gemm`, which never build the basis (None: as KAN_TUI_BASIS_GEMM says, off unless
-    it is "1"); it has no effect off the fused route. `chunk_size` bounds the transient memory
-    of the spline part (see `_SplineLinear`; the basis GEMM has no basis buffer to bound). Set
-    `track_regularization = True` before the forwards whose `regularization_loss()` you want.
+    it is "1"); it has no effect off the fused route, nor for float64 on a GPU. `chunk_size`
+    bounds the transient memory of the spline part (see `_SplineLinear`; the basis GEMM has no
+    basis buffer to bound). Set `track_regularization = True` before the forwards whose
+    `regularization_loss()` you want.
     """
 
     def __init__(
@@ -381,9 +382,10 @@ class KANLinear(nn.Module):
             auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
             fused = auto if self.fused is None else self.fused
             gemm = basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm
-            if fused and gemm:
+            cdt = _compute_dtype(x, flat_weight)
+            if fused and gemm and basis_gemm.supports(cdt, x.device):
                 out, col_sum, outside = basis_gemm.SplineGemm.apply(
-                    x, base, flat_weight, self.grid, k, _compute_dtype(x, flat_weight),
+                    x, base, flat_weight, self.grid, k, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
             else:

@@ -146,6 +146,9 @@ def test_kernels_on_a_fine_refit_grid_and_on_the_knots_equal_the_reference() -> 
 def test_the_kernels_refuse_the_cpu_without_the_interpreter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """And the layer keeps float64 on a GPU off the route (float64 tl.dot there is unsettled)."""
+    assert not basis_gemm.supports(torch.float64, torch.device("cuda"))
+    assert basis_gemm.supports(torch.bfloat16, torch.device("cuda"))
     monkeypatch.setenv(fused_basis.INTERPRET_ENV, "0")
     x = torch.rand(3, IN)
     with pytest.raises(RuntimeError, match="need CUDA with Triton"):
