@@ -87,7 +87,8 @@ def enabled() -> bool:
 
 def supports(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the layer should take this route for matmuls in `dtype` on `device`: float64
-    only under Triton's interpreter (see the module's docstring)."""
+    only under Triton's interpreter (see the module's docstring; a compiled float64 route would
+    also need alpha, beta and scale as float64, which Triton passes Python floats as float32)."""
     return dtype != torch.float64 or device.type == "cpu"
 
 

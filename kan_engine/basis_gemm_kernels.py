@@ -138,7 +138,7 @@ def forward_kernel(
     base = tl.load(base_ptr + tile, mask=out_mask & (pid_s == 0), other=0.0).to(ACC)
     result = alpha * acc + beta * base
     if PARTIAL:
-        tl.store(out_ptr + pid_s * n_rows * n_out + tile, result, mask=out_mask)
+        tl.store(out_ptr + pid_s.to(tl.int64) * n_rows * n_out + tile, result, mask=out_mask)
     else:
         tl.store(out_ptr + tile, _cast(result, out_ptr.dtype.element_ty), mask=out_mask)
 
