@@ -164,8 +164,10 @@ def peak_mib(forward, leaves, grad, device: torch.device) -> float:
 
 
 def measure_shape(
-    shape: str, precision: str, args: argparse.Namespace, device: torch.device
-) -> list[Row]:
+    shape: str, precision: str, args: argparse.Namespace, device: torch.device,
+    names: tuple[str, ...] | None = None,
+) -> list[Row]:  # fmt: skip
+    """Rows of the variants `names` (default: every one `device` runs) at one shape."""
     n, i, o = parse_shape(shape)
     # One CPU thread on a shared machine: CPU time of the process is immune to time slices lost
     # to other processes (page faults still count, as system time). Otherwise wall time.
@@ -179,7 +181,7 @@ def measure_shape(
         if amp
         else nullcontext()
     )
-    names = variants(device)
+    names = names or variants(device)
     cases = {v: build(v, n, i, o, args, device) for v in names}
     grad = torch.randn(n, o, device=device)
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in names for m in ("f", "fb")}
