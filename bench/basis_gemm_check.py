@@ -209,7 +209,12 @@ def main() -> None:
     parser.add_argument("--no-exactness", action="store_true", help="skip step 1")
     parser.add_argument("--sweep", action="store_true", help="time alternative block sizes")
     parser.add_argument("--fp64", action="store_true", help="try the kernels in float64")
+    parser.add_argument(
+        "--fp32-precision", default=basis_gemm.FP32_PRECISION, choices=("ieee", "tf32x3"),
+        help="tl.dot's input precision for float32 (basis_gemm.FP32_PRECISION)",
+    )  # fmt: skip
     args = parser.parse_args()
+    basis_gemm.FP32_PRECISION = args.fp32_precision
     args.precisions = args.precisions.split(",")
     args.chunk_size = None  # what bench/kan_layer.py's variants read
     if not torch.cuda.is_available():
@@ -220,7 +225,7 @@ def main() -> None:
     shapes = args.shapes.split(",")
     name = torch.cuda.get_device_name(device)
     print(f"basis GEMM check on {name}; G={args.grid_size} k={args.spline_order}; torch "
-          f"{torch.__version__}; tiles {basis_gemm.TILES}")  # fmt: skip
+          f"{torch.__version__}; fp32 {args.fp32_precision}; tiles {basis_gemm.TILES}")  # fmt: skip
     failures = []
     if args.fp64:
         fp64_check(args, device)

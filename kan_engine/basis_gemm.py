@@ -23,11 +23,15 @@ times alternatives). The forward has few output tiles at the layer's usual shape
 and a long K ((G+k)*in = 25088 at in = 3136), so it is split over K into float partial sums
 (`forward_splits`), summed in a fixed order afterwards: deterministic, unlike atomics.
 
-float32 operands multiply in full float32 (`input_precision="ieee"`) unless torch allows TF32
-for matmuls, as cuBLAS does on the other route. float64 goes through `tl.dot` in float64 under
-Triton's interpreter (the tests' 1e-10 checks); whether Triton lowers a float64 `tl.dot` on the
-GPU is not settled (triton-lang/triton#5483), so there float64 keeps today's fused route
-(`supports`); bench/basis_gemm_check.py --fp64 tries the kernels in float64 on the device.
+float32 operands multiply in full float32 (`input_precision="ieee"`, no tensor cores) unless
+torch allows TF32 for matmuls, as cuBLAS does on the other route; `FP32_PRECISION = "tf32x3"`
+(three TF32 products per multiply, about float32's accuracy on tensor cores) is there to be
+checked and timed on the GPU (bench/basis_gemm_check.py --fp32-precision tf32x3).
+
+float64 goes through `tl.dot` in float64 under Triton's interpreter (the tests' 1e-10 checks);
+whether Triton lowers a float64 `tl.dot` on the GPU is not settled (triton-lang/triton#5483),
+so there float64 keeps today's fused route (`supports`); bench/basis_gemm_check.py --fp64 tries
+the kernels in float64 on the device.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ TILES: dict[str, Tiles] = {
     "weight_grad": Tiles(block_n=64, block_o=128, block_k=128, num_warps=8),
 }
 FORWARD_SPLIT: int | None = None  # K splits of the forward; None: `forward_splits` picks
+FP32_PRECISION = "ieee"  # tl.dot's input precision for float32 when torch does not allow TF32
 MIN_BLOCK = 16  # the smallest tl.dot dimension on a GPU (the interpreter takes any: tests)
 PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithmetic can then
 # overlap another's matmul on the same SM
@@ -162,9 +167,10 @@ def _dot_options(dtype: torch.dtype) -> dict[str, object]:
     kernels) for operands of `dtype`."""
     import triton.language as tl
 
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    fp32 = "tf32" if tf32 else FP32_PRECISION
     return {
-        "PRECISION": "tf32" if tf32 else "ieee",
+        "PRECISION": fp32 if dtype == torch.float32 else "ieee",  # ignored for other dtypes
         "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
         "WIDEN": dtype == torch.bfloat16 and os.environ.get(fused_basis.INTERPRET_ENV) == "1",
     }
