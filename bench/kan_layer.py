@@ -9,6 +9,9 @@ measured in the same run:
   Triton kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
 * fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
   runs its steps: the GPU time of the layer without Python's launch overhead;
+* basis gemm, basis gemm graph (CUDA only): `KANLinear(basis_gemm=True)`, the opt-in route whose
+  Triton matmuls generate the basis in their operand loads (`kan_engine.basis_gemm`), eager and
+  replayed from a CUDA graph;
 * local: `KANLinear(fused=False)`: the eager local scheme (the CPU's path), optionally
   `--chunk-size` (both "ours" rows take it);
 * reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
@@ -44,14 +47,18 @@ from kan_engine.memory_peak import TensorMemoryPeak
 
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
-VARIANTS = ("fused", "fused graph", "local", "reference", "linear", "gemm floor")
-OURS = ("fused", "fused graph", "local")
-FUSED = ("fused", "fused graph")
+VARIANTS = (
+    "fused", "fused graph", "basis gemm", "basis gemm graph",
+    "local", "reference", "linear", "gemm floor",
+)  # fmt: skip
+BASIS_GEMM = ("basis gemm", "basis gemm graph")
+FUSED = ("fused", "fused graph", *BASIS_GEMM)  # Triton kernels: CUDA only
+OURS = (*FUSED, "local")
 
 
 def variants(device: torch.device) -> tuple[str, ...]:
-    """The fused path runs only on CUDA (elsewhere Triton could only interpret it, slowly)."""
-    return VARIANTS if device.type == "cuda" else VARIANTS[2:]
+    """The Triton routes run only on CUDA (elsewhere Triton could only interpret them, slowly)."""
+    return VARIANTS if device.type == "cuda" else tuple(v for v in VARIANTS if v not in FUSED)
 
 
 @dataclass
@@ -94,6 +101,7 @@ def build(
             device=device,
             fast=variant in OURS,
             fused=variant in FUSED,
+            basis_gemm=variant in BASIS_GEMM,
             chunk_size=args.chunk_size if variant in OURS else None,
         )
     return lambda: layer(x), [x, *layer.parameters()]
@@ -120,14 +128,14 @@ def runner(
     grad: torch.Tensor | None, device: torch.device,
 ) -> Callable[[], None]:  # fmt: skip
     """What one timed forward (grad None) or forward+backward runs: the step itself, or for
-    "fused graph" the replay of a CUDA graph captured from it (after warm-up on a side stream,
-    as torch.cuda.graph requires)."""
+    the "... graph" variants the replay of a CUDA graph captured from it (after warm-up on a side
+    stream, as torch.cuda.graph requires)."""
 
     def once() -> None:
         with torch.no_grad() if grad is None else nullcontext():
             step(forward, leaves, grad)
 
-    if variant != "fused graph":
+    if not variant.endswith(" graph"):
         return once
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -156,8 +164,10 @@ def peak_mib(forward, leaves, grad, device: torch.device) -> float:
 
 
 def measure_shape(
-    shape: str, precision: str, args: argparse.Namespace, device: torch.device
-) -> list[Row]:
+    shape: str, precision: str, args: argparse.Namespace, device: torch.device,
+    names: tuple[str, ...] | None = None,
+) -> list[Row]:  # fmt: skip
+    """Rows of the variants `names` (default: every one `device` runs) at one shape."""
     n, i, o = parse_shape(shape)
     # One CPU thread on a shared machine: CPU time of the process is immune to time slices lost
     # to other processes (page faults still count, as system time). Otherwise wall time.
@@ -171,7 +181,7 @@ def measure_shape(
         if amp
         else nullcontext()
     )
-    names = variants(device)
+    names = names or variants(device)
     cases = {v: build(v, n, i, o, args, device) for v in names}
     grad = torch.randn(n, o, device=device)
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in names for m in ("f", "fb")}
@@ -205,7 +215,7 @@ def measure_shape(
 
 def print_table(rows: list[Row]) -> None:
     head = (
-        f"{'shape':>15} {'prec':>4} {'variant':>10} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+        f"{'shape':>15} {'prec':>4} {'variant':>16} {'fwd ms':>9} {'fwd+bwd ms':>11} "
         f"{'peak MiB':>9} {'fwd/ref':>8} {'f+b/ref':>8} {'mem/ref':>8}"
     )
     print(head)
@@ -214,7 +224,7 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         b = ref[(r.shape, r.precision)]
         print(
-            f"{r.shape:>15} {r.precision:>4} {r.variant:>10} {r.fwd_ms:9.2f} {r.fwd_bwd_ms:11.2f} "
+            f"{r.shape:>15} {r.precision:>4} {r.variant:>16} {r.fwd_ms:9.2f} {r.fwd_bwd_ms:11.2f} "
             f"{r.peak_mib:9.1f} {r.fwd_ms / b.fwd_ms:8.2f} {r.fwd_bwd_ms / b.fwd_bwd_ms:8.2f} "
             f"{r.peak_mib / max(b.peak_mib, 1e-9):8.2f}"
         )
@@ -224,11 +234,12 @@ def exactness(device: torch.device) -> list[str]:
     """Our paths vs the reference on `device`: outputs and gradients, uniform and updated grids.
 
     Float64 must agree to 1e-10, float32 to 1e-5 relative (the tests check the CPU; this checks
-    the device's code path). Under bf16 autocast the error against the float32 reference is
+    the device's code path; "basis gemm" in float64 is today's fused route on a GPU, see
+    `basis_gemm.supports`). Under bf16 autocast the error against the float32 reference is
     printed, not judged. Returns the failures.
     """
     failures = []
-    eager = [v for v in variants(device) if v in ("fused", "local")]  # the graph runs "fused"
+    eager = [v for v in variants(device) if v in ("fused", "basis gemm", "local")]  # as graphs
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         for grid in ("uniform", "updated"):
             torch.manual_seed(0)
@@ -241,7 +252,8 @@ def exactness(device: torch.device) -> list[str]:
             results = {}
             for variant in [*eager, "reference"]:
                 layer.fast = variant in OURS
-                layer.fused = variant == "fused"
+                layer.fused = variant in FUSED
+                layer.basis_gemm = variant in BASIS_GEMM
                 layer.zero_grad(set_to_none=True)
                 xg = x.clone().requires_grad_(True)
                 y = layer(xg)
@@ -263,7 +275,8 @@ def exactness(device: torch.device) -> list[str]:
     x = torch.rand(300, 48, device=device) * 2 - 1
     exact = layer(x).detach()
     for variant in eager:
-        layer.fused = variant == "fused"
+        layer.fused = variant in FUSED
+        layer.basis_gemm = variant in BASIS_GEMM
         with torch.autocast(device.type, dtype=torch.bfloat16):
             approx = layer(x.requires_grad_(True))
             approx.float().sum().backward()
@@ -310,6 +323,8 @@ def main() -> None:
         f"{'CPU time' if device.type == 'cpu' and args.threads == 1 else 'wall time'}; torch "
         f"{torch.__version__}"
     )
+    if not cuda:
+        print("fused and basis gemm routes: CUDA only, skipped here")
     failures = exactness(device)
     rows = [r for s in shapes for p in precisions for r in measure_shape(s, p, args, device)]
     print_table(rows)

@@ -1,6 +1,6 @@
 """The B-spline basis of a KAN layer, by every route the layer takes, and where each is checked.
 
-Three routes compute the same basis (the layer's docstring says when each runs):
+Four routes compute the same basis (the layer's docstring says when each runs):
 
 * the textbook Cox-de Boor recursion, `reference_basis` (in `bspline`): whole (N, in, M) tensors
   per level, the ground truth the tests compare the others with;
@@ -8,7 +8,9 @@ Three routes compute the same basis (the layer's docstring says when each runs):
   de Boor's triangular scheme on the interval that holds x, scattered into a padded dense buffer
   (`padded_basis`), with their slopes for the input gradient (`local_input_grad`); `local_dense`
   gives the plain (N, in, G+k) basis of it (the grid refit uses it);
-* the Triton kernels of `fused_basis` (CUDA), exact on any grid as well.
+* the Triton kernels of `fused_basis` (CUDA), exact on any grid as well;
+* the Triton matmuls of `basis_gemm` (CUDA, opt-in), which evaluate it tile by tile in their
+  operand loads and never store it (so `basis_rows` does not serve them).
 
 `basis_rows` is the one place the layer's fast path picks between the last two, for one chunk of
 rows. Shapes: x (N, in), grid (in, M+1) with M = G + 2k intervals, k = the spline order.

@@ -25,6 +25,11 @@ Two code paths compute the same function (their bases are in `kan_engine.basis`)
   the interval comes from `searchsorted` and the knot differences are gathered, which is still
   exact, so training never falls back to the slow path. `chunk_size` bounds the transient basis
   to `chunk_size` rows in forward and backward.
+
+On CUDA the fast path's basis and input gradient are Triton kernels (`fused_basis`) around cuBLAS
+matmuls; `basis_gemm=True` (or KAN_TUI_BASIS_GEMM=1) replaces that fused route by the matmuls of
+`basis_gemm`, which generate the basis in their operand loads and never store it (opt-in until
+it is timed on a GPU).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kan_engine import fused_basis
+from kan_engine import basis_gemm, fused_basis
 from kan_engine.basis import (
     basis_row_bytes,
     basis_rows,
@@ -214,9 +219,12 @@ class KANLinear(nn.Module):
 
     `fast=False` selects the textbook reference path (kept for tests and benchmarks). `fused`
     picks the Triton kernels of `fused_basis` (None: on CUDA when Triton is there; True on the
-    CPU needs Triton's interpreter, for tests). `chunk_size` bounds the transient memory of
-    the spline part (see `_SplineLinear`). Set
-    `track_regularization = True` before the forwards whose `regularization_loss()` you want.
+    CPU needs Triton's interpreter, for tests). `basis_gemm` makes that fused route the matmuls
+    of `basis_gemm`, which never build the basis (None: as KAN_TUI_BASIS_GEMM says, off unless
+    it is "1"); it has no effect off the fused route, nor for float64 on a GPU. `chunk_size`
+    bounds the transient memory of the spline part (see `_SplineLinear`; the basis GEMM has no
+    basis buffer to bound). Set `track_regularization = True` before the forwards whose
+    `regularization_loss()` you want.
     """
 
     def __init__(
@@ -236,6 +244,7 @@ class KANLinear(nn.Module):
         fast: bool = True,
         chunk_size: int | None = None,
         fused: bool | None = None,
+        basis_gemm: bool | None = None,
     ) -> None:
         super().__init__()
         if grid_size < 1 or spline_order < 1:
@@ -263,6 +272,7 @@ class KANLinear(nn.Module):
         self.fast = fast
         self.chunk_size = chunk_size
         self.fused = fused
+        self.basis_gemm = basis_gemm
         self.track_regularization = False
         self.base_activation = base_activation()
         h = (high - low) / grid_size
@@ -321,7 +331,8 @@ class KANLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"grid_size={self.grid_size}, spline_order={self.spline_order}, "
             f"scale_base={self.scale_base}, scale_spline={self.scale_spline}, init={self.init!r}, "
-            f"fast={self.fast}, fused={self.fused}, chunk_size={self.chunk_size}"
+            f"fast={self.fast}, fused={self.fused}, basis_gemm={self.basis_gemm}, "
+            f"chunk_size={self.chunk_size}"
         )
 
     def masked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,14 +387,23 @@ class KANLinear(nn.Module):
         base_weight, spline_weight = self.masked_weights()
         base = F.linear(act, base_weight)  # (N, out)
         track = self.track_regularization
+        outside = None  # (1,) count of inputs outside the grid, where the spline branch gives it
         if self.fast:
             flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
             auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
             fused = auto if self.fused is None else self.fused
-            out, col_sum = _SplineLinear.apply(
-                x, base, flat_weight, self.grid, k, self._uniform, fused,
-                self.scale_base, self.scale_spline, self.chunk_size, track,
-            )  # fmt: skip
+            gemm = basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm
+            cdt = _compute_dtype(x, flat_weight)
+            if fused and gemm and basis_gemm.supports(cdt, x.device):
+                out, col_sum, outside = basis_gemm.SplineGemm.apply(
+                    x, base, flat_weight, self.grid, k, cdt,
+                    self.scale_base, self.scale_spline, track, self.training,
+                )  # fmt: skip
+            else:
+                out, col_sum = _SplineLinear.apply(
+                    x, base, flat_weight, self.grid, k, self._uniform, fused,
+                    self.scale_base, self.scale_spline, self.chunk_size, track,
+                )  # fmt: skip
         else:
             basis = self.b_splines(x)  # (N, in, G+k)
             weight = spline_weight.transpose(1, 2).reshape(self.out_features, -1)
@@ -391,7 +411,9 @@ class KANLinear(nn.Module):
             out = self.scale_base * base + self.scale_spline * spline
             col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
         with torch.no_grad():
-            if self.training:
+            if self.training and outside is not None:
+                self._outside.copy_(outside[0] / x.numel())
+            elif self.training:
                 low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
                 self._outside.copy_(((x < low) | (x >= high)).float().mean())
             if track:

@@ -1,0 +1,157 @@
+"""The basis-generating matmuls of `basis_gemm` (Triton's interpreter on the CPU) against the
+textbook reference: the layer's output and gradients, its statistics, bf16, many tiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kan_engine import basis_gemm, fused_basis
+from kan_engine.bspline import reference_basis
+from kan_engine.kan import KANLinear
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.skipif(
+    not fused_basis.runnable(torch.device("cpu")), reason="needs Triton (its CPU interpreter)"
+)
+N, IN, OUT = 37, 5, 7
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles far below the GPU's, so the small shapes here cross several of them with ragged
+    edges: 16 rows, 4 outputs, 2 or 1 inputs per K block (G+k padded to 8 or 16); the forward
+    split over K in two (its partial-sum path)."""
+    tiles = basis_gemm.Tiles(block_n=16, block_o=4, block_k=16, num_warps=4, num_stages=1)
+    monkeypatch.setattr(basis_gemm, "TILES", dict.fromkeys(basis_gemm.TILES, tiles))
+    monkeypatch.setattr(basis_gemm, "MIN_BLOCK", 1)
+    monkeypatch.setattr(basis_gemm, "FORWARD_SPLIT", 2)
+
+
+def make_layer(grid_size: int, order: int, dtype: torch.dtype, refit: bool) -> KANLinear:
+    torch.manual_seed(0)
+    layer = KANLinear(
+        IN, OUT, grid_size=grid_size, spline_order=order, scale_base=2.5, scale_spline=0.7,
+        dtype=dtype, fused=True, basis_gemm=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        layer.spline_weight.normal_()
+    if refit:  # skewed samples: a non-uniform grid
+        layer.update_grid(torch.rand(256, IN, dtype=dtype) ** 3 * 2 - 1)
+        assert not layer._uniform
+    return layer
+
+
+def inputs(dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(N, IN, generator=torch.Generator().manual_seed(3), dtype=dtype) * 1.5
+    x[0, 0], x[1, 1] = 40.0, -40.0  # beyond the extended grid
+    return x
+
+
+def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, ...]:
+    layer.fast = fast
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    wide = y.to(torch.promote_types(y.dtype, torch.float32))  # bf16 under autocast
+    (wide * torch.linspace(-1, 1, y.numel(), dtype=wide.dtype).view_as(y)).sum().backward()
+    return y.detach(), x.grad, layer.base_weight.grad, layer.spline_weight.grad
+
+
+@pytest.mark.parametrize(("grid_size", "order"), [(5, 3), (7, 3), (5, 2), (7, 2)])
+@pytest.mark.parametrize("refit", [False, True], ids=["uniform", "refit"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_equals_reference(
+    grid_size: int, order: int, refit: bool, dtype: torch.dtype
+) -> None:
+    layer = make_layer(grid_size, order, dtype, refit)
+    x = inputs(dtype)
+    ours = outputs_and_grads(layer, x, fast=True)
+    ref = outputs_and_grads(layer, x, fast=False)
+    for name, a, b in zip(("output", "d/dx", "d/dW_base", "d/dC"), ours, ref, strict=True):
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=name)
+        else:
+            scale = float(b.abs().max())
+            torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5, msg=name)
+
+
+def test_the_env_var_routes_the_layer_and_its_statistics_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KAN_TUI_BASIS_GEMM=1 picks the route for a layer that leaves `basis_gemm` unset; the
+    outside-grid share and the regulariser's statistics (folded into the forward kernel) equal
+    the eager route's."""
+    monkeypatch.setenv(basis_gemm.ENABLE_ENV, "1")
+    monkeypatch.setattr(basis_gemm, "FORWARD_SPLIT", None)  # one split: the direct store
+    calls = []
+    original = basis_gemm.spline_forward
+    monkeypatch.setattr(
+        basis_gemm, "spline_forward", lambda *a, **kw: calls.append(1) or original(*a, **kw)
+    )
+    layer = make_layer(5, 3, torch.float32, refit=True)
+    layer.basis_gemm = None
+    layer.track_regularization = True
+    x = inputs(torch.float32)
+    stats = {}
+    for fused in (True, False):
+        layer.fused = fused
+        y = layer(x)
+        stats[fused] = (y.detach(), layer.outside_grid_share(), layer.regularization_loss())
+    assert calls == [1]
+    assert stats[True][1] == pytest.approx(stats[False][1], abs=1e-7) and stats[True][1] > 0
+    torch.testing.assert_close(stats[True][0], stats[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats[True][2], stats[False][2], atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_autocast_is_close_to_the_float32_reference() -> None:
+    layer = make_layer(5, 3, torch.float32, refit=True)
+    x = inputs(torch.float32)
+    ref = outputs_and_grads(layer, x, fast=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = outputs_and_grads(layer, x, fast=True)
+    assert ours[0].dtype == torch.bfloat16
+    assert [g.dtype for g in ours[1:]] == [torch.float32] * 3
+    for name, a, b in zip(("output", "d/dx", "d/dW_base", "d/dC"), ours, ref, strict=True):
+        error = float((a.float() - b).norm() / b.norm())
+        assert error < 2e-2, f"{name}: relative error {error:.1e}"
+
+
+def test_kernels_on_a_fine_refit_grid_and_on_the_knots_equal_the_reference() -> None:
+    """A 40-interval refit grid (G+k = 43 padded to 64: one input per K block, six search
+    steps), values on the first knot, on an inner knot and beyond the grid; each kernel alone
+    against the reference basis in float64."""
+    layer = make_layer(40, 3, torch.float64, refit=True)
+    grid, k = layer.grid, 3
+    x = inputs(torch.float64)
+    x[2], x[3] = grid[:, 0], grid[:, 17]
+    weight = torch.randn(OUT, 43 * IN, dtype=torch.float64)
+    base = torch.randn(N, OUT, dtype=torch.float64)
+    grad = torch.randn(N, OUT, dtype=torch.float64)
+    basis = reference_basis(x, grid, k).transpose(1, 2).reshape(N, -1)  # (N, (G+k)*in)
+    out, col_sum, outside = basis_gemm.spline_forward(
+        x, grid, k, weight, base, 0.7, 2.5, count=True, want_sum=True
+    )
+    torch.testing.assert_close(out, 0.7 * basis @ weight.t() + 2.5 * base, atol=1e-10, rtol=0)
+    torch.testing.assert_close(col_sum, basis.sum(0), atol=1e-10, rtol=0)
+    assert int(outside) == int(((x < grid[:, k]) | (x >= grid[:, -k - 1])).sum())
+    dw = basis_gemm.spline_weight_grad(grad, x, grid, k, 0.7, torch.float64)
+    torch.testing.assert_close(dw, 0.7 * grad.t() @ basis, atol=1e-10, rtol=0)
+    xr = x.clone().requires_grad_(True)
+    (reference_basis(xr, grid, k).transpose(1, 2).reshape(N, -1) * (grad @ weight)).sum().backward()
+    dx = basis_gemm.spline_input_grad(grad, x, grid, k, weight, 0.7)
+    torch.testing.assert_close(dx, 0.7 * xr.grad, atol=1e-10, rtol=0)
+
+
+def test_the_kernels_refuse_the_cpu_without_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """And the layer keeps float64 on a GPU off the route (float64 tl.dot there is unsettled)."""
+    assert not basis_gemm.supports(torch.float64, torch.device("cuda"))
+    assert basis_gemm.supports(torch.bfloat16, torch.device("cuda"))
+    monkeypatch.setenv(fused_basis.INTERPRET_ENV, "0")
+    x = torch.rand(3, IN)
+    with pytest.raises(RuntimeError, match="need CUDA with Triton"):
+        basis_gemm.spline_forward(
+            x, KANLinear(IN, 2).grid, 3, torch.rand(2, 8 * IN), torch.zeros(3, 2), 1.0, 1.0
+        )
