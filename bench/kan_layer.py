@@ -17,7 +17,14 @@ measured in the same run:
 * reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
 * linear: `nn.Linear(in, out)`, what a plain MLP layer costs;
 * gemm floor: one matmul (N, in*(G+k)) x (in*(G+k), out) with gradients for both operands, the
-  cost of the spline matmuls alone, without the basis.
+  cost of the spline matmuls alone, without the basis;
+* efficient-kan, fast-kan (with `--anchors DIR`): the public layers measured beside ours, from
+  their sources in DIR (`DIR/efficient_kan/`, `DIR/fastkan/`, copied from Blealtan/efficient-kan
+  and ZiyaoLi/fast-kan into an ignored folder: read and measured, never part of kan-tui):
+  efficient-kan's `KANLinear(in, out, grid_size=G, spline_order=k)` (exact B-splines, dense
+  basis) and fast-kan's `FastKANLayer(in, out, num_grids=G+k, use_layernorm=False)` (Gaussian
+  RBFs, not B-splines: an approximation; as many basis functions per edge as ours, and no
+  LayerNorm, which is not part of a KAN layer). A missing source skips its rows with a note.
 
 Peak memory: CUDA uses torch.cuda.max_memory_allocated minus what was allocated before; the CPU
 has no allocator statistics, so there it is the peak of live tensor storages created during the
@@ -30,8 +37,10 @@ step (`kan_engine.memory_peak.TensorMemoryPeak`), which counts the same things.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -51,14 +60,34 @@ VARIANTS = (
     "fused", "fused graph", "basis gemm", "basis gemm graph",
     "local", "reference", "linear", "gemm floor",
 )  # fmt: skip
+ANCHORS = ("efficient-kan", "fast-kan")  # with --anchors DIR
 BASIS_GEMM = ("basis gemm", "basis gemm graph")
 FUSED = ("fused", "fused graph", *BASIS_GEMM)  # Triton kernels: CUDA only
 OURS = (*FUSED, "local")
 
 
-def variants(device: torch.device) -> tuple[str, ...]:
-    """The Triton routes run only on CUDA (elsewhere Triton could only interpret them, slowly)."""
-    return VARIANTS if device.type == "cuda" else tuple(v for v in VARIANTS if v not in FUSED)
+def variants(device: torch.device, anchors: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The Triton routes run only on CUDA (elsewhere Triton could only interpret them, slowly);
+    `anchors`: the public layers found (`load_anchors`)."""
+    ours = VARIANTS if device.type == "cuda" else tuple(v for v in VARIANTS if v not in FUSED)
+    return (*ours, *anchors)
+
+
+def load_anchors(folder: Path | None) -> dict[str, type[nn.Module]]:
+    """The public layers' classes from their sources in `folder` (module docstring)."""
+    if folder is None:
+        return {}
+    sys.path.insert(0, str(folder.resolve()))
+    found: dict[str, type[nn.Module]] = {}
+    for name, module, cls in (
+        ("efficient-kan", "efficient_kan", "KANLinear"),
+        ("fast-kan", "fastkan", "FastKANLayer"),
+    ):
+        try:
+            found[name] = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as exc:
+            print(f"note: {name} skipped: no {module}.{cls} under {folder} ({exc})")
+    return found
 
 
 @dataclass
@@ -92,6 +121,12 @@ def build(
     x = (torch.rand(n, i, device=device) * 2 - 1).requires_grad_(True)  # inside the grid
     if variant == "linear":
         layer: nn.Module = nn.Linear(i, o, device=device)
+    elif variant == "efficient-kan":
+        layer = args.anchor_classes[variant](
+            i, o, grid_size=args.grid_size, spline_order=args.spline_order
+        ).to(device)
+    elif variant == "fast-kan":
+        layer = args.anchor_classes[variant](i, o, num_grids=k1, use_layernorm=False).to(device)
     else:
         layer = KANLinear(
             i,
@@ -181,7 +216,7 @@ def measure_shape(
         if amp
         else nullcontext()
     )
-    names = names or variants(device)
+    names = names or variants(device, tuple(args.anchor_classes))
     cases = {v: build(v, n, i, o, args, device) for v in names}
     grad = torch.randn(n, o, device=device)
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in names for m in ("f", "fb")}
@@ -228,6 +263,28 @@ def print_table(rows: list[Row]) -> None:
             f"{r.peak_mib:9.1f} {r.fwd_ms / b.fwd_ms:8.2f} {r.fwd_bwd_ms / b.fwd_bwd_ms:8.2f} "
             f"{r.peak_mib / max(b.peak_mib, 1e-9):8.2f}"
         )
+
+
+def print_anchor_ratios(rows: list[Row]) -> None:
+    """fwd+bwd time of each of our routes over each public layer's, at each shape/precision
+    (below 1: ours is faster; the issue-20 targets read: <= 0.25 against efficient-kan, < 1
+    against fast-kan, eager)."""
+    table = {(r.shape, r.precision, r.variant): r.fwd_bwd_ms for r in rows}
+    anchors = sorted({r.variant for r in rows if r.variant in ANCHORS})
+    if not anchors:
+        return
+    print("\nfwd+bwd time, ours / theirs (same run)")
+    for shape, precision in dict.fromkeys((r.shape, r.precision) for r in rows):
+        for ours in OURS:
+            mine = table.get((shape, precision, ours))
+            if mine is None:
+                continue
+            cells = [
+                f"/ {a} {mine / table[(shape, precision, a)]:.2f}"
+                for a in anchors
+                if (shape, precision, a) in table
+            ]
+            print(f"{shape:>15} {precision:>4} {ours:>16} {mine:8.2f} ms  " + "  ".join(cells))
 
 
 def exactness(device: torch.device) -> list[str]:
@@ -302,7 +359,12 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None, help="chunk_size of 'ours'")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable)")
     parser.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--anchors", type=Path, default=None, metavar="DIR",
+        help="also time efficient-kan and fast-kan from their sources in DIR (see the docstring)",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.anchor_classes = load_anchors(args.anchors)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -328,8 +390,11 @@ def main() -> None:
     failures = exactness(device)
     rows = [r for s in shapes for p in precisions for r in measure_shape(s, p, args, device)]
     print_table(rows)
+    print_anchor_ratios(rows)
     if args.json:
-        meta = {"device": name, "torch": torch.__version__, "args": vars(args)}
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        del settings["anchor_classes"]
+        meta = {"device": name, "torch": torch.__version__, "args": settings}
         report = {"meta": meta, "failures": failures, "rows": [asdict(r) for r in rows]}
         write_text(Path(args.json), json.dumps(report, indent=1))
     if failures:
