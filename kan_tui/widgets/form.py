@@ -20,6 +20,7 @@ from kan_engine.errors import ConfigError
 from kan_tui.formatting import plain
 from kan_tui.messages import FormChanged
 from kan_tui.options import FORM_FIELDS, FieldSpec, is_text, schema_choices, schema_field
+from kan_tui.widgets.ordered_input import OrderedInput
 
 SOURCE = "form"
 FIELDS = FORM_FIELDS  # the rows, top to bottom
@@ -87,7 +88,7 @@ class ConfigField(Horizontal):
         yield Static(" ", classes="field-mark")
         yield Label(self.spec.label or self.spec.key, classes="field-label")
         if self.choices is None:
-            yield Input(compact=True, classes="field-input")
+            yield OrderedInput(compact=True, classes="field-input")
         else:
             options = [(choice, choice) for choice in self.choices]
             yield Select(options, allow_blank=False, compact=True, classes="field-select")
