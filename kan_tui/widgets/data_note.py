@@ -20,6 +20,9 @@ from textual.timer import Timer
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
+# imported with the form, not in the worker: a first look would wait on the import lock
+# while the memory estimate's worker imports torch (these two need numpy only)
+from kan_engine import user_csv, user_images
 from kan_engine.errors import KanError
 from kan_tui.formatting import PathText, printable
 
@@ -40,8 +43,6 @@ class DataRequest:
 
 def look(request: DataRequest) -> str:
     """What the data holds, in one line (the worker thread's; raises the loaders' errors)."""
-    from kan_engine import user_csv, user_images
-
     if request.dataset == "images":
         folder = user_images.peek_images(request.data_dir)
         split = " in train/ + test/" if folder.split else ""  # else a test split is carved
