@@ -57,7 +57,7 @@ class _Table:
 
     header: list[str]
     label_at: int
-    x: np.ndarray  # (N, F) float32
+    x: np.ndarray  # (N, F) float32; (N, 0) when the features were not read (`peek_csv`)
     labels: list[str]
     lines: list[int]  # the file line of each row
 
@@ -65,26 +65,65 @@ class _Table:
 def load_csv(data_dir: str | None, target: str | None, task: str = "auto") -> Raw:
     """A table with a header row: numeric features, the label in `target` (default: last
     column); `task` is `data.task` (auto, classification or regression)."""
+    path, table = _read_table(data_dir, target, features=True)
+    source = printable(path)
+    column = table.header[table.label_at]
+    values = _target_values(source, table, task)
+    if values is not None:
+        raw = split_test(table.x, values, [column], str(path), "regression")
+    else:
+        names, y = _checked_classes(source, column, table.labels)
+        raw = split_test(table.x, y, names, str(path))
+    raw.feature_names = [name for k, name in enumerate(table.header) if k != table.label_at]
+    raw.label_column = column
+    return raw
+
+
+@dataclass(frozen=True)
+class TablePeek:
+    """What a CSV holds for training (`peek_csv`); names are printable."""
+
+    path: str
+    columns: list[str]
+    target: str
+    rows: int
+    classes: list[str] | None  # None: the target is a regression's
+
+
+def peek_csv(data_dir: str | None, target: str | None, task: str = "auto") -> TablePeek:
+    """The columns, the label column, the rows and the classes (or a regression) `load_csv`
+    would train on, with its refusals of the header, the label column and the classes. The
+    feature cells are not read as numbers (the run's load checks each), so a large table
+    answers quickly, before a run starts, in the setup form."""
+    path, table = _read_table(data_dir, target, features=False)
+    source = printable(path)
+    column = table.header[table.label_at]
+    classes = None
+    if _target_values(source, table, task) is None:
+        classes, _ = _checked_classes(source, column, table.labels)
+    columns = [printable(name) for name in table.header]
+    return TablePeek(source, columns, printable(column), len(table.lines), classes)
+
+
+def _read_table(data_dir: str | None, target: str | None, *, features: bool) -> tuple[Path, _Table]:
+    """The CSV file and its table, its feature cells read only if `features` (else x is empty)."""
     path = _csv_path(data_dir)
     source = printable(path)
     try:
         with path.open("rb") as handle:
             _sniff(source, handle.read(_SNIFF))
             handle.seek(0)
-            table = _parse(source, _rows(source, csv.reader(_lines(source, handle))), target)
+            rows = _rows(source, csv.reader(_lines(source, handle)))
+            return path, _parse(source, rows, target, features=features)
     except OSError as exc:
         raise unreadable(path, exc) from None
-    column = table.header[table.label_at]
-    values = _target_values(source, table, task)
-    if values is not None:
-        raw = split_test(table.x, values, [column], str(path), "regression")
-    else:
-        names, y = _classes(source, column, table.labels)
-        _check_csv_classes(source, column, names, y)
-        raw = split_test(table.x, y, names, str(path))
-    raw.feature_names = [name for k, name in enumerate(table.header) if k != table.label_at]
-    raw.label_column = column
-    return raw
+
+
+def _checked_classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    """`_classes`, refused below two classes or with a class too small for every split."""
+    names, y = _classes(source, column, labels)
+    _check_csv_classes(source, column, names, y)
+    return names, y
 
 
 @dataclass
@@ -267,12 +306,14 @@ def _rows(source: str, reader: Iterable[list[str]]) -> Iterator[tuple[int, list[
             yield getattr(reader, "line_num", 0), row
 
 
-def _parse(source: str, rows: Iterator[tuple[int, list[str]]], target: str | None) -> _Table:
+def _parse(
+    source: str, rows: Iterator[tuple[int, list[str]]], target: str | None, *, features: bool
+) -> _Table:
     header, header_line = _header(source, rows)
     _check_header(source, header, header_line)
     label_at = _label_column(source, header, target)
-    features = [i for i in range(len(header)) if i != label_at]
-    x, labels, lines = _body(source, rows, header, features, label_at)
+    columns = [i for i in range(len(header)) if i != label_at] if features else []
+    x, labels, lines = _body(source, rows, header, columns, label_at)
     return _Table(header, label_at, x, labels, lines)
 
 

@@ -54,17 +54,44 @@ class _Listing:
     labels: list[int]
 
 
-def load_images(data_dir: str | None) -> Raw:
-    """A folder per class (or `train/` and `test/` folders of those). Grey if every image is grey,
-    else RGB; kept at their size when all match, else resized to 32x32."""
+@dataclass(frozen=True)
+class FolderPeek:
+    """What an images folder holds, found by listing it (`peek_images`): no image opened."""
+
+    root: str  # printable, as every name here
+    classes: list[str]
+    images: int  # image files, train/ and test/ together
+    split: bool  # train/ and test/ folders; else a test split is carved from the images
+
+
+def _image_folder(data_dir: str | None) -> Path:
+    """`data.data_dir` of the images data set: given, there, and a folder."""
     root = require_path(data_dir, "images")
     if not root.is_dir():
         hint = " (for a table, use --dataset csv)" if root.suffix.lower() == ".csv" else ""
         raise DataError(printable(root), f"is a file, not a folder{hint}", fix=_FOLDER_FIX)
-    has_test = (root / "train").is_dir() and (root / "test").is_dir()
-    listings = [_list_images(root / "train" if has_test else root)]
-    if has_test:
-        listings.append(_list_images(root / "test", listings[0].classes))
+    return root
+
+
+def peek_images(data_dir: str | None) -> FolderPeek:
+    """The class folders and image files `load_images` would read, with its refusals of the
+    folder's shape (no class folders, one class, a class with too few images, test/ unlike
+    train/).
+    A directory walk and no image opened, so it answers before a run starts, in the setup form;
+    an unreadable image is only found by `load_images`, which decodes them all."""
+    root, listings = _list_root(data_dir)
+    names = [printable(name) for name in listings[0].classes]
+    labels = np.asarray(listings[0].labels, np.int64)
+    _check_image_classes(listings[0].folder, names, labels, len(listings) == 2, skipped=0)
+    images = sum(len(listing.files) for listing in listings)
+    return FolderPeek(printable(root), names, images, len(listings) == 2)
+
+
+def load_images(data_dir: str | None) -> Raw:
+    """A folder per class (or `train/` and `test/` folders of those). Grey if every image is grey,
+    else RGB; kept at their size when all match, else resized to 32x32."""
+    root, listings = _list_root(data_dir)
+    has_test = len(listings) == 2
     files = [path for listing in listings for path in listing.files]
     pixels, bad = _read_pixels(files)
     _check_skipped(root, bad, len(files))
@@ -79,6 +106,17 @@ def load_images(data_dir: str | None) -> Raw:
         return raw
     x_test, y_test = arrays[1]
     return Raw(x_train, y_train, x_test, y_test, names, str(root), warnings)
+
+
+def _list_root(data_dir: str | None) -> tuple[Path, list[_Listing]]:
+    """The folder and the listing of its class folders; of train/ and then test/ when it has
+    both (test/'s classes checked against train/'s)."""
+    root = _image_folder(data_dir)
+    has_test = (root / "train").is_dir() and (root / "test").is_dir()
+    listings = [_list_images(root / "train" if has_test else root)]
+    if has_test:
+        listings.append(_list_images(root / "test", listings[0].classes))
+    return root, listings
 
 
 def _read_pixels(files: list[Path]) -> tuple[dict[Path, np.ndarray], list[tuple[Path, str]]]:

@@ -22,6 +22,7 @@ from kan_engine.config import RunConfig
 from kan_engine.errors import KanError
 from kan_engine.untrusted import printable
 from kan_tui import exit_codes
+from kan_tui.formatting import break_paths
 from kan_tui.messages import StartRun
 from kan_tui.run_model import TrainingRun
 from kan_tui.screens.dashboard import JOIN_TIMEOUT_S, DashboardScreen
@@ -29,6 +30,8 @@ from kan_tui.screens.setup import DEFAULT_PRESET, SetupScreen
 from kan_tui.signals import STOP_SIGNALS
 
 if TYPE_CHECKING:
+    from textual.notifications import SeverityLevel
+
     from kan_engine.resume_plan import ResumePlan
 
 # A dropped terminal (SSH connection gone) sends SIGHUP; a scheduler or `kill` sends SIGTERM.
@@ -49,6 +52,15 @@ def exit_after_hangup(runs: list[TrainingRun], code: int) -> None:
         run.done.wait(JOIN_TIMEOUT_S)
     threading.Event().wait(HANGUP_GRACE_S)
     os._exit(code)
+
+
+# Textual's toasts are this wide (app.tcss pins it): their text is 3 cells narrower (a border
+# and the padding), which is where `notify` breaks long paths
+TOAST_WIDTH, TOAST_SHARE, TOAST_FRAME = 60, 0.5, 3
+
+
+def toast_text_width(screen_width: int) -> int:
+    return min(TOAST_WIDTH, int(screen_width * TOAST_SHARE)) - TOAST_FRAME
 
 
 class KanApp(App[None]):
@@ -81,6 +93,22 @@ class KanApp(App[None]):
         self._signals: list[int] = []
         # the run a quit (or a stop signal) stopped, for the line printed after the app has gone
         self.stopped_run: tuple[str, int] | None = None
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """A toast; a plain one (user text: `markup=False`) has its paths broken at separators
+        to the toast's width, as Textual would cut a run folder's name wherever the line ends.
+        (Markup is left alone: a break inside `[/b]` would be a markup error.)"""
+        if not markup:
+            message = break_paths(message, toast_text_width(self.size.width))
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def on_mount(self) -> None:
         self._handle_stop_signals()

@@ -4,13 +4,19 @@ No textual import here: `kan-tui runs list` uses it without the TUI. User text (
 names, paths, values echoed by errors) reaches a terminal only through `printable` (control
 characters escaped, `kan_engine.untrusted`), and reaches Rich or Textual as a `Text` (`plain`),
 never as a str: both would read `[bold red]` or `[link=...]` in it as markup.
+
+Paths are broken at their separators to the width they are shown at (`break_paths`, `PathText`):
+Rich and Textual wrap at spaces only and fold a longer word wherever the line ends, which cut
+run folders in two (`runs/20250101-120000-lite/c` + `heckpoints/last.pt`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from kan_engine import headline
@@ -18,6 +24,8 @@ from kan_engine.untrusted import printable
 
 __all__ = [
     "RUN_COLUMNS",
+    "PathText",
+    "break_paths",
     "count",
     "duration",
     "measure",
@@ -31,6 +39,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
+
     from kan_engine.history import RunRow
 
 # the columns of a run-history table (`kan-tui runs list`, the runs screen), as `run_cells` fills
@@ -90,6 +100,51 @@ def duration(seconds: float | None) -> str:
 def plain(value: object, style: str = "") -> Text:
     """User text for a Rich table cell or a Textual widget: escaped, and never read as markup."""
     return Text(printable(value), style=style, end="")
+
+
+_WORD = re.compile(r"\S+")
+_AFTER_SEPARATOR = re.compile(r"(?<=[/\\])")  # a path's folders: break after a separator
+_AFTER_JOINER = re.compile(r"(?<=[-_.])")  # within a name too long for a line: after - _ .
+
+
+def break_paths(text: str, width: int) -> str:
+    """`text` with line breaks inside each path (a word holding a slash or a backslash) longer
+    than `width`, so that no line of it is longer: after a separator where one fits, else after
+    a - _ or . of a name too long for a line (`20250101-120000-` + `lite-flat_kan`), never
+    mid-name unless a name has nothing to break at. Other text is left to the wrap at spaces."""
+    if width < 1:
+        return text
+    return _WORD.sub(lambda match: _break_path(match.group(), width), text)
+
+
+def _break_path(word: str, width: int) -> str:
+    if cell_len(word) <= width or not ("/" in word or "\\" in word):
+        return word
+    pieces = [
+        piece
+        for folder in _AFTER_SEPARATOR.split(word)
+        for piece in (_AFTER_JOINER.split(folder) if cell_len(folder) > width else [folder])
+        if piece
+    ]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and cell_len(lines[-1] + piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
+class PathText:
+    """User text (already `printable`) whose paths are broken by `break_paths` at the width it
+    is drawn at, which a log only knows when it renders the line."""
+
+    def __init__(self, text: str, style: str = "") -> None:
+        self.text = text
+        self.style = style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(break_paths(self.text, options.max_width), style=self.style)
 
 
 def run_cells(row: RunRow) -> tuple[Text, ...]:

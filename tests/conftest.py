@@ -7,12 +7,14 @@ import asyncio
 import functools
 import os
 import threading
+import unicodedata
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from textual import events
 from textual.geometry import Region
 from textual.pilot import Pilot
 from textual.widget import Widget
@@ -230,6 +232,22 @@ async def type_into(pilot: Pilot, key: str, text: str) -> None:
     field.focus()
     field.value = ""
     await pilot.press(*text)
+    await pilot.pause()
+
+
+async def burst(pilot: Pilot, *keys: str) -> None:
+    """Keys as a terminal delivers a paste or fast typing: all queued at once, none waiting for
+    the previous one to be handled (`pilot.press` waits after each key, which hides races
+    between keys), then run until the app is idle."""
+    app = pilot.app
+    for key in keys:
+        character = key if len(key) == 1 else None
+        # Textual names a punctuation key by its Unicode name: "." is full_stop
+        punctuation = character is not None and not character.isalnum()
+        name = unicodedata.name(key).lower().replace(" ", "_") if punctuation else key
+        event = events.Key(name, character)
+        event.set_sender(app)
+        app.post_message(event)
     await pilot.pause()
 
 

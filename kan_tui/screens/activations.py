@@ -29,6 +29,7 @@ from kan_engine import activations, runs
 from kan_engine.errors import KanError
 from kan_engine.kan import KANLinear
 from kan_tui.formatting import plain, printable
+from kan_tui.widgets.ordered_input import OrderedInput
 
 POLL_S = 2.0
 TOP_EDGES = 50
@@ -97,7 +98,7 @@ class ActivationsScreen(Screen[None]):
         with Horizontal(id="act-main"):
             yield DataTable(id="act-edges", cursor_type="row")
             yield EdgePlot(id="act-plot")
-        yield Input(
+        yield OrderedInput(
             placeholder="edge: I J, then enter", id="act-edge", compact=True, select_on_focus=False
         )
         yield Footer()

@@ -13,6 +13,7 @@ from textual.widgets import Button, Input, Label, Static
 
 from kan_tui.formatting import plain
 from kan_tui.widgets.charts import Point, SeriesChart
+from kan_tui.widgets.ordered_input import OrderedInput
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -80,7 +81,7 @@ class NameDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-question")
-            yield Input(placeholder="name (a-z, 0-9, - or _)", id="name")
+            yield OrderedInput(placeholder="name (a-z, 0-9, - or _)", id="name")
             yield Static("", id="name-error", classes="dialog-error")
             yield Label("enter saves, escape cancels", classes="dialog-hint")
 

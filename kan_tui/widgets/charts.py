@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from rich.text import Text
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
@@ -17,13 +18,10 @@ from kan_tui.plotting import Point, draw
 
 MAX_POINTS = 400  # more than the braille resolution of a 120-column chart
 
-COLORS = {
-    "train": "cyan",
-    "val": "orange",
-    "cnn": "cyan",
-    "kan": "magenta",
-    "other": "orange",
-}
+# each series' colour as a 256-colour number, which plotext and Rich both read (plotext's names
+# are not Rich's: its "orange" is colour 3); the legend below the plot is coloured to match
+COLORS = {"train": 6, "val": 3, "cnn": 6, "kan": 5, "other": 3}
+OTHER_COLOR = 15  # white
 
 
 def thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
@@ -68,10 +66,15 @@ class SeriesChart(PlotextPlot):
     def render(self) -> RenderResult:
         plt = self.plt
         plt.clear_figure()
-        drawn = draw(
-            plt, self.series, log_y=self.log_y, color=lambda label: COLORS.get(label, "white")
-        )
-        if not drawn:
+        drawn = draw(plt, self.series, xlabel=self.xlabel, log_y=self.log_y, color=self.color)
+        if not drawn.points:
             plt.title(self.empty)
-        plt.xlabel(self.xlabel)
-        return super().render()
+        chart = super().render()
+        if isinstance(chart, Text):  # textual-plotext's figure: colour the legend's entries
+            for mark, label in drawn.legend:
+                chart.highlight_words([f"{mark} {label}"], style=f"color({self.color(label)})")
+        return chart
+
+    @staticmethod
+    def color(label: str) -> int:
+        return COLORS.get(label, OTHER_COLOR)

@@ -4,7 +4,8 @@ Its rows are the form's entries of the field table (`kan_tui.options.FIELDS`: ke
 widget). Nothing here knows a range or a choice list of its own: numbers are checked by applying
 the typed value to the preset's config (`apply_overrides`), choice lists come from the schema's
 `Literal` types and from the model / data set registries, and the reasons shown are the schema's.
-So the form, the preset files and `--set` can never disagree.
+So the form, the preset files and `--set` can never disagree. Under the data folder row, a
+`DataNote` says what the user's own data (images, csv) holds, as the engine's readers see it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from kan_engine.errors import ConfigError
 from kan_tui.formatting import plain
 from kan_tui.messages import FormChanged
 from kan_tui.options import FORM_FIELDS, FieldSpec, is_text, schema_choices, schema_field
+from kan_tui.widgets.data_note import DataNote, DataRequest
+from kan_tui.widgets.ordered_input import OrderedInput
 
 SOURCE = "form"
 FIELDS = FORM_FIELDS  # the rows, top to bottom
+DATASET, DATA_DIR, TARGET = "data.dataset", "data.data_dir", "data.target"
 
 
 def lookup(data: dict[str, Any], key: str) -> Any:
@@ -87,7 +91,7 @@ class ConfigField(Horizontal):
         yield Static(" ", classes="field-mark")
         yield Label(self.spec.label or self.spec.key, classes="field-label")
         if self.choices is None:
-            yield Input(compact=True, classes="field-input")
+            yield OrderedInput(compact=True, classes="field-input")
         else:
             options = [(choice, choice) for choice in self.choices]
             yield Select(options, allow_blank=False, compact=True, classes="field-select")
@@ -139,6 +143,8 @@ class ConfigForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         for spec in FIELDS:
             yield ConfigField(spec, self.choices(spec))
+            if spec.key == DATA_DIR:  # what the user's own data holds, under its path
+                yield DataNote(id="data-note")
 
     def choices(self, spec: FieldSpec) -> tuple[str, ...] | None:
         """A select's choices (a registry's names, or the schema's `Literal`); None: typed text."""
@@ -170,7 +176,15 @@ class ConfigForm(VerticalScroll):
         for field in self.fields():
             key = field.spec.key
             field.mark(changed=values[key] != lookup(base, key), reason=self.errors.get(key))
+        self.query_one(DataNote).check(self.data_request(values))
         self.post_message(FormChanged(self.config, dict(self.errors)))
+
+    def data_request(self, values: dict[str, Any]) -> DataRequest | None:
+        """What the data note looks at; None while a field it reads has the schema's error."""
+        if any(key in self.errors for key in (DATASET, DATA_DIR, TARGET)):
+            return None
+        task = (self.config or self.base).data.task
+        return DataRequest(values[DATASET], values[DATA_DIR], values[TARGET], task)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

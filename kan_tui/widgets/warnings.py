@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import RichLog, Static
 
-from kan_tui.formatting import num, printable
+from kan_tui.formatting import PathText, num, printable
 from kan_tui.run_model import RunState
 
 
@@ -72,6 +72,6 @@ class NoticeLog(RichLog):
         if fresh <= 0:
             return
         for level, text in state.notices[-fresh:]:
-            # notices quote data (CSV headers, class folders) and paths
-            self.write(Text(printable(text), style="yellow" if level == "warning" else ""))
+            # notices quote data (CSV headers, class folders) and paths: broken at separators
+            self.write(PathText(printable(text), style="yellow" if level == "warning" else ""))
         self.shown = state.notices_seen

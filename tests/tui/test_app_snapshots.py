@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import fix_memory_estimate, regression_replay
+from conftest import fix_memory_estimate, regression_replay, wait_until
+from PIL import Image
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from kan_engine import runs
+from kan_engine import presets_io, runs
 from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.events import (
     CheckpointWritten,
@@ -36,6 +37,7 @@ from kan_tui.screens.dashboard import DashboardScreen
 from kan_tui.screens.dialogs import ConfirmDialog, NameDialog
 from kan_tui.screens.runs import RunsScreen
 from kan_tui.widgets.charts import SeriesChart
+from kan_tui.widgets.data_note import DataNote
 
 SIZES = [(80, 24), (120, 40)]
 STEPS_PER_EPOCH = 40
@@ -148,6 +150,28 @@ async def wait_for_preview(pilot: Pilot) -> None:
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_setup_screen(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
     assert snap_compare(create_app(), terminal_size=size, run_before=wait_for_preview)
+
+
+async def wait_for_data_note(pilot: Pilot) -> None:
+    await wait_for_preview(pilot)
+    note = pilot.app.screen.query_one(DataNote)
+    await wait_until(pilot, lambda: note.has_class("-found"), "the look at the images folder")
+    await pilot.pause()
+
+
+def test_setup_screen_own_images(
+    snap_compare: Callable[..., bool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data note under the data folder: the class folders and images of a folder."""
+    monkeypatch.chdir(tmp_path)  # the folder typed is relative, the same everywhere
+    for name, count in {"cat": 4, "dog": 5, "fish": 3}.items():
+        Path("pets", name).mkdir(parents=True)
+        for k in range(count):
+            Image.new("L", (6, 6), 20 * k).save(Path("pets", name, f"{k}.png"))
+    lite, _ = presets_io.resolve("lite")
+    config = apply_overrides(lite, {"data.dataset": "images", "data.data_dir": "pets"}, "test")
+    app = create_app(config=config)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=wait_for_data_note)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
