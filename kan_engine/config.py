@@ -231,6 +231,10 @@ class TrainSection(_Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="share of each training target spread over the other classes"
     )
+    huber_delta: Annotated[float, Field(ge=0, le=100)] = Field(
+        0.0,
+        description="regression: Huber loss with this delta on standardised targets (0 = MSE)",
+    )
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="decay of the weight average used for eval and best.pt (0 = off)"
     )

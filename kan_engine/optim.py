@@ -158,6 +158,8 @@ def check_least_squares(config: RunConfig, model: nn.Module, regression: bool) -
         reason = "lm fits least squares: regression runs only (this data is a classification)"
     elif config.kan.reg_weight > 0:
         reason = "lm fits least squares: set kan.reg_weight to 0 (its L1 term is not a square)"
+    elif config.train.huber_delta > 0:
+        reason = "lm fits least squares: set train.huber_delta to 0 (Huber is not a square)"
     elif size > MAX_PARAMETERS:
         reason = (
             f"lm solves a P x P system per step: models up to {MAX_PARAMETERS:,} parameters "

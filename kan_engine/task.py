@@ -52,10 +52,17 @@ class Task:
             return True
         return value < best if self.regression else value > best
 
-    def objective(self, out: Tensor, y: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-        """(objective to minimise, the plain loss reported beside it); out (N, C or T) float."""
+    def objective(
+        self, out: Tensor, y: Tensor, smoothing: float = 0.0, huber_delta: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """(objective to minimise, the plain loss reported beside it); out (N, C or T) float.
+        A regression's reported loss is the mean squared error whatever it minimises (Huber
+        with `huber_delta` > 0: quadratic within delta standard deviations, linear beyond, so
+        a few wild targets pull less), comparable with the validation loss."""
         if self.regression:
             loss = F.mse_loss(out, y)
+            if huber_delta > 0:
+                return F.huber_loss(out, y, delta=huber_delta), loss.detach()
             return loss, loss
         objective = F.cross_entropy(out, y, label_smoothing=smoothing)
         # the loss reported is the plain cross-entropy, comparable with the validation loss

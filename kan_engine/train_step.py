@@ -32,6 +32,7 @@ from kan_engine import cuda_graph, distributed, least_squares, models, optim
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig
 from kan_engine.ema import WeightAverage
+from kan_engine.errors import ConfigError
 from kan_engine.events import Notice
 from kan_engine.monitor import PendingSteps
 from kan_engine.run_setup import precision
@@ -84,6 +85,9 @@ class TrainStep:
         if message:
             notices.append(Notice(message))
         optim.check_least_squares(config, model, data.task.regression)
+        if train.huber_delta > 0 and not data.task.regression:
+            reason = "the Huber loss is for regressions: this run is a classification"
+            raise ConfigError("", "train.huber_delta", reason)
         self.optimizer = optim.build_optimizer(
             config, models.param_groups(model), device, capturable=graphs
         )
@@ -131,7 +135,8 @@ class TrainStep:
         ):
             out = model(x)  # (N, classes or targets)
         out = out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 up, float64 kept
-        objective, loss = self.task.objective(out, y, self.config.train.label_smoothing)
+        train = self.config.train
+        objective, loss = self.task.objective(out, y, train.label_smoothing, train.huber_delta)
         weight = self.config.kan.reg_weight
         if weight > 0:
             reg = sum(layer.regularization_loss() for layer in self.kan.values())

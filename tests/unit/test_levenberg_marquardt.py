@@ -161,6 +161,7 @@ def test_the_function_preset_with_lm_fits_through_the_trainer(runs_dir: Path) ->
             "regression runs only",
         ),
         ({"kan.reg_weight": 0.01}, "kan.reg_weight"),
+        ({"train.huber_delta": 0.5}, "train.huber_delta"),
         ({"model.width": [2, 40, 40, 1]}, "up to 4,096 parameters"),
     ],
 )
