@@ -26,10 +26,12 @@ Both give the true basis (no `local_scale` factor). The kernels:
 `SplineGemm` is the autograd function over them; `KANLinear` takes it when `basis_gemm` (or
 KAN_TUI_BASIS_GEMM=1) is set on its fused route. It is opt-in until it is timed on a GPU.
 
-The block sizes in `TILES` are first guesses for an H200 (bench/basis_gemm_check.py --sweep
-times alternatives). The forward has few output tiles at the layer's usual shapes (out = 256)
-and a long K ((G+k)*in = 25088 at in = 3136), so it is split over K into float partial sums
-(`forward_splits`), summed in a fixed order afterwards: deterministic, unlike atomics.
+The block sizes in `TILES` are the best of a sweep on an H200 at (4096, 3136->256) bf16 on the
+general path (bench/basis_gemm_check.py --sweep times alternatives); their pipeline stages shrink
+with the element size (`pipeline_stages`), so that float32 fits in shared memory. The forward
+has few output tiles at the layer's usual shapes (out = 256) and a long K ((G+k)*in = 25088 at
+in = 3136), so it is split over K into float partial sums (`forward_splits`), summed in a fixed
+order afterwards: deterministic, unlike atomics.
 
 float32 operands multiply in full float32 (`input_precision="ieee"`, no tensor cores) unless
 torch allows TF32 for matmuls, as cuBLAS does on the other route; `FP32_PRECISION = "tf32x3"`
@@ -56,6 +58,7 @@ from kan_engine import fused_basis
 __all__ = [
     "CARDINAL_ORDERS",
     "ENABLE_ENV",
+    "SHARED_MEMORY_BUDGET",
     "TILES",
     "SplineGemm",
     "Tiles",
@@ -63,6 +66,7 @@ __all__ = [
     "supports",
     "forward_splits",
     "inverse_spacing",
+    "pipeline_stages",
     "spline_forward",
     "spline_input_grad",
     "spline_weight_grad",
@@ -75,7 +79,8 @@ ENABLE_ENV = "KAN_TUI_BASIS_GEMM"  # "1": KANLinear's fused route uses these ker
 @dataclass(frozen=True)
 class Tiles:
     """Block sizes of one kernel: rows, outputs, K = basis functions x inputs (a power of two;
-    a block holds block_k // next_pow2(G+k) inputs, at least one), warps, pipeline stages."""
+    a block holds block_k // next_pow2(G+k) inputs, at least one), warps, pipeline stages (at
+    most: `pipeline_stages` lowers them for wide elements)."""
 
     block_n: int
     block_o: int
@@ -85,15 +90,16 @@ class Tiles:
 
 
 TILES: dict[str, Tiles] = {
-    "forward": Tiles(block_n=128, block_o=128, block_k=128, num_warps=8),
-    "input_grad": Tiles(block_n=64, block_o=64, block_k=128, num_warps=4),
-    "weight_grad": Tiles(block_n=64, block_o=128, block_k=128, num_warps=8),
+    "forward": Tiles(block_n=128, block_o=256, block_k=64, num_warps=8, num_stages=3),
+    "input_grad": Tiles(block_n=64, block_o=64, block_k=128, num_warps=4, num_stages=3),
+    "weight_grad": Tiles(block_n=64, block_o=256, block_k=64, num_warps=8, num_stages=3),
 }
 FORWARD_SPLIT: int | None = None  # K splits of the forward; None: `forward_splits` picks
 FP32_PRECISION = "ieee"  # tl.dot's input precision for float32 when torch does not allow TF32
 MIN_BLOCK = 16  # the smallest tl.dot dimension on a GPU (the interpreter takes any: tests)
 PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithmetic can then
 # overlap another's matmul on the same SM
+SHARED_MEMORY_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (`pipeline_stages`)
 CARDINAL_ORDERS = (1, 2, 3)  # spline orders whose closed form the uniform path knows
 
 
@@ -107,6 +113,18 @@ def supports(dtype: torch.dtype, device: torch.device) -> bool:
     only under Triton's interpreter (see the module's docstring; a compiled float64 route would
     also need alpha, beta and scale as float64, which Triton passes Python floats as float32)."""
     return dtype != torch.float64 or device.type == "cpu"
+
+
+def pipeline_stages(tiles: Tiles, element_size: int) -> int:
+    """tiles.num_stages, lowered so that the pipeline's buffers stay within
+    `SHARED_MEMORY_BUDGET`: each stage holds one K step of both operand tiles, about
+    (block_n + block_o) * block_k elements (an overestimate for the kernels whose loop runs
+    over another dimension), and float32 tiles are twice bfloat16's bytes. An H200 gives a
+    program 227 KiB (232448 bytes); the budget leaves room for Triton's own scratch (a float32
+    forward with 3 stages at (4096, 3136->256) asked for 237568 bytes and did not launch). At
+    least one stage."""
+    per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * element_size
+    return max(1, min(tiles.num_stages, SHARED_MEMORY_BUDGET // per_stage))
 
 
 def uniform_path(uniform: bool, order: int) -> bool:
@@ -143,13 +161,13 @@ def forward_splits(tiles: int, blocks: int, device: torch.device) -> int:
 
 
 class _Shape:
-    """Compile-time constants and block sizes shared by the three kernels for one call; `inv_h`
-    (None: the general path) gives the uniform flag and the kernels' inv_h_ptr (the grid, never
-    read, on the general path)."""
+    """Compile-time constants and block sizes shared by the three kernels for one call, for
+    operands of `element_size` bytes; `inv_h` (None: the general path) gives the uniform flag
+    and the kernels' inv_h_ptr (the grid, never read, on the general path)."""
 
     def __init__(
         self, x: torch.Tensor, grid: torch.Tensor, order: int, n_out: int, tiles: Tiles,
-        inv_h: torch.Tensor | None,
+        element_size: int, inv_h: torch.Tensor | None,
     ) -> None:  # fmt: skip
         n_knots = grid.shape[1]
         self.inv_h = grid if inv_h is None else inv_h
@@ -163,6 +181,8 @@ class _Shape:
         self.block_n = min(tiles.block_n, max(MIN_BLOCK, _pow2(self.n_rows)))
         self.block_o = min(tiles.block_o, max(MIN_BLOCK, _pow2(n_out)))
         self.block_i = max(1, tiles.block_k // cols_p2)
+        used = Tiles(self.block_n, self.block_o, cols_p2 * self.block_i, tiles.num_warps,
+                     tiles.num_stages)  # fmt: skip
         self.constants = {
             "ORDER": order,
             "N_KNOTS": n_knots,
@@ -173,7 +193,7 @@ class _Shape:
             "BLOCK_O": self.block_o,
             "BLOCK_I": self.block_i,
             "num_warps": tiles.num_warps,
-            "num_stages": tiles.num_stages,
+            "num_stages": pipeline_stages(used, element_size),
         }
 
 
@@ -221,7 +241,7 @@ def spline_forward(
     unless `want_sum`) and the number of inputs outside [t_k, t_{G+k}) (int32 (1,), 0 unless
     `count`). `inv_h`: `inverse_spacing` of a uniform grid (the uniform path), or None."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, weight.shape[0], TILES["forward"], inv_h)
+    shape = _Shape(x, grid, order, weight.shape[0], TILES["forward"], weight.itemsize, inv_h)
     tiles_n, tiles_o = _cdiv(shape.n_rows, shape.block_n), _cdiv(shape.n_out, shape.block_o)
     blocks = _cdiv(shape.n_in, shape.block_i)
     splits = forward_splits(tiles_n * tiles_o, blocks, x.device)
@@ -252,7 +272,7 @@ def spline_input_grad(
     """scale * dL/dx (N, in) in x's dtype from dL/dOut (N, out) and weight (out, (G+k)*in), both
     in the matmul dtype, for the basis of `spline_forward` (`inv_h` as there)."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, weight.shape[0], TILES["input_grad"], inv_h)
+    shape = _Shape(x, grid, order, weight.shape[0], TILES["input_grad"], weight.itemsize, inv_h)
     out = torch.empty_like(x)
     launch = (_cdiv(shape.n_rows, shape.block_n), _cdiv(shape.n_in, shape.block_i))
     if out.numel():
@@ -270,7 +290,7 @@ def spline_weight_grad(
     """scale * dL/dW (out, (G+k)*in) in `dtype` from dL/dOut (N, out) in the matmul dtype
     (`inv_h` as in `spline_forward`)."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, grad.shape[1], TILES["weight_grad"], inv_h)
+    shape = _Shape(x, grid, order, grad.shape[1], TILES["weight_grad"], grad.itemsize, inv_h)
     out = torch.empty(shape.n_out, shape.n_cols * shape.n_in, device=x.device, dtype=dtype)
     if shape.n_rows == 0:
         return out.zero_()

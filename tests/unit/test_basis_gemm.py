@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
     not fused_basis.runnable(torch.device("cpu")), reason="needs Triton (its CPU interpreter)"
 )
 N, IN, OUT = 37, 5, 7
+GPU_TILES = dict(basis_gemm.TILES)  # before `_small_tiles` replaces them
 
 
 @pytest.fixture(autouse=True)
@@ -226,6 +227,25 @@ def test_uniform_kernels_equal_the_reference_and_the_general_path(order: int) ->
         torch.testing.assert_close(dw, 0.7 * grad.t() @ basis, atol=1e-10, rtol=0)
         dx = basis_gemm.spline_input_grad(grad, x, grid, order, weight, 0.7, spacing)
         torch.testing.assert_close(dx, 0.7 * xr.grad, atol=1e-10, rtol=0)
+
+
+def test_pipeline_stages_shrink_with_the_element_size() -> None:
+    """The swept forward tiles keep their 3 stages in bfloat16 (48 KiB a stage) and get 2 in
+    float32 (96 KiB; 3 did not fit an H200); tiles too large for one stage in the budget still
+    get one; small tiles keep what they ask for."""
+    forward, weight_grad = GPU_TILES["forward"], GPU_TILES["weight_grad"]
+    assert (forward.block_n, forward.block_o, forward.block_k) == (128, 256, 64)
+    assert basis_gemm.pipeline_stages(forward, 2) == 3
+    assert basis_gemm.pipeline_stages(forward, 4) == 2
+    assert basis_gemm.pipeline_stages(weight_grad, 4) == 2
+    huge = basis_gemm.Tiles(block_n=256, block_o=256, block_k=256, num_stages=4)
+    assert basis_gemm.pipeline_stages(huge, 4) == 1
+    small = basis_gemm.Tiles(block_n=16, block_o=16, block_k=16, num_stages=5)
+    assert basis_gemm.pipeline_stages(small, 8) == 5
+    for tiles in (forward, weight_grad, huge):
+        stages = basis_gemm.pipeline_stages(tiles, 4)
+        per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * 4
+        assert stages == 1 or stages * per_stage <= basis_gemm.SHARED_MEMORY_BUDGET
 
 
 def test_the_kernels_refuse_the_cpu_without_the_interpreter(
