@@ -120,9 +120,9 @@ def pipeline_stages(tiles: Tiles, element_size: int) -> int:
     `SHARED_MEMORY_BUDGET`: each stage holds one K step of both operand tiles, about
     (block_n + block_o) * block_k elements (an overestimate for the kernels whose loop runs
     over another dimension), and float32 tiles are twice bfloat16's bytes. An H200 gives a
-    program 227 KiB (232448 bytes); the budget leaves room for Triton's own scratch (a float32
-    forward with 3 stages at (4096, 3136->256) asked for 237568 bytes and did not launch). At
-    least one stage."""
+    program 227 KiB (232448 bytes); the budget leaves room for Triton's own scratch (the float32
+    forward at the former (128, 128, 128) tiles and 3 stages asked for 237568 bytes and did not
+    launch; this rule gives it 1). At least one stage."""
     per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * element_size
     return max(1, min(tiles.num_stages, SHARED_MEMORY_BUDGET // per_stage))
 
