@@ -5,18 +5,22 @@ tests/unit/test_basis_gemm.py.)
 1. Exactness at each shape, on a uniform and on a refit grid: today's fused route and the basis
    GEMM route, float32 and bf16 autocast, against the textbook reference in float64. Errors are
    max |ours - ref| / max |ref| of the output and the three gradients; float32 must stay within
-   1e-5 (the tests' bound), bf16 is printed beside today's route.
+   1e-5 (the tests' bound), bf16 is printed beside today's route. Each basis GEMM line says which
+   path its kernels took: uniform (closed form) or general (search and de Boor).
 2. ms per forward and per forward+backward of both routes, eager (median of --reps, synchronised:
    launch overhead included) and replayed from a CUDA graph, with the peak extra memory and the
-   dense GEMM floor of bench/kan_layer.py.
-3. ms of each basis GEMM kernel alone (triton.testing.do_bench).
-4. --sweep: alternative block sizes of each kernel (and K splits of the forward), best first, to
-   choose `basis_gemm.TILES`; a candidate that does not compile or fit is reported and skipped.
+   dense GEMM floor of bench/kan_layer.py. Those layers are fresh: uniform grids.
+3. ms of each basis GEMM kernel alone (triton.testing.do_bench), on both paths (the same
+   uniform grid; the general path searches it).
+4. --sweep: alternative block sizes of each kernel (and K splits of the forward) on the
+   --sweep-path (default uniform), best first, to choose `basis_gemm.TILES`; a candidate that
+   does not compile or fit is reported and skipped. Stages are as `basis_gemm.pipeline_stages`
+   lowers them.
 5. --fp64: the three kernels in float64 on the device against the reference basis (whether
    Triton lowers a float64 tl.dot there; the layer keeps today's route for float64 until then).
 
     python bench/basis_gemm_check.py
-    python bench/basis_gemm_check.py --shapes 4096x3136x256 --precisions bf16 --sweep
+    python bench/basis_gemm_check.py --shapes 4096x3136x256 --precisions bf16 --sweep --no-exactness
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ TARGET = {"shape": "4096x3136x256", "bf16 graph": 0.6, "bf16 eager": 1.0}  # iss
 Tiles = basis_gemm.Tiles
 CANDIDATES: dict[str, list[Tiles]] = {
     "forward": [
-        Tiles(128, 128, 128, 8, 3), Tiles(128, 256, 64, 8, 3), Tiles(128, 256, 128, 8, 2),
-        Tiles(64, 128, 128, 4, 3), Tiles(64, 256, 128, 8, 3), Tiles(128, 64, 128, 4, 3),
+        Tiles(128, 256, 64, 8, 3), Tiles(128, 256, 128, 8, 2), Tiles(128, 128, 128, 8, 3),
+        Tiles(256, 128, 64, 8, 3), Tiles(64, 256, 64, 8, 3), Tiles(128, 256, 32, 8, 4),
         Tiles(128, 128, 64, 4, 4),
     ],
     "input_grad": [
@@ -49,10 +53,11 @@ CANDIDATES: dict[str, list[Tiles]] = {
         Tiles(32, 64, 128, 4, 3), Tiles(64, 64, 64, 4, 4), Tiles(128, 128, 64, 8, 3),
     ],
     "weight_grad": [
-        Tiles(64, 128, 128, 8, 3), Tiles(64, 256, 64, 8, 3), Tiles(128, 128, 128, 8, 3),
-        Tiles(32, 128, 128, 4, 3), Tiles(64, 128, 64, 4, 4), Tiles(64, 64, 128, 4, 3),
+        Tiles(64, 256, 64, 8, 3), Tiles(128, 256, 64, 8, 3), Tiles(64, 256, 128, 8, 2),
+        Tiles(64, 128, 128, 8, 3), Tiles(32, 256, 64, 4, 3), Tiles(128, 128, 128, 8, 3),
     ],
 }  # fmt: skip
+PATHS = ("uniform", "general")  # the kernels' two ways to build the basis tile
 SPLITS = (None, 1, 2, 4, 8)  # forward K splits; None: `basis_gemm.forward_splits`
 
 
@@ -81,6 +86,11 @@ def outputs_and_grads(
     return y.detach(), x.grad, layer.base_weight.grad, layer.spline_weight.grad
 
 
+def path_of(layer: KANLinear) -> str:
+    """The path the basis GEMM kernels take for `layer`'s grid and order."""
+    return "uniform" if basis_gemm.uniform_path(layer._uniform, layer.spline_order) else "general"
+
+
 def exactness(shape: str, args: argparse.Namespace, device: torch.device) -> list[str]:
     """Print both routes' errors against the float64 reference; return the float32 failures."""
     n, n_in, n_out = parse_shape(shape)
@@ -105,7 +115,8 @@ def exactness(shape: str, args: argparse.Namespace, device: torch.device) -> lis
                 ]
                 worst = max(errors)
                 verdict = "" if amp else (" ok" if worst <= 1e-5 else " FAIL")
-                name = f"{shape} {grid:>7} {precision} {route:>10}"
+                path = path_of(layer) if layer.basis_gemm else "-"
+                name = f"{shape} {grid:>7} {precision} {route:>10} {path:>7}"
                 labels = ("out", "d/dx", "d/dWb", "d/dC")
                 parts = (f"{k} {e:.1e}" for k, e in zip(labels, errors, strict=True))
                 print(f"exactness {name}: {', '.join(parts)}{verdict}")
@@ -127,14 +138,22 @@ def kernel_inputs(shape: str, dtype: torch.dtype, args: argparse.Namespace, devi
 
 
 def kernel_calls(
-    shape: str, dtype: torch.dtype, args: argparse.Namespace, device: torch.device
+    shape: str, dtype: torch.dtype, path: str, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Callable[[], object]]:
+    """The three kernels on `path` ("uniform", or "general": the same grid, searched)."""
     x, grid, weight, base, grad = kernel_inputs(shape, dtype, args, device)
     k = args.spline_order
+    inv_h = basis_gemm.inverse_spacing(grid, k, uniform=path == "uniform")
+    if path == "uniform" and inv_h is None:
+        raise SystemExit(f"the uniform path has no closed form for order {k}")
     return {
-        "forward": lambda: basis_gemm.spline_forward(x, grid, k, weight, base, 1.0, 1.0, True),
-        "input_grad": lambda: basis_gemm.spline_input_grad(grad, x, grid, k, weight, 1.0),
-        "weight_grad": lambda: basis_gemm.spline_weight_grad(grad, x, grid, k, 1.0, torch.float32),
+        "forward": lambda: basis_gemm.spline_forward(
+            x, grid, k, weight, base, 1.0, 1.0, True, inv_h=inv_h
+        ),
+        "input_grad": lambda: basis_gemm.spline_input_grad(grad, x, grid, k, weight, 1.0, inv_h),
+        "weight_grad": lambda: basis_gemm.spline_weight_grad(
+            grad, x, grid, k, 1.0, torch.float32, inv_h
+        ),
     }
 
 
@@ -145,9 +164,10 @@ def kernel_ms(call: Callable[[], object]) -> float:
 
 
 def sweep(shape: str, precision: str, args: argparse.Namespace, device: torch.device) -> None:
-    """Time each kernel's candidates (the forward's with each K split), best first."""
+    """Time each kernel's candidates (the forward's with each K split) on --sweep-path, best
+    first."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    calls = kernel_calls(shape, dtype, args, device)
+    calls = kernel_calls(shape, dtype, args.sweep_path, args, device)
     saved = dict(basis_gemm.TILES), basis_gemm.FORWARD_SPLIT
     try:
         for kernel, call in calls.items():
@@ -162,8 +182,9 @@ def sweep(shape: str, precision: str, args: argparse.Namespace, device: torch.de
                         results.append((kernel_ms(call), label))
                     except Exception as exc:  # a candidate that does not compile or fit
                         print(f"sweep {shape} {precision} {kernel} {label}: {exc!r:.120}")
+            name = f"{shape} {precision} {args.sweep_path} {kernel}"
             for ms, label in sorted(results)[:5]:
-                print(f"sweep {shape} {precision} {kernel}: {ms:7.3f} ms  {label}")
+                print(f"sweep {name}: {ms:7.3f} ms  {label}")
     finally:
         basis_gemm.TILES.clear()
         basis_gemm.TILES.update(saved[0])
@@ -208,6 +229,7 @@ def main() -> None:
     parser.add_argument("--spline-order", type=int, default=3)
     parser.add_argument("--no-exactness", action="store_true", help="skip step 1")
     parser.add_argument("--sweep", action="store_true", help="time alternative block sizes")
+    parser.add_argument("--sweep-path", default="uniform", choices=PATHS, help="what --sweep times")
     parser.add_argument("--fp64", action="store_true", help="try the kernels in float64")
     parser.add_argument(
         "--fp32-precision", default=basis_gemm.FP32_PRECISION, choices=("ieee", "tf32x3"),
@@ -232,6 +254,8 @@ def main() -> None:
     for shape in shapes:
         if not args.no_exactness:
             failures += exactness(shape, args, device)
+    timed_path = "uniform" if basis_gemm.uniform_path(True, args.spline_order) else "general"
+    print(f"timed layers: fresh (uniform) grids; basis gemm rows run the {timed_path} path")
     print(f"{'shape':>15} {'prec':>4} {'variant':>16} {'fwd ms':>8} {'fwd+bwd ms':>11} {'MiB':>8}")
     for shape in shapes:
         for precision in args.precisions:
@@ -241,9 +265,11 @@ def main() -> None:
                     f"{row.fwd_bwd_ms:11.3f} {row.peak_mib:8.1f}"
                 )
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            times = {k: kernel_ms(c) for k, c in kernel_calls(shape, dtype, args, device).items()}
-            print(f"{shape:>15} {precision:>4} kernels alone: "
-                  + ", ".join(f"{k} {ms:.3f} ms" for k, ms in times.items()))  # fmt: skip
+            for path in PATHS if basis_gemm.uniform_path(True, args.spline_order) else PATHS[1:]:
+                calls = kernel_calls(shape, dtype, path, args, device)
+                times = {k: kernel_ms(c) for k, c in calls.items()}
+                print(f"{shape:>15} {precision:>4} kernels alone, {path:>7} path: "
+                      + ", ".join(f"{k} {ms:.3f} ms" for k, ms in times.items()))  # fmt: skip
     if TARGET["shape"] in shapes and "bf16" in args.precisions:
         print(f"target (issue 20) at {TARGET['shape']} bf16 fwd+bwd: basis gemm graph <= "
               f"{TARGET['bf16 graph']} ms, basis gemm <= {TARGET['bf16 eager']} ms")  # fmt: skip

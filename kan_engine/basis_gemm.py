@@ -5,9 +5,17 @@ Today's fused route (`fused_basis`) writes the (N, G+k, in) basis in the matmul 
 it to cuBLAS, once in forward and again in backward (plus dL/dB, as large, for the input
 gradient). At (4096, 3136->256) bf16 that basis is 205 MB per pass: the dense-GEMM floor of the
 route is above the layer's target. The kernels of `basis_gemm_kernels` compute each A (or B^T)
-tile of the GEMM from x and the knots in registers instead (interval by binary search on each
-input's own knots, so any grid, uniform or refit; de Boor's k+1 values; scattered into the tile
-in registers) and contract dOut @ W with the basis slopes in registers for dL/dx:
+tile of the GEMM from x and the knots in registers instead and contract dOut @ W with the basis
+slopes in registers for dL/dx. Two ways to build a tile, chosen at compile time:
+
+* uniform (the layer's `_uniform` grids, orders 1 to 3: `uniform_path`): each element of the tile
+  is the cardinal B-spline at (x - t0)/h - c in closed form, in the tile's own layout; the wrapper
+  computes 1/h per input once per layer call (`inverse_spacing`), t0 is read from the grid;
+* general (refit grids, other orders): interval by binary search on each input's own knots, de
+  Boor's k+1 values, scattered into the tile in registers and reshaped to it. The search's
+  dependent loads, the scatter and the reshape cost more than the tile's matmul.
+
+Both give the true basis (no `local_scale` factor). The kernels:
 
 * `spline_forward`: alpha * B(x) @ W^T + beta * base, with the count of inputs outside the grid
   range (the layer's `outside_grid_share`) and the basis column sums (the regulariser's
@@ -18,10 +26,12 @@ in registers) and contract dOut @ W with the basis slopes in registers for dL/dx
 `SplineGemm` is the autograd function over them; `KANLinear` takes it when `basis_gemm` (or
 KAN_TUI_BASIS_GEMM=1) is set on its fused route. It is opt-in until it is timed on a GPU.
 
-The block sizes in `TILES` are first guesses for an H200 (bench/basis_gemm_check.py --sweep
-times alternatives). The forward has few output tiles at the layer's usual shapes (out = 256)
-and a long K ((G+k)*in = 25088 at in = 3136), so it is split over K into float partial sums
-(`forward_splits`), summed in a fixed order afterwards: deterministic, unlike atomics.
+The block sizes in `TILES` are the best of a sweep on an H200 at (4096, 3136->256) bf16 on the
+general path (bench/basis_gemm_check.py --sweep times alternatives); their pipeline stages shrink
+with the element size (`pipeline_stages`), so that float32 fits in shared memory. The forward
+has few output tiles at the layer's usual shapes (out = 256) and a long K ((G+k)*in = 25088 at
+in = 3136), so it is split over K into float partial sums (`forward_splits`), summed in a fixed
+order afterwards: deterministic, unlike atomics.
 
 float32 operands multiply in full float32 (`input_precision="ieee"`, no tensor cores) unless
 torch allows TF32 for matmuls, as cuBLAS does on the other route; `FP32_PRECISION = "tf32x3"`
@@ -46,16 +56,21 @@ import torch
 from kan_engine import fused_basis
 
 __all__ = [
+    "CARDINAL_ORDERS",
     "ENABLE_ENV",
+    "SHARED_MEMORY_BUDGET",
     "TILES",
     "SplineGemm",
     "Tiles",
     "enabled",
     "supports",
     "forward_splits",
+    "inverse_spacing",
+    "pipeline_stages",
     "spline_forward",
     "spline_input_grad",
     "spline_weight_grad",
+    "uniform_path",
 ]
 
 ENABLE_ENV = "KAN_TUI_BASIS_GEMM"  # "1": KANLinear's fused route uses these kernels by default
@@ -64,7 +79,8 @@ ENABLE_ENV = "KAN_TUI_BASIS_GEMM"  # "1": KANLinear's fused route uses these ker
 @dataclass(frozen=True)
 class Tiles:
     """Block sizes of one kernel: rows, outputs, K = basis functions x inputs (a power of two;
-    a block holds block_k // next_pow2(G+k) inputs, at least one), warps, pipeline stages."""
+    a block holds block_k // next_pow2(G+k) inputs, at least one), warps, pipeline stages (at
+    most: `pipeline_stages` lowers them for wide elements)."""
 
     block_n: int
     block_o: int
@@ -74,15 +90,17 @@ class Tiles:
 
 
 TILES: dict[str, Tiles] = {
-    "forward": Tiles(block_n=128, block_o=128, block_k=128, num_warps=8),
-    "input_grad": Tiles(block_n=64, block_o=64, block_k=128, num_warps=4),
-    "weight_grad": Tiles(block_n=64, block_o=128, block_k=128, num_warps=8),
+    "forward": Tiles(block_n=128, block_o=256, block_k=64, num_warps=8, num_stages=3),
+    "input_grad": Tiles(block_n=64, block_o=64, block_k=128, num_warps=4, num_stages=3),
+    "weight_grad": Tiles(block_n=64, block_o=256, block_k=64, num_warps=8, num_stages=3),
 }
 FORWARD_SPLIT: int | None = None  # K splits of the forward; None: `forward_splits` picks
 FP32_PRECISION = "ieee"  # tl.dot's input precision for float32 when torch does not allow TF32
 MIN_BLOCK = 16  # the smallest tl.dot dimension on a GPU (the interpreter takes any: tests)
 PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithmetic can then
 # overlap another's matmul on the same SM
+SHARED_MEMORY_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (`pipeline_stages`)
+CARDINAL_ORDERS = (1, 2, 3)  # spline orders whose closed form the uniform path knows
 
 
 def enabled() -> bool:
@@ -95,6 +113,33 @@ def supports(dtype: torch.dtype, device: torch.device) -> bool:
     only under Triton's interpreter (see the module's docstring; a compiled float64 route would
     also need alpha, beta and scale as float64, which Triton passes Python floats as float32)."""
     return dtype != torch.float64 or device.type == "cpu"
+
+
+def pipeline_stages(tiles: Tiles, element_size: int) -> int:
+    """tiles.num_stages, lowered so that the pipeline's buffers stay within
+    `SHARED_MEMORY_BUDGET`: each stage holds one K step of both operand tiles, about
+    (block_n + block_o) * block_k elements (an overestimate for the kernels whose loop runs
+    over another dimension), and float32 tiles are twice bfloat16's bytes. An H200 gives a
+    program 227 KiB (232448 bytes); the budget leaves room for Triton's own scratch (the float32
+    forward at the former (128, 128, 128) tiles and 3 stages asked for 237568 bytes and did not
+    launch; this rule gives it 1). At least one stage."""
+    per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * element_size
+    return max(1, min(tiles.num_stages, SHARED_MEMORY_BUDGET // per_stage))
+
+
+def uniform_path(uniform: bool, order: int) -> bool:
+    """Whether the kernels take the uniform path for a grid that `basis.is_uniform` calls
+    `uniform` and spline order `order` (the closed forms exist for `CARDINAL_ORDERS`)."""
+    return uniform and order in CARDINAL_ORDERS
+
+
+def inverse_spacing(grid: torch.Tensor, order: int, uniform: bool) -> torch.Tensor | None:
+    """1/h (in,) of each input's uniform grid (in, M+1), as `basis.local_basis` takes h, when
+    the kernels take the uniform path (`uniform_path`); else None (the general path). Computed
+    once per layer call and passed to every kernel of it."""
+    if not uniform_path(uniform, order):
+        return None
+    return (grid.shape[1] - 1) / (grid[:, -1] - grid[:, 0])
 
 
 @functools.cache
@@ -116,10 +161,16 @@ def forward_splits(tiles: int, blocks: int, device: torch.device) -> int:
 
 
 class _Shape:
-    """Compile-time constants and block sizes shared by the three kernels for one call."""
+    """Compile-time constants and block sizes shared by the three kernels for one call, for
+    operands of `element_size` bytes; `inv_h` (None: the general path) gives the uniform flag
+    and the kernels' inv_h_ptr (the grid, never read, on the general path)."""
 
-    def __init__(self, x: torch.Tensor, grid: torch.Tensor, order: int, n_out: int, tiles: Tiles):
+    def __init__(
+        self, x: torch.Tensor, grid: torch.Tensor, order: int, n_out: int, tiles: Tiles,
+        element_size: int, inv_h: torch.Tensor | None,
+    ) -> None:  # fmt: skip
         n_knots = grid.shape[1]
+        self.inv_h = grid if inv_h is None else inv_h
         self.n_rows, self.n_in = x.shape
         self.n_out = n_out
         self.n_cols = n_knots - 1 - order
@@ -130,16 +181,19 @@ class _Shape:
         self.block_n = min(tiles.block_n, max(MIN_BLOCK, _pow2(self.n_rows)))
         self.block_o = min(tiles.block_o, max(MIN_BLOCK, _pow2(n_out)))
         self.block_i = max(1, tiles.block_k // cols_p2)
+        used = Tiles(self.block_n, self.block_o, cols_p2 * self.block_i, tiles.num_warps,
+                     tiles.num_stages)  # fmt: skip
         self.constants = {
             "ORDER": order,
             "N_KNOTS": n_knots,
             "SEARCH_STEPS": max(1, math.ceil(math.log2(n_knots - 1))),
+            "UNIFORM": inv_h is not None,
             "COLS_P2": cols_p2,
             "BLOCK_N": self.block_n,
             "BLOCK_O": self.block_o,
             "BLOCK_I": self.block_i,
             "num_warps": tiles.num_warps,
-            "num_stages": tiles.num_stages,
+            "num_stages": pipeline_stages(used, element_size),
         }
 
 
@@ -179,14 +233,15 @@ def _dot_options(dtype: torch.dtype) -> dict[str, object]:
 def spline_forward(
     x: torch.Tensor, grid: torch.Tensor, order: int, weight: torch.Tensor, base: torch.Tensor,
     alpha: float, beta: float, count: bool = False, want_sum: bool = False,
+    inv_h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """alpha * B(x) @ weight^T + beta * base (N, out) in base's dtype, for x (N, in) (float32 or
     float64: the basis arithmetic), grid (in, M+1) in x's dtype, weight (out, (G+k)*in) and base
     (N, out) in the matmul dtype. Also: the basis column sums ((G+k)*in in x's dtype; empty
     unless `want_sum`) and the number of inputs outside [t_k, t_{G+k}) (int32 (1,), 0 unless
-    `count`)."""
+    `count`). `inv_h`: `inverse_spacing` of a uniform grid (the uniform path), or None."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, weight.shape[0], TILES["forward"])
+    shape = _Shape(x, grid, order, weight.shape[0], TILES["forward"], weight.itemsize, inv_h)
     tiles_n, tiles_o = _cdiv(shape.n_rows, shape.block_n), _cdiv(shape.n_out, shape.block_o)
     blocks = _cdiv(shape.n_in, shape.block_i)
     splits = forward_splits(tiles_n * tiles_o, blocks, x.device)
@@ -197,7 +252,8 @@ def spline_forward(
     target = out if splits == 1 else torch.empty(splits, *out.shape, device=x.device, dtype=acc)
     if out.numel():
         kernels.forward_kernel[(tiles_n, tiles_o, splits)](
-            x, grid, weight, base, target, count_buf, col_sum if want_sum else count_buf,
+            x, grid, shape.inv_h, weight, base, target, count_buf,
+            col_sum if want_sum else count_buf,
             shape.n_rows, shape.n_in, shape.n_out, alpha, beta, _cdiv(blocks, splits),
             PARTIAL=splits > 1, COUNT=count, SUM=want_sum,
             **_dot_options(weight.dtype), **shape.constants,
@@ -211,17 +267,17 @@ def spline_forward(
 
 def spline_input_grad(
     grad: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, order: int, weight: torch.Tensor,
-    scale: float,
+    scale: float, inv_h: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """scale * dL/dx (N, in) in x's dtype from dL/dOut (N, out) and weight (out, (G+k)*in), both
-    in the matmul dtype, for the basis of `spline_forward`."""
+    in the matmul dtype, for the basis of `spline_forward` (`inv_h` as there)."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, weight.shape[0], TILES["input_grad"])
+    shape = _Shape(x, grid, order, weight.shape[0], TILES["input_grad"], weight.itemsize, inv_h)
     out = torch.empty_like(x)
     launch = (_cdiv(shape.n_rows, shape.block_n), _cdiv(shape.n_in, shape.block_i))
     if out.numel():
         kernels.input_grad_kernel[launch](
-            grad, x, grid, weight, out, scale, shape.n_rows, shape.n_in, shape.n_out,
+            grad, x, grid, shape.inv_h, weight, out, scale, shape.n_rows, shape.n_in, shape.n_out,
             **_dot_options(weight.dtype), **shape.constants,
         )  # fmt: skip
     return out
@@ -229,18 +285,19 @@ def spline_input_grad(
 
 def spline_weight_grad(
     grad: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, order: int, scale: float,
-    dtype: torch.dtype,
+    dtype: torch.dtype, inv_h: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """scale * dL/dW (out, (G+k)*in) in `dtype` from dL/dOut (N, out) in the matmul dtype."""
+    """scale * dL/dW (out, (G+k)*in) in `dtype` from dL/dOut (N, out) in the matmul dtype
+    (`inv_h` as in `spline_forward`)."""
     kernels = _kernels(x)
-    shape = _Shape(x, grid, order, grad.shape[1], TILES["weight_grad"])
+    shape = _Shape(x, grid, order, grad.shape[1], TILES["weight_grad"], grad.itemsize, inv_h)
     out = torch.empty(shape.n_out, shape.n_cols * shape.n_in, device=x.device, dtype=dtype)
     if shape.n_rows == 0:
         return out.zero_()
     launch = (_cdiv(shape.n_out, shape.block_o), _cdiv(shape.n_in, shape.block_i))
     if out.numel():
         kernels.weight_grad_kernel[launch](
-            grad, x, grid, out, scale, shape.n_rows, shape.n_in, shape.n_out,
+            grad, x, grid, shape.inv_h, out, scale, shape.n_rows, shape.n_in, shape.n_out,
             **_dot_options(grad.dtype), **shape.constants,
         )  # fmt: skip
     return out
@@ -251,7 +308,9 @@ class SplineGemm(torch.autograd.Function):
     the kernels, saving only x (with the weight and grid) for backward, as `_SplineLinear` of
     `kan.py` does; no basis buffer exists, so there is nothing to chunk. `dtype` is the matmul
     dtype (autocast's, or the weight's); the basis arithmetic runs in float32 (float64 for
-    float64 inputs). The column sums are empty unless `want_sum`, the count 0 unless `count`."""
+    float64 inputs). The column sums are empty unless `want_sum`, the count 0 unless `count`.
+    `uniform`: the layer's `_uniform` (the kernels' uniform path where `uniform_path` allows;
+    its 1/h is computed here once and saved for backward)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -261,6 +320,7 @@ class SplineGemm(torch.autograd.Function):
         weight: torch.Tensor,
         grid: torch.Tensor,
         order: int,
+        uniform: bool,
         dtype: torch.dtype,
         scale_base: float,
         scale_spline: float,
@@ -268,12 +328,14 @@ class SplineGemm(torch.autograd.Function):
         count: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         work = torch.promote_types(x.dtype, torch.float32)
+        gw = grid.to(work).contiguous()
+        inv_h = inverse_spacing(gw, order, uniform)
         out, col_sum, outside = spline_forward(
-            x.to(work).contiguous(), grid.to(work).contiguous(), order,
+            x.to(work).contiguous(), gw, order,
             weight.to(dtype).contiguous(), base.to(dtype).contiguous(),
-            scale_spline, scale_base, count, want_sum,
+            scale_spline, scale_base, count, want_sum, inv_h,
         )  # fmt: skip
-        ctx.save_for_backward(x, weight, grid)
+        ctx.save_for_backward(x, weight, grid, inv_h)
         ctx.config = (order, dtype, scale_base, scale_spline, base.dtype)
         ctx.mark_non_differentiable(col_sum, outside)
         return out, col_sum, outside
@@ -285,7 +347,7 @@ class SplineGemm(torch.autograd.Function):
         _grad_sum: torch.Tensor,
         _grad_count: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        x, weight, grid = ctx.saved_tensors
+        x, weight, grid, inv_h = ctx.saved_tensors
         order, dtype, scale_base, scale_spline, base_dtype = ctx.config
         need_x, need_base, need_w = ctx.needs_input_grad[:3]
         g = grad_out.to(dtype).contiguous()  # (N, out); a sum() gives a stride-0 grad
@@ -296,7 +358,7 @@ class SplineGemm(torch.autograd.Function):
         xw, gw = x.to(work).contiguous(), grid.to(work).contiguous()
         if need_x:
             w = weight.to(dtype).contiguous()
-            grad_x = spline_input_grad(g, xw, gw, order, w, scale_spline).to(x.dtype)
+            grad_x = spline_input_grad(g, xw, gw, order, w, scale_spline, inv_h).to(x.dtype)
         if need_w:
-            grad_w = spline_weight_grad(g, xw, gw, order, scale_spline, weight.dtype)
-        return grad_x, grad_base, grad_w, *(None,) * 7
+            grad_w = spline_weight_grad(g, xw, gw, order, scale_spline, weight.dtype, inv_h)
+        return grad_x, grad_base, grad_w, *(None,) * 8

@@ -396,7 +396,7 @@ class KANLinear(nn.Module):
             cdt = _compute_dtype(x, flat_weight)
             if fused and gemm and basis_gemm.supports(cdt, x.device):
                 out, col_sum, outside = basis_gemm.SplineGemm.apply(
-                    x, base, flat_weight, self.grid, k, cdt,
+                    x, base, flat_weight, self.grid, k, self._uniform, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
             else:

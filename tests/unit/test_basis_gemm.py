@@ -1,7 +1,11 @@
 """The basis-generating matmuls of `basis_gemm` (Triton's interpreter on the CPU) against the
-textbook reference: the layer's output and gradients, its statistics, bf16, many tiles."""
+textbook reference: the layer's output and gradients, its statistics, bf16, many tiles, on
+uniform grids (the kernels' closed-form path) and refit ones (search and de Boor)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +19,7 @@ pytestmark = pytest.mark.skipif(
     not fused_basis.runnable(torch.device("cpu")), reason="needs Triton (its CPU interpreter)"
 )
 N, IN, OUT = 37, 5, 7
+GPU_TILES = dict(basis_gemm.TILES)  # before `_small_tiles` replaces them
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +47,33 @@ def make_layer(grid_size: int, order: int, dtype: torch.dtype, refit: bool) -> K
     return layer
 
 
+class _Recorder:
+    """Stands in for a Triton kernel: records the UNIFORM constexpr of each launch, then
+    launches the kernel."""
+
+    def __init__(self, kernel: Any, seen: list[bool]) -> None:
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, launch: tuple[int, ...]) -> Callable[..., object]:
+        def run(*args: object, **constants: object) -> object:
+            self.seen.append(bool(constants["UNIFORM"]))
+            return self.kernel[launch](*args, **constants)
+
+        return run
+
+
+@pytest.fixture
+def uniform_flags(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The UNIFORM constexpr of every kernel launch, in order."""
+    from kan_engine import basis_gemm_kernels
+
+    seen: list[bool] = []
+    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel"):
+        kernel = getattr(basis_gemm_kernels, name)
+        monkeypatch.setattr(basis_gemm_kernels, name, _Recorder(kernel, seen))
+    return seen
+
+
 def inputs(dtype: torch.dtype) -> torch.Tensor:
     x = torch.randn(N, IN, generator=torch.Generator().manual_seed(3), dtype=dtype) * 1.5
     x[0, 0], x[1, 1] = 40.0, -40.0  # beyond the extended grid
@@ -62,11 +94,12 @@ def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[to
 @pytest.mark.parametrize("refit", [False, True], ids=["uniform", "refit"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_layer_equals_reference(
-    grid_size: int, order: int, refit: bool, dtype: torch.dtype
+    grid_size: int, order: int, refit: bool, dtype: torch.dtype, uniform_flags: list[bool]
 ) -> None:
     layer = make_layer(grid_size, order, dtype, refit)
     x = inputs(dtype)
     ours = outputs_and_grads(layer, x, fast=True)
+    assert uniform_flags == [not refit] * 3  # forward, dL/dx, dL/dW
     ref = outputs_and_grads(layer, x, fast=False)
     for name, a, b in zip(("output", "d/dx", "d/dW_base", "d/dC"), ours, ref, strict=True):
         if dtype == torch.float64:
@@ -76,12 +109,13 @@ def test_layer_equals_reference(
             torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("refit", [False, True], ids=["uniform", "refit"])
 def test_the_env_var_routes_the_layer_and_its_statistics_match(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refit: bool
 ) -> None:
     """KAN_TUI_BASIS_GEMM=1 picks the route for a layer that leaves `basis_gemm` unset; the
     outside-grid share and the regulariser's statistics (folded into the forward kernel) equal
-    the eager route's."""
+    the eager route's, on both of the kernels' paths."""
     monkeypatch.setenv(basis_gemm.ENABLE_ENV, "1")
     monkeypatch.setattr(basis_gemm, "FORWARD_SPLIT", None)  # one split: the direct store
     calls = []
@@ -89,7 +123,7 @@ def test_the_env_var_routes_the_layer_and_its_statistics_match(
     monkeypatch.setattr(
         basis_gemm, "spline_forward", lambda *a, **kw: calls.append(1) or original(*a, **kw)
     )
-    layer = make_layer(5, 3, torch.float32, refit=True)
+    layer = make_layer(5, 3, torch.float32, refit=refit)
     layer.basis_gemm = None
     layer.track_regularization = True
     x = inputs(torch.float32)
@@ -104,8 +138,9 @@ def test_the_env_var_routes_the_layer_and_its_statistics_match(
     torch.testing.assert_close(stats[True][2], stats[False][2], atol=1e-6, rtol=1e-6)
 
 
-def test_bf16_autocast_is_close_to_the_float32_reference() -> None:
-    layer = make_layer(5, 3, torch.float32, refit=True)
+@pytest.mark.parametrize("refit", [False, True], ids=["uniform", "refit"])
+def test_bf16_autocast_is_close_to_the_float32_reference(refit: bool) -> None:
+    layer = make_layer(5, 3, torch.float32, refit=refit)
     x = inputs(torch.float32)
     ref = outputs_and_grads(layer, x, fast=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -141,6 +176,76 @@ def test_kernels_on_a_fine_refit_grid_and_on_the_knots_equal_the_reference() -> 
     (reference_basis(xr, grid, k).transpose(1, 2).reshape(N, -1) * (grad @ weight)).sum().backward()
     dx = basis_gemm.spline_input_grad(grad, x, grid, k, weight, 0.7)
     torch.testing.assert_close(dx, 0.7 * xr.grad, atol=1e-10, rtol=0)
+
+
+def test_the_uniform_path_is_taken_on_a_fresh_grid_and_not_after_a_refit(
+    uniform_flags: list[bool],
+) -> None:
+    """A fresh layer's grid is uniform: all three kernels take the closed form. update_grid on
+    skewed data makes it non-uniform: the general path. Order 4 has no closed form here: the
+    general path on a uniform grid too."""
+    layer = make_layer(5, 3, torch.float32, refit=False)
+    x = inputs(torch.float32)
+    outputs_and_grads(layer, x, fast=True)
+    assert uniform_flags == [True] * 3
+    layer.update_grid(torch.rand(256, IN) ** 3 * 2 - 1)
+    assert not layer._uniform
+    uniform_flags.clear()
+    outputs_and_grads(layer, x, fast=True)
+    assert uniform_flags == [False] * 3
+    assert basis_gemm.uniform_path(True, 3) and not basis_gemm.uniform_path(True, 4)
+    assert basis_gemm.inverse_spacing(make_layer(5, 4, torch.float32, False).grid, 4, True) is None
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_uniform_kernels_equal_the_reference_and_the_general_path(order: int) -> None:
+    """Each kernel alone on a uniform grid in float64, both paths, against the reference basis:
+    values beyond the grid, on its first knot and on an inner one (order 1's slope jumps at a
+    knot and (x - t0)/h lands on either side of it by rounding: not there)."""
+    layer = make_layer(5, order, torch.float64, refit=False)
+    grid, n_cols = layer.grid, 5 + order
+    x = inputs(torch.float64)
+    if order > 1:
+        x[2], x[3] = grid[:, 0], grid[:, 4]
+    weight = torch.randn(OUT, n_cols * IN, dtype=torch.float64)
+    base = torch.randn(N, OUT, dtype=torch.float64)
+    grad = torch.randn(N, OUT, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    basis = reference_basis(xr, grid, order).transpose(1, 2).reshape(N, -1)  # (N, (G+k)*in)
+    (basis * (grad @ weight)).sum().backward()
+    basis = basis.detach()
+    inv_h = basis_gemm.inverse_spacing(grid, order, uniform=True)
+    assert inv_h is not None
+    for spacing in (inv_h, None):
+        out, col_sum, outside = basis_gemm.spline_forward(
+            x, grid, order, weight, base, 0.7, 2.5, count=True, want_sum=True, inv_h=spacing
+        )
+        torch.testing.assert_close(out, 0.7 * basis @ weight.t() + 2.5 * base, atol=1e-10, rtol=0)
+        torch.testing.assert_close(col_sum, basis.sum(0), atol=1e-10, rtol=0)
+        assert int(outside) == int(((x < grid[:, order]) | (x >= grid[:, -order - 1])).sum())
+        dw = basis_gemm.spline_weight_grad(grad, x, grid, order, 0.7, torch.float64, spacing)
+        torch.testing.assert_close(dw, 0.7 * grad.t() @ basis, atol=1e-10, rtol=0)
+        dx = basis_gemm.spline_input_grad(grad, x, grid, order, weight, 0.7, spacing)
+        torch.testing.assert_close(dx, 0.7 * xr.grad, atol=1e-10, rtol=0)
+
+
+def test_pipeline_stages_shrink_with_the_element_size() -> None:
+    """The swept forward tiles keep their 3 stages in bfloat16 (48 KiB a stage) and get 2 in
+    float32 (96 KiB; 3 did not fit an H200); tiles too large for one stage in the budget still
+    get one; small tiles keep what they ask for."""
+    forward, weight_grad = GPU_TILES["forward"], GPU_TILES["weight_grad"]
+    assert (forward.block_n, forward.block_o, forward.block_k) == (128, 256, 64)
+    assert basis_gemm.pipeline_stages(forward, 2) == 3
+    assert basis_gemm.pipeline_stages(forward, 4) == 2
+    assert basis_gemm.pipeline_stages(weight_grad, 4) == 2
+    huge = basis_gemm.Tiles(block_n=256, block_o=256, block_k=256, num_stages=4)
+    assert basis_gemm.pipeline_stages(huge, 4) == 1
+    small = basis_gemm.Tiles(block_n=16, block_o=16, block_k=16, num_stages=5)
+    assert basis_gemm.pipeline_stages(small, 8) == 5
+    for tiles in (forward, weight_grad, huge):
+        stages = basis_gemm.pipeline_stages(tiles, 4)
+        per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * 4
+        assert stages == 1 or stages * per_stage <= basis_gemm.SHARED_MEMORY_BUDGET
 
 
 def test_the_kernels_refuse_the_cpu_without_the_interpreter(
