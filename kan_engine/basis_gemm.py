@@ -24,10 +24,13 @@ Both give the true basis (no `local_scale` factor). The kernels:
 * `spline_weight_grad`: dL/dW = dOut^T @ B(x).
 
 `SplineGemm` is the autograd function over them; `KANLinear` takes it when `basis_gemm` (or
-KAN_TUI_BASIS_GEMM=1) is set on its fused route. It is opt-in until it is timed on a GPU.
+KAN_TUI_BASIS_GEMM=1) is set on its fused route. It stays opt-in: timed on an H200 (session 7,
+BENCHMARKS.md) it is exact but not faster than the fused route (bf16 at (4096, 3136->256): 2.0 ms
+fwd+bwd eager, 1.7 ms in a CUDA graph, against 1.7-1.9 and 1.1 ms), and it needs 2.5x less
+memory (102 MiB against 250 MiB): the route for a layer whose basis does not fit.
 
 The block sizes in `TILES` are the best of a sweep on an H200 at (4096, 3136->256) bf16 on the
-general path (bench/basis_gemm_check.py --sweep times alternatives); their pipeline stages shrink
+uniform path (bench/basis_gemm_check.py --sweep times alternatives); their pipeline stages shrink
 with the element size (`pipeline_stages`), so that float32 fits in shared memory. The forward
 has few output tiles at the layer's usual shapes (out = 256) and a long K ((G+k)*in = 25088 at
 in = 3136), so it is split over K into float partial sums (`forward_splits`), summed in a fixed
@@ -89,16 +92,16 @@ class Tiles:
     num_stages: int = 3
 
 
-TILES: dict[str, Tiles] = {
-    "forward": Tiles(block_n=128, block_o=256, block_k=64, num_warps=8, num_stages=3),
+TILES: dict[str, Tiles] = {  # the uniform path's best at (4096, 3136->256) bf16, H200 (session 7)
+    "forward": Tiles(block_n=128, block_o=256, block_k=128, num_warps=8, num_stages=2),
     "input_grad": Tiles(block_n=64, block_o=64, block_k=128, num_warps=4, num_stages=3),
-    "weight_grad": Tiles(block_n=64, block_o=256, block_k=64, num_warps=8, num_stages=3),
+    "weight_grad": Tiles(block_n=32, block_o=256, block_k=64, num_warps=4, num_stages=3),
 }
 FORWARD_SPLIT: int | None = None  # K splits of the forward; None: `forward_splits` picks
 FP32_PRECISION = "ieee"  # tl.dot's input precision for float32 when torch does not allow TF32
 MIN_BLOCK = 16  # the smallest tl.dot dimension on a GPU (the interpreter takes any: tests)
-PROGRAMS_PER_SM = 2  # what `forward_splits` aims at: one program's basis arithmetic can then
-# overlap another's matmul on the same SM
+PROGRAMS_PER_SM = 1  # what `forward_splits` aims at: at (4096, 3136->256) bf16 one program per
+# SM (4 splits: 0.46 ms) beat two (9 splits: 0.60 ms) on the H200
 SHARED_MEMORY_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (`pipeline_stages`)
 CARDINAL_ORDERS = (1, 2, 3)  # spline orders whose closed form the uniform path knows
 
@@ -109,10 +112,13 @@ def enabled() -> bool:
 
 
 def supports(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the layer should take this route for matmuls in `dtype` on `device`: float64
-    only under Triton's interpreter (see the module's docstring; a compiled float64 route would
-    also need alpha, beta and scale as float64, which Triton passes Python floats as float32)."""
-    return dtype != torch.float64 or device.type == "cpu"
+    """Whether the layer should take this route for matmuls in `dtype` on `device`. On a GPU
+    only bfloat16 and float16: float32 multiplies without tensor cores here and measured 30-40x
+    slower than the fused route (H200, session 7: 175 ms against 4.7 ms fwd+bwd at (4096,
+    3136->256)); float64 has no settled compiled `tl.dot` (module docstring; a compiled float64
+    route would also need alpha, beta and scale as float64, which Triton passes as float32).
+    Under Triton's interpreter (the CPU: tests) every dtype runs."""
+    return device.type == "cpu" or dtype in (torch.bfloat16, torch.float16)
 
 
 def pipeline_stages(tiles: Tiles, element_size: int) -> int:

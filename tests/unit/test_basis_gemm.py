@@ -230,22 +230,25 @@ def test_uniform_kernels_equal_the_reference_and_the_general_path(order: int) ->
 
 
 def test_pipeline_stages_shrink_with_the_element_size() -> None:
-    """The swept forward tiles keep their 3 stages in bfloat16 (48 KiB a stage) and get 2 in
-    float32 (96 KiB; 3 did not fit an H200); tiles too large for one stage in the budget still
-    get one; small tiles keep what they ask for."""
-    forward, weight_grad = GPU_TILES["forward"], GPU_TILES["weight_grad"]
-    assert (forward.block_n, forward.block_o, forward.block_k) == (128, 256, 64)
-    assert basis_gemm.pipeline_stages(forward, 2) == 3
-    assert basis_gemm.pipeline_stages(forward, 4) == 2
-    assert basis_gemm.pipeline_stages(weight_grad, 4) == 2
+    """Tiles of (128, 256, 64) keep 3 stages in bfloat16 (48 KiB a stage) and get 2 in float32
+    (96 KiB; 3 did not fit an H200); the shipped forward tiles (128, 256, 128) keep their 2 in
+    bfloat16 and get 1 in float32; tiles too large for one stage in the budget still get one;
+    small tiles keep what they ask for."""
+    swept = basis_gemm.Tiles(block_n=128, block_o=256, block_k=64, num_warps=8, num_stages=3)
+    assert basis_gemm.pipeline_stages(swept, 2) == 3
+    assert basis_gemm.pipeline_stages(swept, 4) == 2
+    forward = GPU_TILES["forward"]
+    assert basis_gemm.pipeline_stages(forward, 2) == forward.num_stages == 2
+    assert basis_gemm.pipeline_stages(forward, 4) == 1
     huge = basis_gemm.Tiles(block_n=256, block_o=256, block_k=256, num_stages=4)
     assert basis_gemm.pipeline_stages(huge, 4) == 1
     small = basis_gemm.Tiles(block_n=16, block_o=16, block_k=16, num_stages=5)
     assert basis_gemm.pipeline_stages(small, 8) == 5
-    for tiles in (forward, weight_grad, huge):
-        stages = basis_gemm.pipeline_stages(tiles, 4)
-        per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * 4
-        assert stages == 1 or stages * per_stage <= basis_gemm.SHARED_MEMORY_BUDGET
+    for tiles in (swept, *GPU_TILES.values(), huge):
+        for size in (2, 4):
+            stages = basis_gemm.pipeline_stages(tiles, size)
+            per_stage = (tiles.block_n + tiles.block_o) * tiles.block_k * size
+            assert stages == 1 or stages * per_stage <= basis_gemm.SHARED_MEMORY_BUDGET
 
 
 def test_the_kernels_refuse_the_cpu_without_the_interpreter(
@@ -254,6 +257,7 @@ def test_the_kernels_refuse_the_cpu_without_the_interpreter(
     """And the layer keeps float64 on a GPU off the route (float64 tl.dot there is unsettled)."""
     assert not basis_gemm.supports(torch.float64, torch.device("cuda"))
     assert basis_gemm.supports(torch.bfloat16, torch.device("cuda"))
+    assert not basis_gemm.supports(torch.float32, torch.device("cuda"))  # no tensor cores: slow
     monkeypatch.setenv(fused_basis.INTERPRET_ENV, "0")
     x = torch.rand(3, IN)
     with pytest.raises(RuntimeError, match="need CUDA with Triton"):
