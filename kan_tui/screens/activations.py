@@ -235,6 +235,7 @@ class ActivationsScreen(Screen[None]):
             i, j = int(parts[0]), int(parts[1])
             if self._valid(i, j):
                 self.show_edge(i, j)
+                self.query_one(DataTable).focus()  # the screen's keys (b, r, [ ]) act again
                 return
         layer = self.view.layers[self.view.name] if self.view else None
         limits = f" (inputs < {layer.in_features}, outputs < {layer.out_features})" if layer else ""
