@@ -42,7 +42,9 @@ __all__ = [
     "EdgeFormula",
     "NetworkFormula",
     "check",
+    "edge_text",
     "evaluate",
+    "fit_layer_edge",
     "network_formula",
     "regression_metrics",
     "round_constants",
@@ -101,6 +103,32 @@ def round_constants(expr: Any, digits: int = 4) -> Any:
         value = float(f"{float(number):.{digits}g}")
         swap[number] = sp.Integer(int(value)) if value.is_integer() else sp.Float(value, digits)
     return expr.xreplace(swap)
+
+
+def edge_text(fit: EdgeFit, digits: int = 3, var: str = "x") -> str:
+    """One edge's fit as a formula in `var`, constants rounded to `digits` significant digits
+    (`1.02*sin(3.14*x - 0.01)`): how a single edge reads where no network formula is shown."""
+    return str(round_constants(fit.sympy(sympy_module().Symbol(var)), digits))
+
+
+@torch.no_grad()
+def fit_layer_edge(
+    layer: KANLinear,
+    in_index: int,
+    out_index: int,
+    low: float,
+    high: float,
+    library: Sequence[Candidate] = LIBRARY,
+    penalty: float = PENALTY,
+    points: int = POINTS,
+) -> tuple[EdgeFit, ...]:
+    """The candidates for edge in_index -> out_index of `layer`, best first: its curve sampled
+    at `points` even steps over [low, high] and matched by `fit_edge`. One edge as
+    `network_formula` fits each of its edges, for a caller that shows one (the activation
+    viewer, on the range it plots)."""
+    grid = torch.linspace(low, high, points, dtype=layer.grid.dtype)  # (points,)
+    curve = layer.edge_function(grid.to(layer.grid.device), out_index, in_index).cpu().numpy()
+    return tuple(fit_edge(grid.numpy(), curve, library, penalty))
 
 
 def _propagate(layer: KANLinear, h: torch.Tensor) -> torch.Tensor:
@@ -195,17 +223,15 @@ def network_formula(
         high = np.maximum(h.max(0).values.cpu().numpy(), own.max(0))
         terms: list[list[Any]] = [[] for _ in range(layer.out_features)]
         for i in range(layer.in_features):
-            grid = torch.linspace(low[i], high[i], points, dtype=h.dtype)  # (points,)
+            span = float(low[i]), float(high[i])
             for j in range(layer.out_features):
                 fits: tuple[EdgeFit, ...] = ()
                 if importance[j, i] >= threshold and importance[j, i] > 0:  # 0: pruned
-                    curve = layer.edge_function(grid.to(h.device), j, i).cpu().numpy()
-                    fits = tuple(fit_edge(grid.numpy(), curve, library, penalty))
+                    fits = fit_layer_edge(layer, i, j, *span, library, penalty, points)
                     terms[j].append(fits[0].sympy(nodes[i]))
                     done += 1
                     if progress is not None:
                         progress(done, total)
-                span = float(low[i]), float(high[i])
                 edges.append(EdgeFormula(index, i, j, float(importance[j, i]), *span, fits))
         nodes = [sp.Add(*t) for t in terms]
     formulas = tuple(

@@ -9,6 +9,7 @@ drawing itself is `kan_tui.plotting.draw`, shared with the CLI's text charts.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.text import Text
 from textual.app import RenderResult
@@ -20,7 +21,7 @@ MAX_POINTS = 400  # more than the braille resolution of a 120-column chart
 
 # each series' colour as a 256-colour number, which plotext and Rich both read (plotext's names
 # are not Rich's: its "orange" is colour 3); the legend below the plot is coloured to match
-COLORS = {"train": 6, "val": 3, "cnn": 6, "kan": 5, "other": 3}
+COLORS = {"train": 6, "val": 3, "cnn": 6, "kan": 5, "other": 3, "phi": 6, "fit": 5}
 OTHER_COLOR = 15  # white
 
 
@@ -69,11 +70,16 @@ class SeriesChart(PlotextPlot):
         drawn = draw(plt, self.series, xlabel=self.xlabel, log_y=self.log_y, color=self.color)
         if not drawn.points:
             plt.title(self.empty)
+        self.decorate(plt)
         chart = super().render()
         if isinstance(chart, Text):  # textual-plotext's figure: colour the legend's entries
             for mark, label in drawn.legend:
                 chart.highlight_words([f"{mark} {label}"], style=f"color({self.color(label)})")
         return chart
+
+    def decorate(self, plt: Any) -> None:
+        """Marks beyond the series, on the figure being rebuilt (a subclass's: the activation
+        viewer's title and grid knots); none here."""
 
     @staticmethod
     def color(label: str) -> int:

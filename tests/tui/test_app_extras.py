@@ -166,7 +166,7 @@ async def test_activation_viewer_shows_ranked_edges_and_their_curves(out_dir: Pa
         await pilot.press("3", "space", "5", "enter")  # typed with the table focused
         assert edge_input.value == "3 5"
         assert screen.edge == (3, 5) and plot.curve is not None and plot.curve.i == 3
-        screen.query_one(DataTable).focus()
+        assert screen.focused is screen.query_one(DataTable)  # the keys are the screen's again
         await pilot.press("right_square_bracket")
         await shown_view(pilot, screen, "kan.1")
         assert screen.query_one(DataTable).row_count == TOP_EDGES

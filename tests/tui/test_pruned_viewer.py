@@ -1,5 +1,6 @@
 """The activation viewer on a pruned run (`kan-tui prune`): its masked edges are counted in the
-info line and marked `pruned` where the ranking lists them, and their curve is 0."""
+info line and marked `pruned` where the ranking lists them, their curve is 0, and the symbolic fit
+line says so instead of fitting."""
 
 from __future__ import annotations
 
@@ -49,3 +50,6 @@ async def test_the_viewer_marks_pruned_edges(tmp_path: Path) -> None:
         screen.show_edge(i, j)
         plot = screen.query_one(EdgePlot)
         assert "(pruned: 0)" in plot.title and set(plot.curve.y) == {0.0}
+        fit = str(screen.query_one("#act-fit", Static).content)  # no fit started, none drawn
+        assert fit == f"{i} -> {j} is pruned: it is 0, no function to fit"
+        assert "fit" not in plot.series

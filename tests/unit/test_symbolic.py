@@ -227,6 +227,20 @@ def test_check_scores_the_formula_not_the_network(
     assert undefined["nonfinite"] == len(x) and math.isnan(undefined["rmse"])
 
 
+def test_one_edge_is_fitted_as_the_network_formula_fits_it(
+    stack: tuple[list[KANLinear], symbolic.NetworkFormula],
+) -> None:
+    """`fit_layer_edge` on the span `network_formula` used gives the candidates it composed,
+    and `edge_text` reads the chosen one with its constants rounded."""
+    (first, _), result = stack
+    edge = next(e for e in result.edges if (e.layer, e.in_index) == (0, 0))
+    fits = symbolic.fit_layer_edge(first, 0, 0, edge.low, edge.high)
+    assert fits == edge.candidates and fits[0].name == "sin"
+    text = symbolic.edge_text(fits[0])
+    assert text.startswith("sin(3.14*x") and sp.sympify(text).free_symbols == {sp.Symbol("x")}
+    assert symbolic.edge_text(fits[0], var="u").startswith("sin(3.14*u")
+
+
 def test_edges_below_the_threshold_become_zero() -> None:
     layer = spline_layer([[lambda x: x**2, lambda x: 1e-4 * x]], (-1.1, 1.1))
     samples = torch.rand(200, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
