@@ -33,6 +33,7 @@ from kan_engine.events import (
     RunStarted,
     StepMetrics,
 )
+from kan_tui import run_label
 from kan_tui.formatting import measure
 
 if TYPE_CHECKING:
@@ -332,12 +333,9 @@ class TrainingRun:
             else:
                 # bad data is bad input: refused (KanError) before a run folder is made
                 raw = data.read(self.config.data)
+                config, label = run_label.for_preset(self.config, self.preset_name)
                 trainer = Trainer(
-                    self.config,
-                    sink=self.sink,
-                    out_dir=self.out_dir,
-                    preset_name=self.preset_name,
-                    raw=raw,
+                    config, sink=self.sink, out_dir=self.out_dir, preset_name=label, raw=raw
                 )
             self.trainer = trainer
             if self._stop_requested:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import typer
 
 from kan_engine import headline
-from kan_engine.config import RunConfig
 from kan_engine.errors import ConfigError
 from kan_engine.untrusted import printable
 from kan_tui.cli.base import (
@@ -61,14 +60,14 @@ def run(
     --headless the TUI opens on the dashboard and starts the run.
     """
     from kan_engine import presets_io
-    from kan_tui import options
+    from kan_tui import options, run_label
 
     preset_config, preset_name, source = load_preset(preset)
     batch_auto = named["batch_size"] == "auto"
     if batch_auto:
         named["batch_size"] = None
     config = options.resolve(preset_config, source, sets, named)
-    config, preset_name = _label_by_model(config, preset_config, preset_name)
+    config, label = run_label.by_model(config, preset_config, preset_name)
     if batch_auto:
         from kan_engine import auto_batch
 
@@ -85,6 +84,7 @@ def run(
         if distributed.launched():
             raise ConfigError("torchrun", "--headless", "the TUI is one process: add --headless")
         read_data(config)  # bad data: one error line here, not a failed run in the TUI
+        # the TUI names the run itself (`TrainingRun`); its setup screen loads the real preset
         tui_options = {"config": config, "preset_name": preset_name, "start": True, "out_dir": out}
         raise typer.Exit(open_tui(mouse=not no_mouse, **tui_options))
     from kan_engine.trainer import Trainer
@@ -92,7 +92,7 @@ def run(
     with distributed.launch(config.train.device) as dist:
         sink = reporter()
         raw = read_data(config)  # before the run folder is made: bad data leaves none
-        trainer = Trainer(config, sink=sink, out_dir=out, preset_name=preset_name, raw=raw)
+        trainer = Trainer(config, sink=sink, out_dir=out, preset_name=label, raw=raw)
         del raw  # the trainer drops it once on the device
         _finish(trainer, sink, debug, quiet=not dist.is_main)
 
@@ -180,19 +180,6 @@ def _scores(result: dict[str, Any]) -> str:
         named = "  ".join(f"{name} {sig(result[name])}" for name in headline.REGRESSION_METRICS)
         return f"{named}  loss {num(result['loss'])}"
     return f"accuracy {pct(result['acc'])}  loss {result['loss']:.4f}"
-
-
-def _label_by_model(
-    config: RunConfig, preset_config: RunConfig, preset_name: str
-) -> tuple[RunConfig, str]:
-    """A run whose model is not its preset's is labelled by both (`lite-rapid_kan_power`), in
-    its folder name and `runs list`, and its description says so: the preset's own description
-    would name the wrong model."""
-    model = config.model.name
-    if model == preset_config.model.name:
-        return config, preset_name
-    described = config.model_copy(update={"description": f"{preset_name} preset, model {model}"})
-    return described, f"{preset_name}-{model}"
 
 
 def _finish(trainer: Trainer, sink: HeadlessReporter, debug: bool, quiet: bool) -> None:

@@ -282,6 +282,28 @@ async def test_a_digits_run_driven_from_the_setup_screen(tmp_path: Path) -> None
 
 
 @sync
+async def test_a_run_of_another_model_is_labelled_by_it_and_the_setup_after_it_loads_the_preset(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig]
+) -> None:
+    """`kan-tui run --preset lite --model kan` opens here: the folder says lite-kan, and `n`
+    brings the setup screen with the lite preset (it once tried to load a preset 'lite-kan')."""
+    config = tiny_config(**{"train.epochs": 1})  # the kan baseline: not lite's model
+    app = create_app(config=config, preset_name="lite", start=True, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        dash = await training_dashboard(pilot)
+        await wait_until(pilot, lambda: dash.state.done, "the run to end")
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, SetupScreen), "setup")
+        setup = app.screen
+        await pilot.pause()
+        assert not setup.query_one("#preset-error").display  # no "cannot load preset" panel
+        assert setup.query_one(PresetList).highlighted_name == "lite"
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.endswith("-lite-kan")
+    assert 'description = "lite preset, model kan"' in (run_dir / "config.toml").read_text()
+
+
+@sync
 async def test_quit_during_a_run_stops_it_with_a_checkpoint(
     tmp_path: Path, tiny_config: Callable[..., RunConfig]
 ) -> None:
