@@ -147,14 +147,23 @@ def build_optimizer(
     return optimizer
 
 
-def check_least_squares(config: RunConfig, model: nn.Module, regression: bool) -> None:
+def check_least_squares(
+    config: RunConfig, model: nn.Module, regression: bool, train_size: int
+) -> None:
     """Refuse, naming `optim.optimizer`, an lm run it cannot fit: Levenberg-Marquardt minimises
-    a sum of squares (no classification, no L1 regulariser) through a P x P system."""
+    a sum of squares (no classification, no L1 regulariser) through a P x P system, over the
+    whole training split (its damping and its "converged" mark describe one fixed problem: on
+    changing batches a converged batch would end the training)."""
     if config.optim.optimizer != "lm":
         return
     size = sum(p.numel() for p in model.parameters() if p.requires_grad)
     reason = None
-    if not regression:
+    if config.train.batch_size < train_size:
+        reason = (
+            f"lm fits the whole training split at once: set train.batch_size to at least "
+            f"{train_size:,} (it is {config.train.batch_size:,})"
+        )
+    elif not regression:
         reason = "lm fits least squares: regression runs only (this data is a classification)"
     elif config.kan.reg_weight > 0:
         reason = "lm fits least squares: set kan.reg_weight to 0 (its L1 term is not a square)"

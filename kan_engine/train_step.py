@@ -84,7 +84,7 @@ class TrainStep:
         )
         if message:
             notices.append(Notice(message))
-        optim.check_least_squares(config, model, data.task.regression)
+        optim.check_least_squares(config, model, data.task.regression, data.sizes["train"])
         if train.huber_delta > 0 and not data.task.regression:
             reason = "the Huber loss is for regressions: this run is a classification"
             raise ConfigError("", "train.huber_delta", reason)
@@ -146,10 +146,11 @@ class TrainStep:
     def __call__(self, x: Tensor, y: Tensor, *, eager: bool = False, weight: float = 1.0) -> Tensor:
         """One whole step on the device; its values packed for `PendingSteps` (what a CUDA
         graph captures). `weight` scales the objective: a rank's share of a global batch."""
-        if self.lbfgs:
-            return self._lbfgs_step(x, y, eager)
-        if self.lm:
-            return self._lm_step(x, y)
+        if self.lbfgs or self.lm:
+            values = self._lbfgs_step(x, y, eager) if self.lbfgs else self._lm_step(x, y)
+            if self.ema is not None:  # the weights evaluated and saved as best follow these too
+                self.ema.update()
+            return values
         objective, loss, correct = self.loss(x, y, eager=eager)
         if weight != 1.0:
             objective = objective * weight

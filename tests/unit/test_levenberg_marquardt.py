@@ -163,6 +163,7 @@ def test_the_function_preset_with_lm_fits_through_the_trainer(runs_dir: Path) ->
         ({"kan.reg_weight": 0.01}, "kan.reg_weight"),
         ({"train.huber_delta": 0.5}, "train.huber_delta"),
         ({"model.width": [2, 40, 40, 1]}, "up to 4,096 parameters"),
+        ({"train.batch_size": 100}, "the whole training split"),
     ],
 )
 def test_lm_refuses_what_it_cannot_fit_before_training(
@@ -173,6 +174,25 @@ def test_lm_refuses_what_it_cannot_fit_before_training(
         Trainer(config, sink=Recorder(), out_dir=runs_dir).run()
     assert error.value.key == "optim.optimizer" and reason in error.value.reason
     assert not any(runs_dir.iterdir())  # no run folder left
+
+
+@pytest.mark.parametrize("optimizer", ["lm", "lbfgs"])
+def test_the_weight_average_follows_full_batch_steps(runs_dir: Path, optimizer: str) -> None:
+    """Evaluation and best.pt use the average when train.ema_decay is set; the full-batch
+    optimizers' steps once left it at the weights of the last grid update."""
+    config = function_config(
+        **{"optim.optimizer": optimizer, "optim.lbfgs_iters": 3, "train.ema_decay": 0.5,
+           "kan.grid_schedule": [], "kan.grid_size": 5, "kan.grid_update_every": 0}
+    )  # fmt: skip
+    trainer = Trainer(config, sink=Recorder(), out_dir=runs_dir)
+    trainer.setup()
+    start = {k: v.clone() for k, v in trainer.ema.model_state().items()}
+    trainer.run()
+    averaged, trained = trainer.ema.model_state(), trainer.model.state_dict()
+    moved = [k for k in start if not torch.equal(start[k], averaged[k])]
+    assert "kan.0.spline_weight" in moved  # the average moved with the fit...
+    spline = "kan.0.spline_weight"
+    assert torch.allclose(averaged[spline], trained[spline], rtol=0, atol=1e-3)  # ...to it
 
 
 def test_an_lm_fit_stopped_mid_stage_resumes_to_the_same_weights(runs_dir: Path) -> None:
