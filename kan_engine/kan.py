@@ -114,9 +114,11 @@ class _SplineLinear(torch.autograd.Function):
     `want_sum` there is a second output: the column sum of the basis over the rows, (G+k)*in
     values (for the regulariser).
 
-    At small shapes the layer is bound by host time (Python and launches), not arithmetic, so
-    the code here skips what would be a no-op at run time: casts to the dtype a tensor has, a
-    scale of 1, autocast contexts while autocast is off, row slices of a single chunk.
+    `weight` is `spline_weight` itself, (out, G+k, in): flattening it here rather than in the
+    layer keeps a view node out of the autograd graph. At small shapes the layer is bound by
+    host time (Python and launches), not arithmetic, so the code here also skips what would be
+    a no-op at run time: casts to the dtype a tensor has, a scale of 1, autocast contexts while
+    autocast is off, row slices of a single chunk.
     """
 
     @staticmethod
@@ -142,7 +144,8 @@ class _SplineLinear(torch.autograd.Function):
         n = x.shape[0]
         rows_per_chunk = _chunk_rows(chunk_size, basis_row_bytes(x, grid, order, fused, cdt))
         with _autocast_off(x.device.type):
-            xw, gw, w = _cast(x, work), _cast(grid, work), _cast(weight, cdt)  # w (out, (G+k)*in)
+            xw, gw = _cast(x, work), _cast(grid, work)
+            w = _cast(weight, cdt).flatten(1)  # (out, (G+k)*in)
             base = _cast(base, cdt)
             if 0 < n <= rows_per_chunk:  # one chunk
                 _, basis, _ = basis_rows(xw, gw, order, uniform, fused, cdt, False)
@@ -152,7 +155,7 @@ class _SplineLinear(torch.autograd.Function):
                 out = torch.empty(n, weight.shape[0], device=x.device, dtype=cdt)
                 col_sum = None
                 if want_sum:
-                    col_sum = torch.zeros(weight.shape[1], device=x.device, dtype=work)
+                    col_sum = torch.zeros(w.shape[1], device=x.device, dtype=work)
                 for rows in _chunks(n, rows_per_chunk):
                     _, basis, _ = basis_rows(xw[rows], gw, order, uniform, fused, cdt, False)
                     torch.addmm(
@@ -194,7 +197,8 @@ class _SplineLinear(torch.autograd.Function):
             if need_base:
                 grad_base = _cast(g if scale_base == 1.0 else g * scale_base, base_dtype)
             if need_x or need_w:
-                xw, gw, w = _cast(x, work), _cast(grid, work), _cast(weight, cdt)
+                xw, gw = _cast(x, work), _cast(grid, work)
+                w = _cast(weight, cdt).flatten(1)  # (out, (G+k)*in)
                 scale = scale_spline * (1.0 if fused else local_scale(order, uniform))
                 g_w = g if scale == 1.0 else g * scale  # (N, out): smaller than dL/dC to scale
                 single = 0 < n <= rows_per_chunk
@@ -220,7 +224,7 @@ class _SplineLinear(torch.autograd.Function):
                         if need_w:
                             grad_w = _cast(part, work) if grad_w is None else grad_w.add_(part)
                 if need_w:  # summed in the work dtype over several chunks
-                    grad_w = _cast(_cast(grad_w, work), weight.dtype)
+                    grad_w = _cast(_cast(grad_w, work), weight.dtype).view(weight.shape)
         return grad_x, grad_base, grad_w, *(None,) * 9
 
 
@@ -438,8 +442,11 @@ class KANLinear(nn.Module):
         return reference_basis(x.reshape(-1, self.in_features), self.grid, self.spline_order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out). An (N, in) x is not reshaped: a reshape to its own shape is
+        a view with a node of its own in the autograd graph, host time in forward and backward."""
         shape = x.shape
-        x = x.reshape(-1, self.in_features)  # (N, in)
+        batch_2d = len(shape) == 2
+        x = x if batch_2d else x.reshape(-1, self.in_features)  # (N, in)
         k, n_cols = self.spline_order, self.grid_size + self.spline_order
         act = self.base_activation(x)  # (N, in)
         base_weight, spline_weight = self.masked_weights()
@@ -447,19 +454,20 @@ class KANLinear(nn.Module):
         track = self.track_regularization
         outside = None  # (1,) count of inputs outside the grid, where the spline branch gives it
         if self.fast:
-            flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
-            auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
-            fused = auto if self.fused is None else self.fused
-            gemm = basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm
-            cdt = _compute_dtype(x, flat_weight)
-            if fused and gemm and basis_gemm.supports(cdt, x.device):
+            fused = self.fused
+            if fused is None:  # fp32 kernels
+                fused = fused_basis.available(x.device) and x.dtype != torch.float64
+            cdt = _compute_dtype(x, spline_weight)
+            gemm = fused and (basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm)
+            if gemm and basis_gemm.supports(cdt, x.device):
+                flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
                 out, col_sum, outside = basis_gemm.SplineGemm.apply(
                     x, base, flat_weight, self.grid, k, self._uniform, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
             else:
                 spline = _SplineLinear.apply(
-                    x, base, flat_weight, self.grid, k, self._uniform, fused, cdt,
+                    x, base, spline_weight, self.grid, k, self._uniform, fused, cdt,
                     self.scale_base, self.scale_spline, self.chunk_size, track,
                 )  # fmt: skip
                 out, col_sum = spline if track else (spline, None)
@@ -478,7 +486,7 @@ class KANLinear(nn.Module):
             if track:
                 basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
-        return out.reshape(*shape[:-1], self.out_features)
+        return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
 
     def outside_grid_share(self) -> float:
         """Share of inputs outside the grid range in the last training forward (0.0 before one).
