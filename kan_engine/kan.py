@@ -349,7 +349,8 @@ class KANLinear(nn.Module):
         self.register_buffer("edge_mask", None)  # (out, in) bool: False = pruned edge
         self._uniform = True
         # share of inputs outside the grid in the last training forward (-1: none yet); filled in
-        # place, so a CUDA graph replaying the forward keeps it current
+        # place, so a CUDA graph replaying the forward keeps it current; float32 whatever the
+        # layer's dtype (`_apply`)
         self.register_buffer("_outside", torch.tensor(-1.0, device=device), persistent=False)
         self._reg_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._grid_changed())
@@ -362,8 +363,10 @@ class KANLinear(nn.Module):
         """`.to()`, `.double()`, `.cuda()`: the grid's dtype may change, and with it whether its
         knots are uniform to that precision (float32 knots are not uniform in float64): decide
         again, as loading a state does, so a model computes the same before and after a
-        checkpoint round trip."""
+        checkpoint round trip. The outside share stays float32 (the forward writes a float32
+        mean into it)."""
         super()._apply(fn, recurse)
+        self._outside = self._outside.float()
         self._grid_changed()
         return self
 
@@ -477,13 +480,13 @@ class KANLinear(nn.Module):
             spline = F.linear(basis.reshape(x.shape[0], -1), weight)  # (N, out)
             out = self.scale_base * base + self.scale_spline * spline
             col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
-        with torch.no_grad():
-            if self.training and outside is not None:
-                self._outside.copy_(outside[0] / x.numel())
-            elif self.training:
-                low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
-                self._outside.copy_(((x < low) | (x >= high)).float().mean())
-            if track:
+        if self.training and outside is not None:
+            torch.div(outside[0], x.numel(), out=self._outside)
+        elif self.training:  # written into the buffer: no share tensor to copy, no float mask
+            low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
+            torch.mean(torch.logical_or(x < low, x >= high), dtype=torch.float32, out=self._outside)
+        if track:
+            with torch.no_grad():
                 basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
         return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
