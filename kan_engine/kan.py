@@ -45,6 +45,7 @@ from torch import nn
 
 from kan_engine import basis_gemm, fused_basis
 from kan_engine.basis import (
+    as_dtype,
     basis_row_bytes,
     basis_rows,
     is_uniform,
@@ -96,11 +97,6 @@ def _autocast_off(kind: str) -> AbstractContextManager[object]:
 _NO_CONTEXT = nullcontext()
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t.to(dtype)`, without the call where it is a no-op (a few µs of host time each)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 class _SplineLinear(torch.autograd.Function):
     """out = scale_base * base + scale_spline * B(x) @ C^T, saving only x for backward.
 
@@ -144,9 +140,9 @@ class _SplineLinear(torch.autograd.Function):
         n = x.shape[0]
         rows_per_chunk = _chunk_rows(chunk_size, basis_row_bytes(x, grid, order, fused, cdt))
         with _autocast_off(x.device.type):
-            xw, gw = _cast(x, work), _cast(grid, work)
-            w = _cast(weight, cdt).flatten(1)  # (out, (G+k)*in)
-            base = _cast(base, cdt)
+            xw, gw = as_dtype(x, work), as_dtype(grid, work)
+            w = as_dtype(weight, cdt).flatten(1)  # (out, (G+k)*in)
+            base = as_dtype(base, cdt)
             if 0 < n <= rows_per_chunk:  # one chunk
                 _, basis, _ = basis_rows(xw, gw, order, uniform, fused, cdt, False)
                 out = torch.addmm(base, basis, w.t(), beta=scale_base, alpha=alpha)  # (N, out)
@@ -193,12 +189,12 @@ class _SplineLinear(torch.autograd.Function):
         n = x.shape[0]
         grad_x = grad_base = grad_w = None
         with _autocast_off(x.device.type):
-            g = _cast(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
+            g = as_dtype(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
             if need_base:
-                grad_base = _cast(g if scale_base == 1.0 else g * scale_base, base_dtype)
+                grad_base = as_dtype(g if scale_base == 1.0 else g * scale_base, base_dtype)
             if need_x or need_w:
-                xw, gw = _cast(x, work), _cast(grid, work)
-                w = _cast(weight, cdt).flatten(1)  # (out, (G+k)*in)
+                xw, gw = as_dtype(x, work), as_dtype(grid, work)
+                w = as_dtype(weight, cdt).flatten(1)  # (out, (G+k)*in)
                 scale = scale_spline * (1.0 if fused else local_scale(order, uniform))
                 g_w = g if scale == 1.0 else g * scale  # (N, out): smaller than dL/dC to scale
                 single = 0 < n <= rows_per_chunk
@@ -211,7 +207,7 @@ class _SplineLinear(torch.autograd.Function):
                         need_x, need_w,
                     )  # fmt: skip
                     if need_x and not fused:
-                        grad_x = _cast(grad_rows, x.dtype)
+                        grad_x = as_dtype(grad_rows, x.dtype)
                 else:
                     for rows in _chunks(n, rows_per_chunk):
                         out_x = grad_x[rows] if need_x and fused else None
@@ -222,9 +218,9 @@ class _SplineLinear(torch.autograd.Function):
                         if need_x and not fused:
                             grad_x[rows] = grad_rows
                         if need_w:
-                            grad_w = _cast(part, work) if grad_w is None else grad_w.add_(part)
+                            grad_w = as_dtype(part, work) if grad_w is None else grad_w.add_(part)
                 if need_w:  # summed in the work dtype over several chunks
-                    grad_w = _cast(_cast(grad_w, work), weight.dtype).view(weight.shape)
+                    grad_w = as_dtype(as_dtype(grad_w, work), weight.dtype).view(weight.shape)
         return grad_x, grad_base, grad_w, *(None,) * 9
 
 
