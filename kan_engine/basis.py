@@ -28,6 +28,7 @@ from kan_engine.bspline import reference_basis
 
 __all__ = [
     "LocalBasis",
+    "as_dtype",
     "basis_row_bytes",
     "basis_rows",
     "is_uniform",
@@ -140,7 +141,7 @@ def local_basis(
         if uniform:
             slope_scale = 1.0 / (math.factorial(k - 1) * h)  # (in,)
     first_column = start.unsqueeze(1)  # (N, 1, in); padded column = interval index + r
-    columns = [first_column + r for r in range(k + 1)]
+    columns = [first_column, *(first_column + r for r in range(1, k + 1))]
     return LocalBasis(columns, vals, slopes, value_scale, slope_scale)
 
 
@@ -159,7 +160,7 @@ def padded_basis(local: LocalBasis, n_cols: int, dtype: torch.dtype) -> torch.Te
     buffer = torch.empty(n, n_cols + 2 * order, n_in, device=local.vals[0].device, dtype=dtype)
     buffer[:, order : order + n_cols].zero_()
     for column, value in zip(local.columns, local.vals, strict=True):
-        buffer.scatter_(1, column, value.unsqueeze(1).to(dtype))
+        buffer.scatter_(1, column, as_dtype(value.unsqueeze(1), dtype))
     return buffer
 
 
@@ -169,8 +170,17 @@ def local_input_grad(grad_basis: torch.Tensor, local: LocalBasis, scale: float) 
     total = torch.zeros_like(local.vals[0])  # (N, in)
     for column, slope in zip(local.columns, local.slopes or (), strict=False):
         picked = grad_basis.gather(1, column).squeeze(1)  # (N, in)
-        total.addcmul_(picked.to(total.dtype), slope)
-    return total * (local.slope_scale * scale)
+        total.addcmul_(as_dtype(picked, total.dtype), slope)
+    factor = local.slope_scale if scale == 1.0 else local.slope_scale * scale
+    if isinstance(factor, float) and factor == 1.0:  # a non-uniform grid and scale 1
+        return total
+    return total * factor
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t.to(dtype)` without the call where it is a no-op: a few µs of host time each, which
+    add up at small shapes, where the layer is bound by host time."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def local_scale(order: int, uniform: bool) -> float:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from torch import nn
 
 from kan_engine import basis_gemm, fused_basis
 from kan_engine.basis import (
+    as_dtype,
     basis_row_bytes,
     basis_rows,
     is_uniform,
@@ -85,6 +87,16 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _autocast_off(kind: str) -> AbstractContextManager[object]:
+    """A context with autocast off for device type `kind`: `torch.autocast(kind, enabled=False)`
+    only where autocast is on (building one costs a few µs of host time per call, which adds up
+    at small shapes, where the layer is bound by host time), else a shared no-op context."""
+    return torch.autocast(kind, enabled=False) if torch.is_autocast_enabled(kind) else _NO_CONTEXT
+
+
+_NO_CONTEXT = nullcontext()
+
+
 class _SplineLinear(torch.autograd.Function):
     """out = scale_base * base + scale_spline * B(x) @ C^T, saving only x for backward.
 
@@ -92,10 +104,17 @@ class _SplineLinear(torch.autograd.Function):
     keeping N * in * (G+k) values alive between forward and backward). `fused` selects the two
     Triton kernels of `fused_basis` (CUDA) instead of the eager local scheme. Rows are processed
     in chunks (`chunk_size`, or as many as keep one basis buffer within `BASIS_BUDGET_BYTES`), so
-    the transient memory is bounded whatever the batch. Autocast is handled explicitly: the basis
-    is evaluated in float32 (or float64) and only the matmul operands are cast to the autocast
-    dtype. The second output is the column sum of the basis over the rows, (G+k)*in values (for
-    the regulariser), empty unless `want_sum`.
+    the transient memory is bounded whatever the batch; a batch that fits in one chunk is not
+    sliced at all. Autocast is handled explicitly: the basis is evaluated in float32 (or float64)
+    and only the matmul operands are cast to `cdt`, the matmul dtype (`_compute_dtype`). With
+    `want_sum` there is a second output: the column sum of the basis over the rows, (G+k)*in
+    values (for the regulariser).
+
+    `weight` is `spline_weight` itself, (out, G+k, in): flattening it here rather than in the
+    layer keeps a view node out of the autograd graph. At small shapes the layer is bound by
+    host time (Python and launches), not arithmetic, so the code here also skips what would be
+    a no-op at run time: casts to the dtype a tensor has, a scale of 1, autocast contexts while
+    autocast is off, row slices of a single chunk.
     """
 
     @staticmethod
@@ -108,27 +127,38 @@ class _SplineLinear(torch.autograd.Function):
         order: int,
         uniform: bool,
         fused: bool,
+        cdt: torch.dtype,
         scale_base: float,
         scale_spline: float,
         chunk_size: int | None,
         want_sum: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cdt = _compute_dtype(x, weight)
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         work = torch.promote_types(x.dtype, torch.float32)
         base_dtype = base.dtype
         scale = 1.0 if fused else local_scale(order, uniform)
+        alpha = scale_spline * scale
+        n = x.shape[0]
         rows_per_chunk = _chunk_rows(chunk_size, basis_row_bytes(x, grid, order, fused, cdt))
-        with torch.autocast(x.device.type, enabled=False):
-            xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)  # w (out, (G+k)*in)
-            base = base.to(cdt)
-            out = torch.empty(x.shape[0], weight.shape[0], device=x.device, dtype=cdt)  # (N, out)
-            col_sum = torch.zeros(weight.shape[1] if want_sum else 0, device=x.device, dtype=work)
-            for rows in _chunks(x.shape[0], rows_per_chunk):
-                _, basis, _ = basis_rows(xw[rows], gw, order, uniform, fused, cdt, False)
-                alpha = scale_spline * scale
-                torch.addmm(base[rows], basis, w.t(), beta=scale_base, alpha=alpha, out=out[rows])
+        with _autocast_off(x.device.type):
+            xw, gw = as_dtype(x, work), as_dtype(grid, work)
+            w = as_dtype(weight, cdt).flatten(1)  # (out, (G+k)*in)
+            base = as_dtype(base, cdt)
+            if 0 < n <= rows_per_chunk:  # one chunk
+                _, basis, _ = basis_rows(xw, gw, order, uniform, fused, cdt, False)
+                out = torch.addmm(base, basis, w.t(), beta=scale_base, alpha=alpha)  # (N, out)
+                col_sum = basis.sum(0, dtype=work) * scale if want_sum else None
+            else:
+                out = torch.empty(n, weight.shape[0], device=x.device, dtype=cdt)
+                col_sum = None
                 if want_sum:
-                    col_sum += basis.sum(0, dtype=work) * scale
+                    col_sum = torch.zeros(w.shape[1], device=x.device, dtype=work)
+                for rows in _chunks(n, rows_per_chunk):
+                    _, basis, _ = basis_rows(xw[rows], gw, order, uniform, fused, cdt, False)
+                    torch.addmm(
+                        base[rows], basis, w.t(), beta=scale_base, alpha=alpha, out=out[rows]
+                    )
+                    if col_sum is not None:
+                        col_sum += basis.sum(0, dtype=work) * scale
         ctx.save_for_backward(x, weight, grid)
         ctx.config = (
             order,
@@ -140,12 +170,15 @@ class _SplineLinear(torch.autograd.Function):
             cdt,
             base_dtype,
         )
+        if not want_sum:
+            return out
         ctx.mark_non_differentiable(col_sum)
+        ctx.set_materialize_grads(False)  # no zeros for the sum's gradient, which is never used
         return out, col_sum
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, _grad_sum: torch.Tensor
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, *_grad_sum: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, grid = ctx.saved_tensors
         order, uniform, fused, scale_base, scale_spline, rows_per_chunk, cdt, base_dtype = (
@@ -153,42 +186,67 @@ class _SplineLinear(torch.autograd.Function):
         )
         need_x, need_base, need_w = ctx.needs_input_grad[:3]
         work = torch.promote_types(x.dtype, torch.float32)
-        n_cols = grid.shape[1] - 1 - order
+        n = x.shape[0]
         grad_x = grad_base = grad_w = None
-        with torch.autocast(x.device.type, enabled=False):
-            g = grad_out.to(cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
+        with _autocast_off(x.device.type):
+            g = as_dtype(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
             if need_base:
-                grad_base = (g * scale_base).to(base_dtype)
+                grad_base = as_dtype(g if scale_base == 1.0 else g * scale_base, base_dtype)
             if need_x or need_w:
-                xw, gw, w = x.to(work), grid.to(work), weight.to(cdt)
-                if need_x:  # contiguous whatever x's strides: the kernel writes row slices
-                    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+                xw, gw = as_dtype(x, work), as_dtype(grid, work)
+                w = as_dtype(weight, cdt).flatten(1)  # (out, (G+k)*in)
                 scale = scale_spline * (1.0 if fused else local_scale(order, uniform))
                 g_w = g if scale == 1.0 else g * scale  # (N, out): smaller than dL/dC to scale
-                for rows in _chunks(x.shape[0], rows_per_chunk):
-                    buffer, basis, local = basis_rows(
-                        xw[rows], gw, order, uniform, fused, cdt, need_x
-                    )
-                    if need_w:
-                        part = g_w[rows].t() @ basis  # (out, (G+k)*in)
-                        grad_w = part.to(work) if grad_w is None else grad_w.add_(part)
-                    if not need_x:
-                        continue
-                    if fused:
-                        del buffer, basis  # one buffer alive at a time
-                        grad_basis = (g[rows] @ w).view(-1, n_cols, x.shape[1])  # dL/dB / s
-                        fused_basis.input_grad(
-                            grad_basis, xw[rows], gw, order, scale=scale_spline, out=grad_x[rows]
-                        )
-                    else:
-                        # Reuse the buffer for dL/dB; the padding slabs must read as zero.
-                        buffer[:, :order].zero_()
-                        buffer[:, order + n_cols :].zero_()
-                        torch.mm(g[rows], w, out=basis)  # dL/dB / scale_spline
-                        grad_x[rows] = local_input_grad(buffer, local, scale_spline).to(x.dtype)
-                if need_w:
-                    grad_w = grad_w.to(weight.dtype)
-        return grad_x, grad_base, grad_w, *(None,) * 8
+                single = 0 < n <= rows_per_chunk
+                # dL/dx contiguous whatever x's strides: the kernel writes its rows into it
+                if need_x and (fused or not single):
+                    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+                if single:
+                    grad_w, grad_rows = _chunk_grads(
+                        xw, gw, g, g_w, w, grad_x, order, uniform, fused, cdt, scale_spline,
+                        need_x, need_w,
+                    )  # fmt: skip
+                    if need_x and not fused:
+                        grad_x = as_dtype(grad_rows, x.dtype)
+                else:
+                    for rows in _chunks(n, rows_per_chunk):
+                        out_x = grad_x[rows] if need_x and fused else None
+                        part, grad_rows = _chunk_grads(
+                            xw[rows], gw, g[rows], g_w[rows], w, out_x, order, uniform, fused,
+                            cdt, scale_spline, need_x, need_w,
+                        )  # fmt: skip
+                        if need_x and not fused:
+                            grad_x[rows] = grad_rows
+                        if need_w:
+                            grad_w = as_dtype(part, work) if grad_w is None else grad_w.add_(part)
+                if need_w:  # summed in the work dtype over several chunks
+                    grad_w = as_dtype(as_dtype(grad_w, work), weight.dtype).view(weight.shape)
+        return grad_x, grad_base, grad_w, *(None,) * 9
+
+
+def _chunk_grads(
+    x: torch.Tensor, grid: torch.Tensor, g: torch.Tensor, g_w: torch.Tensor, w: torch.Tensor,
+    out_x: torch.Tensor | None, order: int, uniform: bool, fused: bool, cdt: torch.dtype,
+    scale_spline: float, need_x: bool, need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """(dL/dC (out, (G+k)*in) in `cdt`, dL/dx) of the rows x (n, in) of one chunk, from their
+    dL/dOut `g` (and `g_w`, it times the basis scale), each None where not needed. The fused
+    route writes dL/dx into `out_x` (a contiguous (n, in)), the eager one returns it in the
+    basis's work dtype."""
+    buffer, basis, local = basis_rows(x, grid, order, uniform, fused, cdt, need_x)
+    part = g_w.t() @ basis if need_w else None  # (out, (G+k)*in)
+    if not need_x:
+        return part, None
+    n_cols = grid.shape[1] - 1 - order
+    if fused:
+        del buffer, basis  # one buffer alive at a time
+        grad_basis = (g @ w).view(-1, n_cols, x.shape[1])  # dL/dB / s
+        return part, fused_basis.input_grad(grad_basis, x, grid, order, scale_spline, out_x)
+    # Reuse the buffer for dL/dB; the padding slabs must read as zero.
+    buffer[:, :order].zero_()
+    buffer[:, order + n_cols :].zero_()
+    torch.mm(g, w, out=basis)  # dL/dB / scale_spline
+    return part, local_input_grad(buffer, local, scale_spline)
 
 
 class KANLinear(nn.Module):
@@ -287,7 +345,8 @@ class KANLinear(nn.Module):
         self.register_buffer("edge_mask", None)  # (out, in) bool: False = pruned edge
         self._uniform = True
         # share of inputs outside the grid in the last training forward (-1: none yet); filled in
-        # place, so a CUDA graph replaying the forward keeps it current
+        # place, so a CUDA graph replaying the forward keeps it current; float32 whatever the
+        # layer's dtype (`_apply`)
         self.register_buffer("_outside", torch.tensor(-1.0, device=device), persistent=False)
         self._reg_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._grid_changed())
@@ -300,8 +359,10 @@ class KANLinear(nn.Module):
         """`.to()`, `.double()`, `.cuda()`: the grid's dtype may change, and with it whether its
         knots are uniform to that precision (float32 knots are not uniform in float64): decide
         again, as loading a state does, so a model computes the same before and after a
-        checkpoint round trip."""
+        checkpoint round trip. The outside share stays float32 (the forward writes a float32
+        mean into it)."""
         super()._apply(fn, recurse)
+        self._outside = self._outside.float()
         self._grid_changed()
         return self
 
@@ -380,8 +441,11 @@ class KANLinear(nn.Module):
         return reference_basis(x.reshape(-1, self.in_features), self.grid, self.spline_order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out). An (N, in) x is not reshaped: a reshape to its own shape is
+        a view with a node of its own in the autograd graph, host time in forward and backward."""
         shape = x.shape
-        x = x.reshape(-1, self.in_features)  # (N, in)
+        batch_2d = len(shape) == 2
+        x = x if batch_2d else x.reshape(-1, self.in_features)  # (N, in)
         k, n_cols = self.spline_order, self.grid_size + self.spline_order
         act = self.base_activation(x)  # (N, in)
         base_weight, spline_weight = self.masked_weights()
@@ -389,37 +453,39 @@ class KANLinear(nn.Module):
         track = self.track_regularization
         outside = None  # (1,) count of inputs outside the grid, where the spline branch gives it
         if self.fast:
-            flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
-            auto = fused_basis.available(x.device) and x.dtype != torch.float64  # fp32 kernels
-            fused = auto if self.fused is None else self.fused
-            gemm = basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm
-            cdt = _compute_dtype(x, flat_weight)
-            if fused and gemm and basis_gemm.supports(cdt, x.device):
+            fused = self.fused
+            if fused is None:  # fp32 kernels
+                fused = fused_basis.available(x.device) and x.dtype != torch.float64
+            cdt = _compute_dtype(x, spline_weight)
+            gemm = fused and (basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm)
+            if gemm and basis_gemm.supports(cdt, x.device):
+                flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
                 out, col_sum, outside = basis_gemm.SplineGemm.apply(
                     x, base, flat_weight, self.grid, k, self._uniform, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
             else:
-                out, col_sum = _SplineLinear.apply(
-                    x, base, flat_weight, self.grid, k, self._uniform, fused,
+                spline = _SplineLinear.apply(
+                    x, base, spline_weight, self.grid, k, self._uniform, fused, cdt,
                     self.scale_base, self.scale_spline, self.chunk_size, track,
                 )  # fmt: skip
+                out, col_sum = spline if track else (spline, None)
         else:
             basis = self.b_splines(x)  # (N, in, G+k)
             weight = spline_weight.transpose(1, 2).reshape(self.out_features, -1)
             spline = F.linear(basis.reshape(x.shape[0], -1), weight)  # (N, out)
             out = self.scale_base * base + self.scale_spline * spline
             col_sum = basis.detach().sum(0).t() if track else None  # (G+k, in)
-        with torch.no_grad():
-            if self.training and outside is not None:
-                self._outside.copy_(outside[0] / x.numel())
-            elif self.training:
-                low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
-                self._outside.copy_(((x < low) | (x >= high)).float().mean())
-            if track:
+        if self.training and outside is not None:
+            torch.div(outside[0], x.numel(), out=self._outside)
+        elif self.training:  # written into the buffer: no share tensor to copy, no float mask
+            low, high = self.grid[:, k], self.grid[:, -k - 1]  # (in,)
+            torch.mean(torch.logical_or(x < low, x >= high), dtype=torch.float32, out=self._outside)
+        if track:
+            with torch.no_grad():
                 basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
-        return out.reshape(*shape[:-1], self.out_features)
+        return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
 
     def outside_grid_share(self) -> float:
         """Share of inputs outside the grid range in the last training forward (0.0 before one).

@@ -205,6 +205,24 @@ def test_a_transposed_input_gets_the_reference_gradients(fused: bool) -> None:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
+@pytest.mark.parametrize("scale_base", [1.0, 2.5])
+def test_fast_path_is_exactly_the_same_for_any_batch_layout(fused: bool, scale_base: float) -> None:
+    """The host-time shortcuts of the fast path (an (N, in) batch is not reshaped, a scale of 1
+    is not multiplied, a single chunk is not sliced, regularisation statistics on or off) keep
+    the arithmetic: a (2, 9, in) batch and its (18, in) view give bit-equal outputs and
+    gradients, run after run."""
+    layer = rough_layer(6, 5, scale_base=scale_base, scale_spline=scale_base, dtype=torch.float64)
+    layer.fused = fused
+    x = torch.randn(2, 9, 6, generator=gen(3), dtype=torch.float64) * 1.5
+    first = outputs_and_grads(layer, x, fast=True)
+    layer.track_regularization = True
+    runs = [outputs_and_grads(layer, x, fast=True), outputs_and_grads(layer, x.view(18, 6), True)]
+    for run in runs:
+        for name, a, b in zip(("output", "d/dx", "d/dW_base", "d/dC"), first, run, strict=True):
+            assert torch.equal(a.reshape(b.shape), b), name
+
+
 @needs_kernels
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_kernels_on_many_tiles_and_a_fine_grid_equal_the_reference(out_dtype: torch.dtype) -> None:
@@ -371,6 +389,10 @@ def test_outside_grid_share_counts_the_last_training_forward() -> None:
     layer.eval()
     layer(torch.full((10, 4), 5.0))  # evaluation does not overwrite it
     assert layer.outside_grid_share() == pytest.approx(3 / 40)
+    layer.double().train()  # the share stays a float32 buffer, whatever the layer's dtype
+    layer(torch.linspace(-1.5, 1.5, 40, dtype=torch.float64).view(10, 4))
+    assert layer._outside.dtype == torch.float32
+    assert layer.outside_grid_share() == pytest.approx(14 / 40)
 
 
 def exact_edge_magnitudes(layer: KANLinear, x: torch.Tensor) -> torch.Tensor:
