@@ -15,6 +15,7 @@ are read in `kan_engine.user_images`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import math
@@ -105,18 +106,25 @@ def peek_csv(data_dir: str | None, target: str | None, task: str = "auto") -> Ta
     return TablePeek(source, columns, printable(column), len(table.lines), classes)
 
 
-def _read_table(data_dir: str | None, target: str | None, *, features: bool) -> tuple[Path, _Table]:
-    """The CSV file and its table, its feature cells read only if `features` (else x is empty)."""
-    path = _csv_path(data_dir)
+@contextlib.contextmanager
+def _opened_rows(path: Path) -> Iterator[Iterator[tuple[int, list[str]]]]:
+    """The rows of a CSV file after its first bytes were sniffed (not a binary or compressed
+    file); a read that fails, here or while the rows are consumed, is DataError naming it."""
     source = printable(path)
     try:
         with path.open("rb") as handle:
             _sniff(source, handle.read(_SNIFF))
             handle.seek(0)
-            rows = _rows(source, csv.reader(_lines(source, handle)))
-            return path, _parse(source, rows, target, features=features)
+            yield _rows(source, csv.reader(_lines(source, handle)))
     except OSError as exc:
         raise unreadable(path, exc) from None
+
+
+def _read_table(data_dir: str | None, target: str | None, *, features: bool) -> tuple[Path, _Table]:
+    """The CSV file and its table, its feature cells read only if `features` (else x is empty)."""
+    path = _csv_path(data_dir)
+    with _opened_rows(path) as rows:
+        return path, _parse(printable(path), rows, target, features=features)
 
 
 def _checked_classes(source: str, column: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
@@ -142,17 +150,11 @@ def read_rows(path: Path, features: list[str] | None, width: int, label: str | N
     from before they were kept), every column but `label` is a feature and there must be `width`.
     The same cell-by-cell checks as `load_csv`, with DataError naming line and column."""
     source = printable(path)
-    try:
-        with path.open("rb") as handle:
-            _sniff(source, handle.read(_SNIFF))
-            handle.seek(0)
-            rows = _rows(source, csv.reader(_lines(source, handle)))
-            header, header_line = _header(source, rows)
-            _check_header(source, header, header_line, columns=1)
-            order, label_at = _match_columns(source, header, header_line, features, width, label)
-            x, labels, lines = _body(source, rows, header, order, label_at)
-    except OSError as exc:
-        raise unreadable(path, exc) from None
+    with _opened_rows(path) as rows:
+        header, header_line = _header(source, rows)
+        _check_header(source, header, header_line, columns=1)
+        order, label_at = _match_columns(source, header, header_line, features, width, label)
+        x, labels, lines = _body(source, rows, header, order, label_at)
     return Rows(x, labels if label_at is not None else None, lines)
 
 
