@@ -117,7 +117,10 @@ def _by_sensitivities(
         for hook in hooks:
             hook.remove()
     features = {layer: layer.weight_features(seen[layer][0]) for layer in layers}
-    columns = {layer: k for k, layer in enumerate(layers)}
+    deltas = {  # (N, T, out) per layer
+        layer: torch.stack([_zeros_if_none(s[k], seen[layer][1]) for s in sensitivities], 1)
+        for k, layer in enumerate(layers)
+    }
     system = _System(sum(p.numel() for p in params), n, outputs, x)
     errors = (out.detach() - y).to(x.dtype)
     for start in range(0, n, system.rows):
@@ -125,10 +128,7 @@ def _by_sensitivities(
         blocks = []
         for p in params:
             layer, name = owners[id(p)]
-            k = columns[layer]
-            delta = torch.stack(  # (m, T, out)
-                [_zeros_if_none(s[k], seen[layer][1])[rows] for s in sensitivities], 1
-            )
+            delta = deltas[layer][rows]  # (m, T, out)
             base, spline = features[layer]
             mask = layer.edge_mask
             if name == "base_weight":  # (m, T, out, in)

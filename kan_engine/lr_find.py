@@ -191,7 +191,7 @@ def find_lr(
     from kan_engine.run_setup import build_model, pick_device, precision, seed_everything
 
     check_names(config)
-    if config.optim.optimizer in ("lbfgs", "lm"):
+    if config.optim.optimizer in optim.FULL_BATCH:
         how = "lbfgs's line search" if config.optim.optimizer == "lbfgs" else "lm's damping"
         reason = f"the LR range test is for adamw, adam and sgd: {how} sizes its steps"
         raise ConfigError("", "optim.optimizer", reason)

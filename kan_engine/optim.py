@@ -32,6 +32,10 @@ SHORT_RUN_WARMUP = 0.1  # warm-up share of a run shorter than its configured war
 # How this process runs the optimizer, not what it learned: kept over a loaded state dict.
 RUNTIME_FLAGS = ("fused", "foreach", "capturable")
 LBFGS_HISTORY = 10  # curvature pairs L-BFGS keeps (torch's and pykan's default)
+# Optimizers of full-batch fits: each step re-evaluates the batch and reads its loss back, one
+# process only, a converged fit ends at a zero gradient, and their state describes the
+# coefficients of one grid (the trainer forgets it when a grid is refit).
+FULL_BATCH = ("lbfgs", "lm")
 
 
 def warmup_capped(schedule: ScheduleSection, epochs: int) -> bool:

@@ -100,12 +100,12 @@ class TrainStep:
         )
         self.graphed = cuda_graph.GraphedStep(self) if graphs else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.full_batch = config.optim.optimizer in optim.FULL_BATCH
         self.lbfgs = config.optim.optimizer == "lbfgs"
-        self.lm = config.optim.optimizer == "lm"
         self._lm_norm: Tensor | None = None  # the last gradient norm an LM step computed
         # on CUDA the optimizer is fused and skips non-finite steps itself (module docstring);
         # L-BFGS and Levenberg-Marquardt read their loss back in every trial anyway
-        self.deferred = device.type == "cuda" and not use_scaler and not self.lbfgs and not self.lm
+        self.deferred = device.type == "cuda" and not use_scaler and not self.full_batch
 
     def shard_weight(self, n: int, step_in_epoch: int) -> float:
         """Loss weight of a rank's `n` samples: DDP averages the ranks' gradients, which is the
@@ -146,7 +146,7 @@ class TrainStep:
     def __call__(self, x: Tensor, y: Tensor, *, eager: bool = False, weight: float = 1.0) -> Tensor:
         """One whole step on the device; its values packed for `PendingSteps` (what a CUDA
         graph captures). `weight` scales the objective: a rank's share of a global batch."""
-        if self.lbfgs or self.lm:
+        if self.full_batch:
             values = self._lbfgs_step(x, y, eager) if self.lbfgs else self._lm_step(x, y)
             if self.ema is not None:  # the weights evaluated and saved as best follow these too
                 self.ema.update()

@@ -208,7 +208,7 @@ class Trainer:
         config, train, dist = self.config, self.config.train, self.dist
         check_names(config)
         if dist.enabled:
-            if config.optim.optimizer in ("lbfgs", "lm"):
+            if config.optim.optimizer in optim.FULL_BATCH:
                 reason = f"{config.optim.optimizer} trains in one process only"
                 raise ConfigError("", "optim.optimizer", reason)
             self.device = distributed.device_for(train.device, dist.local_rank)
@@ -231,8 +231,8 @@ class Trainer:
         )
         self.optimizer, self.schedule, self.ema = step.optimizer, step.schedule, step.ema
         self.graphed = step.graphed
-        converges = config.optim.optimizer in ("lbfgs", "lm")  # full batch: to a zero gradient
-        self.monitor = GradNormMonitor(train.clip_grad_norm, vanishing=not converges)
+        full_batch = config.optim.optimizer in optim.FULL_BATCH  # converges to a zero gradient
+        self.monitor = GradNormMonitor(train.clip_grad_norm, vanishing=not full_batch)
         self.pending = PendingSteps()
         self.grids = GridPolicy(config, self.kan, self.ema, dist, self.folder.emit)
         self.stages = GridStages(config.kan, self.kan, step.steps_per_epoch)
@@ -315,7 +315,7 @@ class Trainer:
             self._settle()
         if grid_due and self._last_ok:
             self.grids.refit(kan_inputs, self.c)
-            if self.stepper.lbfgs or self.stepper.lm:  # their state describes the old problem
+            if self.stepper.full_batch:  # its state describes the old coefficients
                 optim.forget_state(self.optimizer)
         self._advance_clock()
         self._consistent = True

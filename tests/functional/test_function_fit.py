@@ -87,6 +87,36 @@ def test_a_hostile_formula_exits_2_naming_data_function_and_leaves_no_run(
 
 
 @pytest.mark.parametrize(
+    ("setting", "why"),
+    [("train.batch_size=100", "the whole training split"),
+     ("kan.reg_weight=0.01", "kan.reg_weight"),
+     ("train.huber_delta=0.5", "train.huber_delta"),
+     ("model.width=[2,40,40,1]", "4,096 parameters")],
+)  # fmt: skip
+def test_what_levenberg_marquardt_cannot_fit_exits_2_naming_the_optimizer(
+    setting: str, why: str, isolated: Path
+) -> None:
+    result = cli("run", "--headless", *SHORT_FIT, "--set", "optim.optimizer=lm",
+                 "--set", setting, "--out", "out")  # fmt: skip
+    error_line(result, 2, "optim.optimizer", why)
+    assert nothing_in(isolated / "out")
+
+
+def test_lm_or_huber_on_a_classification_exits_2(isolated: Path) -> None:
+    # the function preset's own optimizer is lm; the Huber loss is tried with lbfgs
+    for key, sets in (
+        ("optim.optimizer", []),
+        ("train.huber_delta", ["optim.optimizer=lbfgs", "train.huber_delta=0.5"]),
+    ):
+        digits = ["--preset", "function", "--dataset", "digits", "--set", "data.task=auto",
+                  "--set", "model.width=[64,2,10]"]  # fmt: skip
+        extra = [arg for value in sets for arg in ("--set", value)]
+        result = cli("run", "--headless", *digits, *extra, "--out", "out")
+        error_line(result, 2, key, "classification")
+        assert nothing_in(isolated / "out")
+
+
+@pytest.mark.parametrize(
     ("setting", "key"),
     [("data.task=classification", "data.task"),
      ("model.width=[3,4,1]", "model.width"),
