@@ -96,18 +96,34 @@ def _tile(pid_n, pid_i, n_rows, n_in, BLOCK_N: tl.constexpr, BLOCK_I: tl.constex
 
 @triton.jit
 def basis_kernel(
-    x_ptr, grid_ptr, out_ptr, n_rows, n_in,
+    x_ptr, grid_ptr, out_ptr, outside_ptr, inv_count, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
-    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in), every entry written."""
+    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in) = B(x), every entry written. With ACT,
+    out is (N, 1+G+k, in) and its first slot holds silu(x): the whole layer's matmul operand,
+    so one launch makes both branches' inputs. With COUNT, the
+    share of inputs outside the grid range (x < t_k or x >= t_{M-k}) is added to *outside_ptr
+    (inv_count = 1 / x.numel()): the trainer's monitoring statistic at no extra pass over x."""
     rows, cols, mask = _tile(tl.program_id(0), tl.program_id(1), n_rows, n_in, BLOCK_N, BLOCK_I)
     x = tl.load(x_ptr + rows[:, None] * n_in + cols[None, :], mask=mask, other=0.0)
     row_ptr = grid_ptr + (cols * N_KNOTS)[None, :]
     first, vals, _ = _local(x, row_ptr, mask, ORDER, N_KNOTS, SEARCH_STEPS, False)
     n_cols: tl.constexpr = N_KNOTS - 1 - ORDER
-    out_ptrs = out_ptr + rows[:, None] * (n_cols * n_in) + cols[None, :]
+    slots: tl.constexpr = n_cols + 1 if ACT else n_cols
+    out_ptrs = out_ptr + rows[:, None] * (slots * n_in) + cols[None, :]
     out_dtype = out_ptr.dtype.element_ty
+    if ACT:
+        act = x / (1.0 + tl.exp(-x))
+        if out_dtype.primitive_bitwidth < 32:
+            act = act.to(tl.float32)
+        tl.store(out_ptrs, act.to(out_dtype), mask=mask)
+        out_ptrs += n_in
+    if COUNT:
+        low = tl.load(row_ptr + ORDER, mask=mask, other=0.0)
+        high = tl.load(row_ptr + (N_KNOTS - 1 - ORDER), mask=mask, other=0.0)
+        outside = mask & ((x < low) | (x >= high))
+        tl.atomic_add(outside_ptr, tl.sum(tl.sum(outside.to(tl.float32), 1), 0) * inv_count)
     for c in range(n_cols):
         value = tl.zeros_like(x)
         for r in tl.static_range(ORDER + 1):
@@ -119,11 +135,13 @@ def basis_kernel(
 
 @triton.jit
 def input_grad_kernel(
-    grad_ptr, x_ptr, grid_ptr, out_ptr, scale, n_rows, n_in,
+    grad_ptr, grad_act_ptr, x_ptr, grid_ptr, out_ptr, scale, act_scale, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
-    """dL/dB (N, G+k, in), x (N, in), grid -> dL/dx (N, in) = scale * sum_c dL/dB_c B_c'(x)."""
+    """dL/dB (N, G+k, in), x (N, in), grid -> dL/dx (N, in) = scale * sum_c dL/dB_c B_c'(x);
+    with ACT, plus act_scale * silu'(x) * dL/dact, dL/dact (N, in) at grad_act_ptr: the
+    gradient of both of the layer's branches in one pass."""
     rows, cols, mask = _tile(tl.program_id(0), tl.program_id(1), n_rows, n_in, BLOCK_N, BLOCK_I)
     offsets = rows[:, None] * n_in + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
@@ -137,4 +155,9 @@ def input_grad_kernel(
         real = mask & (column >= 0) & (column < n_cols)
         grad = tl.load(grad_ptrs + column * n_in, mask=real, other=0.0)
         total += grad.to(x.dtype) * slopes[r]
-    tl.store(out_ptr + offsets, (total * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    total = total * scale
+    if ACT:
+        grad_act = tl.load(grad_act_ptr + offsets, mask=mask, other=0.0).to(x.dtype)
+        sig = 1.0 / (1.0 + tl.exp(-x))
+        total += grad_act * (sig * (1.0 + x * (1.0 - sig))) * act_scale
+    tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=mask)

@@ -26,7 +26,7 @@ import os
 
 import torch
 
-__all__ = ["available", "dense_basis", "input_grad", "runnable"]
+__all__ = ["available", "dense_basis", "input_grad", "layer_operand", "runnable"]
 
 DISABLE_ENV = "KAN_TUI_FUSED"  # "0" turns the fused path off (debugging, A/B benchmarks)
 INTERPRET_ENV = "TRITON_INTERPRET"  # "1": Triton runs kernels on CPU tensors (tests)
@@ -60,9 +60,11 @@ def _interpreting() -> bool:
 
 
 def _launch(
-    kernel_name: str, x: torch.Tensor, grid: torch.Tensor, order: int, *args: torch.Tensor | float
-) -> None:
-    """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles; `args` lead its list."""
+    kernel_name: str, x: torch.Tensor, grid: torch.Tensor, order: int,
+    *args: torch.Tensor | float, **flags: bool,
+) -> None:  # fmt: skip
+    """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles; `args` lead its list,
+    `flags` are its boolean constexprs (ACT, COUNT)."""
     if not runnable(x.device):
         raise RuntimeError(
             f"fused B-spline kernels need CUDA with Triton (x is on {x.device}; "
@@ -77,7 +79,7 @@ def _launch(
     getattr(basis_kernels, kernel_name)[launch_grid](
         *args, n, n_in,
         ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I,
-        num_warps=NUM_WARPS,
+        num_warps=NUM_WARPS, **flags,
     )  # fmt: skip
 
 
@@ -88,7 +90,27 @@ def dense_basis(
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], n_cols, x.shape[1], device=x.device, dtype=dtype)
-    _launch("basis_kernel", x, grid, order, x, grid, out)
+    _launch("basis_kernel", x, grid, order, x, grid, out, out, 0.0, ACT=False, COUNT=False)
+    return out
+
+
+def layer_operand(
+    x: torch.Tensor, grid: torch.Tensor, order: int, dtype: torch.dtype,
+    outside: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """x (N, in) -> (N, 1+G+k, in) in `dtype`: silu(x) in the first slot, then B(x), so that
+    `flatten(1)` is both branches' matmul operand side by side. `outside` (a float32 scalar
+    tensor), when given, is set to the share of x outside the grid range in the same launch."""
+    x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
+    n_cols = grid.shape[1] - 1 - order
+    out = torch.empty(x.shape[0], 1 + n_cols, x.shape[1], device=x.device, dtype=dtype)
+    count = outside is not None
+    if count:
+        outside.zero_()
+    _launch(
+        "basis_kernel", x, grid, order, x, grid, out, outside if count else out,
+        1.0 / max(x.numel(), 1), ACT=True, COUNT=count,
+    )  # fmt: skip
     return out
 
 
@@ -99,12 +121,20 @@ def input_grad(
     order: int,
     scale: float = 1.0,
     out: torch.Tensor | None = None,
+    grad_act: torch.Tensor | None = None,
+    act_scale: float = 1.0,
 ) -> torch.Tensor:
     """scale * dL/dx (N, in) from dL/dB (N, G+k, in), for the basis of `dense_basis`; written
-    into `out` (contiguous (N, in), e.g. a row slice of the whole gradient) when given."""
+    into `out` (contiguous (N, in), e.g. a row slice of the whole gradient) when given. With
+    `grad_act` (N, in), dL/d(silu(x)), its share act_scale * silu'(x) * grad_act is added: the
+    input gradient of `layer_operand`'s two slots."""
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     out = torch.empty_like(x) if out is None else out
     if not out.is_contiguous() or out.shape != x.shape:
         raise ValueError(f"input_grad: out must be contiguous {tuple(x.shape)}")
-    _launch("input_grad_kernel", x, grid, order, grad_basis.contiguous(), x, grid, out, scale)
+    act = grad_act is not None
+    _launch(
+        "input_grad_kernel", x, grid, order, grad_basis.contiguous(),
+        grad_act.contiguous() if act else x, x, grid, out, scale, act_scale, ACT=act,
+    )  # fmt: skip
     return out

@@ -54,6 +54,7 @@ from kan_engine.basis import (
     local_scale,
     reference_basis,
 )
+from kan_engine.fused_layer import FusedKAN, operand_row_bytes
 from kan_engine.grid_refit import fitted_grid, refit_weights
 from kan_engine.names import INITS
 
@@ -447,18 +448,24 @@ class KANLinear(nn.Module):
         batch_2d = len(shape) == 2
         x = x if batch_2d else x.reshape(-1, self.in_features)  # (N, in)
         k, n_cols = self.spline_order, self.grid_size + self.spline_order
-        act = self.base_activation(x)  # (N, in)
         base_weight, spline_weight = self.masked_weights()
-        base = F.linear(act, base_weight)  # (N, out)
         track = self.track_regularization
+        fused = self.fast and (
+            (fused_basis.available(x.device) and x.dtype != torch.float64)
+            if self.fused is None
+            else self.fused
+        )
+        cdt = _compute_dtype(x, spline_weight)
+        gemm = fused and (basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm)
+        gemm = gemm and basis_gemm.supports(cdt, x.device)
+        if fused and not gemm and type(self.base_activation) is nn.SiLU:
+            out = self._fused_forward(x, base_weight, spline_weight, cdt, track)
+            return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
+        act = self.base_activation(x)  # (N, in)
+        base = F.linear(act, base_weight)  # (N, out)
         outside = None  # (1,) count of inputs outside the grid, where the spline branch gives it
         if self.fast:
-            fused = self.fused
-            if fused is None:  # fp32 kernels
-                fused = fused_basis.available(x.device) and x.dtype != torch.float64
-            cdt = _compute_dtype(x, spline_weight)
-            gemm = fused and (basis_gemm.enabled() if self.basis_gemm is None else self.basis_gemm)
-            if gemm and basis_gemm.supports(cdt, x.device):
+            if gemm:
                 flat_weight = spline_weight.view(self.out_features, -1)  # (out, (G+k)*in)
                 out, col_sum, outside = basis_gemm.SplineGemm.apply(
                     x, base, flat_weight, self.grid, k, self._uniform, cdt,
@@ -486,6 +493,27 @@ class KANLinear(nn.Module):
                 basis_mean = (col_sum / max(x.shape[0], 1)).view(n_cols, self.in_features)
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
         return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
+
+    def _fused_forward(
+        self, x: torch.Tensor, base_weight: torch.Tensor, spline_weight: torch.Tensor,
+        cdt: torch.dtype, track: bool,
+    ) -> torch.Tensor:  # fmt: skip
+        """The GPU's route (`fused_layer`): the whole layer, SiLU branch, outside-grid share
+        and the regulariser's statistics included, in one autograd node."""
+        work = torch.promote_types(x.dtype, torch.float32)
+        n_cols = self.grid_size + self.spline_order
+        row_bytes = operand_row_bytes(self.in_features, n_cols, cdt)
+        with _autocast_off(x.device.type):
+            result = FusedKAN.apply(
+                as_dtype(x, work), base_weight, spline_weight, self.grid, self.spline_order, cdt,
+                self.scale_base, self.scale_spline, _chunk_rows(self.chunk_size, row_bytes),
+                self._outside if self.training else None, track,
+            )  # fmt: skip
+        if not track:
+            return result
+        out, act_mean, basis_mean = result
+        self._reg_stats = (act_mean, basis_mean.view(n_cols, self.in_features))
+        return out
 
     def outside_grid_share(self) -> float:
         """Share of inputs outside the grid range in the last training forward (0.0 before one).

@@ -378,8 +378,11 @@ def test_invalid_constructor_arguments_name_the_parameter() -> None:
 # monitoring hooks
 
 
-def test_outside_grid_share_counts_the_last_training_forward() -> None:
-    layer = KANLinear(4, 2)  # grid range [-1, 1)
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
+def test_outside_grid_share_counts_the_last_training_forward(fused: bool) -> None:
+    """Both routes' statistic: four ops on the local one, inside the basis kernel on the fused
+    one (also for a batch that the fused route splits into row chunks)."""
+    layer = KANLinear(4, 2, fused=fused)  # grid range [-1, 1)
     assert layer.outside_grid_share() == 0.0
     x = torch.zeros(10, 4)
     x[:3, 0] = 1.5  # 3 of 40 inputs outside
@@ -393,6 +396,12 @@ def test_outside_grid_share_counts_the_last_training_forward() -> None:
     layer(torch.linspace(-1.5, 1.5, 40, dtype=torch.float64).view(10, 4))
     assert layer._outside.dtype == torch.float32
     assert layer.outside_grid_share() == pytest.approx(14 / 40)
+    layer.chunk_size = 3
+    spread = torch.linspace(-1.5, 1.5, 40, dtype=torch.float64).view(10, 4)
+    layer(spread * 0.5)
+    assert layer.outside_grid_share() == 0.0
+    layer(spread)
+    assert layer.outside_grid_share() == pytest.approx(14 / 40)
 
 
 def exact_edge_magnitudes(layer: KANLinear, x: torch.Tensor) -> torch.Tensor:
@@ -402,8 +411,10 @@ def exact_edge_magnitudes(layer: KANLinear, x: torch.Tensor) -> torch.Tensor:
     return (base + layer.scale_spline * spline).abs().mean(0)  # (out, in)
 
 
-def test_regularization_loss_is_the_paper_formula_on_a_cheap_bound() -> None:
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
+def test_regularization_loss_is_the_paper_formula_on_a_cheap_bound(fused: bool) -> None:
     layer = smooth_layer(6, 4, scale_base=2.5, dtype=torch.float64)
+    layer.fused = fused
     x = torch.rand(64, 6, generator=gen(14), dtype=torch.float64) * 2 - 1
     with pytest.raises(RuntimeError, match="track_regularization"):
         layer.regularization_loss()
@@ -451,8 +462,9 @@ def saved_bytes(layer: KANLinear, x: torch.Tensor) -> int:
     return total
 
 
-def test_fast_path_keeps_only_order_n_in_activations_for_backward() -> None:
-    layer = KANLinear(64, 16, grid_size=10)
+@pytest.mark.parametrize("fused", [False, FUSED], ids=["local", "fused"])
+def test_fast_path_keeps_only_order_n_in_activations_for_backward(fused: bool) -> None:
+    layer = KANLinear(64, 16, grid_size=10, fused=fused)
     x = torch.randn(512, 64, generator=gen(15), requires_grad=True)
     per_input = 512 * 64 * 4  # one float per (row, input)
     layer.fast = True

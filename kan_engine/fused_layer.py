@@ -1,0 +1,150 @@
+"""The whole KAN layer on a GPU as one autograd node: one Triton launch per direction.
+
+At small shapes the layer is bound by the host, not the GPU: an eager fwd+bwd at (1024,
+784->256) replays from a CUDA graph in 0.4 ms of GPU time but took 1.36 ms of wall time, which
+was the time to launch about 20 kernels (the SiLU, its matmul, the basis, the spline matmul, four
+ops of the outside-grid statistic, their backward twins, the gradient sum of x's two branches)
+and to run four autograd nodes. Here one kernel (`fused_basis.layer_operand`) writes both
+branches' matmul operand, [scale_base * silu(x) | scale_spline * B(x)] as (N, 1+G+k, in), and
+adds the outside-grid share in the same pass; two cuBLAS matmuls read its two column blocks in
+place (their row stride is the whole row: no copy) against `base_weight` and `spline_weight`.
+Backward rebuilds the operand (only x is kept, as in `kan._SplineLinear`: activation memory
+O(N * in)), takes both weight gradients and both halves of dL/dOperand with four matmuls, and
+one kernel (`fused_basis.input_grad` with the SiLU term) turns them into dL/dx.
+
+Rows are processed in chunks whose operand fits in `BASIS_BUDGET_BYTES`, as in the other routes.
+Base activations other than SiLU (a library user's choice) take `kan._SplineLinear`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kan_engine import fused_basis
+from kan_engine.basis import as_dtype
+
+__all__ = ["FusedKAN", "operand_row_bytes"]
+
+
+def operand_row_bytes(n_in: int, n_cols: int, dtype: torch.dtype) -> int:
+    """Bytes of one row of the (N, 1+G+k, in) operand."""
+    return (1 + n_cols) * n_in * dtype.itemsize
+
+
+def _rows(n: int, per_chunk: int) -> list[slice]:
+    """The row slices of the chunks; one chunk is the whole batch (no slicing: host time)."""
+    if n <= per_chunk:
+        return [slice(None)]
+    return [slice(start, start + per_chunk) for start in range(0, n, per_chunk)]
+
+
+class FusedKAN(torch.autograd.Function):
+    """out = scale_base * silu(x) @ W_b^T + scale_spline * B(x) @ C^T, saving only x.
+
+    `cdt` is the matmul dtype (the autocast dtype under autocast), in which `out` is returned;
+    the operand is built from x in its own dtype (float32 or float64) and stored in `cdt`; the
+    scales are the matmuls' alpha and beta, so the operand holds true values and its column
+    sums are the regulariser's statistics. `outside`, a float32 scalar buffer or None, receives
+    the share of x outside the grid range (training). With `want_stats` two more outputs, not
+    differentiable: mean |silu(x)| (in,) and the basis's column means ((G+k)*in,), float32.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        base_weight: torch.Tensor,
+        spline_weight: torch.Tensor,
+        grid: torch.Tensor,
+        order: int,
+        cdt: torch.dtype,
+        scale_base: float,
+        scale_spline: float,
+        rows_per_chunk: int,
+        outside: torch.Tensor | None,
+        want_stats: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, n_in = x.shape
+        wb = as_dtype(base_weight, cdt)  # (out, in)
+        ws = as_dtype(spline_weight, cdt).flatten(1)  # (out, (G+k)*in)
+        chunks = _rows(n, rows_per_chunk)
+        single = len(chunks) == 1
+        out = torch.empty(n, wb.shape[0], device=x.device, dtype=cdt)
+        sums = None
+        for rows in chunks:
+            flat = fused_basis.layer_operand(
+                x if single else x[rows], grid, order, cdt, outside if single else None
+            ).flatten(1)  # (n, (1+G+k)*in)
+            part = out if single else out[rows]
+            torch.mm(flat[:, :n_in], wb.t(), out=part)
+            part.addmm_(flat[:, n_in:], ws.t(), beta=scale_base, alpha=scale_spline)
+            if want_stats:
+                chunk_sums = torch.cat([flat[:, :n_in].abs().sum(0, dtype=torch.float32),
+                                        flat[:, n_in:].sum(0, dtype=torch.float32)])  # fmt: skip
+                sums = chunk_sums if sums is None else sums.add_(chunk_sums)
+        if not single and outside is not None:  # the share of the whole batch
+            low, high = grid[:, order], grid[:, -order - 1]
+            torch.mean(torch.logical_or(x < low, x >= high), dtype=torch.float32, out=outside)
+        ctx.save_for_backward(x, base_weight, spline_weight, grid)
+        ctx.config = (order, cdt, scale_base, scale_spline, rows_per_chunk)
+        if not want_stats:
+            return out
+        means = sums / max(n, 1)
+        act_mean, basis_mean = means[:n_in], means[n_in:]
+        ctx.mark_non_differentiable(act_mean, basis_mean)
+        ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
+        return out, act_mean, basis_mean
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, *_grad_stats: None
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, base_weight, spline_weight, grid = ctx.saved_tensors
+        order, cdt, scale_base, scale_spline, rows_per_chunk = ctx.config
+        need_x, need_wb, need_ws = ctx.needs_input_grad[:3]
+        n, n_in = x.shape
+        g = as_dtype(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
+        wb = as_dtype(base_weight, cdt)
+        ws = as_dtype(spline_weight, cdt).flatten(1)
+        grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype) if need_x else None
+        grad_wb = grad_ws = None
+        for rows in _rows(n, rows_per_chunk):
+            whole = rows == slice(None)
+            part, g_part = (x, g) if whole else (x[rows], g[rows])
+            if need_wb or need_ws:
+                flat = fused_basis.layer_operand(part, grid, order, cdt).flatten(1)
+                g_t = g_part.t()
+                if need_wb:
+                    grad_wb = _accumulate(grad_wb, g_t, flat[:, :n_in])
+                if need_ws:
+                    grad_ws = _accumulate(grad_ws, g_t, flat[:, n_in:])
+                del flat  # one operand alive at a time
+            if need_x:
+                fused_basis.input_grad(
+                    g_part @ ws, part, grid, order, scale_spline,
+                    grad_x if whole else grad_x[rows], g_part @ wb, scale_base,
+                )  # fmt: skip
+        if grad_wb is not None:
+            grad_wb = _finish(grad_wb, scale_base, base_weight.dtype)
+        if grad_ws is not None:
+            grad_ws = _finish(grad_ws, scale_spline, spline_weight.dtype).view(spline_weight.shape)
+        return grad_x, grad_wb, grad_ws, *(None,) * 8
+
+
+def _accumulate(
+    total: torch.Tensor | None, g_t: torch.Tensor, operand: torch.Tensor
+) -> torch.Tensor:
+    """total + g^T @ operand; a second chunk adds in float32 at least, whatever the matmul
+    dtype, so that summing chunks in bfloat16 does not lose what a single chunk would keep."""
+    part = g_t @ operand
+    if total is None:
+        return part
+    total = as_dtype(total, torch.promote_types(total.dtype, torch.float32))
+    return total.add_(part)
+
+
+def _finish(grad: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """A weight's gradient from g^T @ operand: times its branch's scale, in the weight's dtype
+    (the scale skipped where it is 1: host time)."""
+    grad = as_dtype(grad, torch.promote_types(grad.dtype, dtype))
+    return as_dtype(grad if scale == 1.0 else grad * scale, dtype)
