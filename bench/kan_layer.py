@@ -9,6 +9,9 @@ measured in the same run:
   Triton kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
 * fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
   runs its steps: the GPU time of the layer without Python's launch overhead;
+* fused two-node (CUDA only): the fused route without `kan_engine.fused_layer` (SiLU
+  and its matmul as autograd ops beside the spline's own node, as before session 8), which the layer takes for
+  a base activation other than SiLU: the A/B of the one-node route in the same run;
 * basis gemm, basis gemm graph (CUDA only): `KANLinear(basis_gemm=True)`, the opt-in route whose
   Triton matmuls generate the basis in their operand loads (`kan_engine.basis_gemm`), eager and
   replayed from a CUDA graph;
@@ -57,12 +60,12 @@ from kan_engine.memory_peak import TensorMemoryPeak
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
 VARIANTS = (
-    "fused", "fused graph", "basis gemm", "basis gemm graph",
+    "fused", "fused graph", "fused two-node", "basis gemm", "basis gemm graph",
     "local", "reference", "linear", "gemm floor",
 )  # fmt: skip
 ANCHORS = ("efficient-kan", "fast-kan")  # with --anchors DIR
 BASIS_GEMM = ("basis gemm", "basis gemm graph")
-FUSED = ("fused", "fused graph", *BASIS_GEMM)  # Triton kernels: CUDA only
+FUSED = ("fused", "fused graph", "fused two-node", *BASIS_GEMM)  # Triton kernels: CUDA only
 OURS = (*FUSED, "local")
 
 
@@ -138,8 +141,13 @@ def build(
             fused=variant in FUSED,
             basis_gemm=variant in BASIS_GEMM,
             chunk_size=args.chunk_size if variant in OURS else None,
+            base_activation=_TwoNodeSiLU if variant == "fused two-node" else nn.SiLU,
         )
     return lambda: layer(x), [x, *layer.parameters()]
+
+
+class _TwoNodeSiLU(nn.SiLU):
+    """SiLU under another type: `KANLinear` gives the one-node route to nn.SiLU only."""
 
 
 def sync(device: torch.device) -> None:

@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from kan_engine import triton_launch
+
 __all__ = ["available", "dense_basis", "input_grad", "layer_operand", "runnable"]
 
 DISABLE_ENV = "KAN_TUI_FUSED"  # "0" turns the fused path off (debugging, A/B benchmarks)
@@ -76,10 +78,12 @@ def _launch(
     n_knots = grid.shape[1]
     steps = max(1, math.ceil(math.log2(n_knots - 1)))
     launch_grid = (-(-n // BLOCK_N), -(-n_in // BLOCK_I))  # ceil divisions
-    getattr(basis_kernels, kernel_name)[launch_grid](
-        *args, n, n_in,
-        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I,
-        num_warps=NUM_WARPS, **flags,
+    constexprs = dict(
+        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I, **flags
+    )
+    triton_launch.launch(
+        getattr(basis_kernels, kernel_name), launch_grid, (*args, n, n_in), constexprs,
+        NUM_WARPS, _interpreting(),
     )  # fmt: skip
 
 
@@ -98,12 +102,13 @@ def layer_operand(
     x: torch.Tensor, grid: torch.Tensor, order: int, dtype: torch.dtype,
     outside: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """x (N, in) -> (N, 1+G+k, in) in `dtype`: silu(x) in the first slot, then B(x), so that
-    `flatten(1)` is both branches' matmul operand side by side. `outside` (a float32 scalar
-    tensor), when given, is set to the share of x outside the grid range in the same launch."""
+    """x (N, in) -> (N, (1+G+k)*in) in `dtype`, a row being silu(x) then B(x) in the (basis
+    function, input) order of `spline_weight.flatten(1)`: both branches' matmul operand side by
+    side. `outside` (a float32 scalar tensor), when given, is set to the share of x outside the
+    grid range in the same launch."""
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     n_cols = grid.shape[1] - 1 - order
-    out = torch.empty(x.shape[0], 1 + n_cols, x.shape[1], device=x.device, dtype=dtype)
+    out = torch.empty(x.shape[0], (1 + n_cols) * x.shape[1], device=x.device, dtype=dtype)
     count = outside is not None
     if count:
         outside.zero_()

@@ -5,7 +5,7 @@ At small shapes the layer is bound by the host, not the GPU: an eager fwd+bwd at
 was the time to launch about 20 kernels (the SiLU, its matmul, the basis, the spline matmul, four
 ops of the outside-grid statistic, their backward twins, the gradient sum of x's two branches)
 and to run four autograd nodes. Here one kernel (`fused_basis.layer_operand`) writes both
-branches' matmul operand, [scale_base * silu(x) | scale_spline * B(x)] as (N, 1+G+k, in), and
+branches' matmul operand, [silu(x) | B(x)] as (N, (1+G+k)*in), and
 adds the outside-grid share in the same pass; two cuBLAS matmuls read its two column blocks in
 place (their row stride is the whole row: no copy) against `base_weight` and `spline_weight`.
 Backward rebuilds the operand (only x is kept, as in `kan._SplineLinear`: activation memory
@@ -74,7 +74,7 @@ class FusedKAN(torch.autograd.Function):
         for rows in chunks:
             flat = fused_basis.layer_operand(
                 x if single else x[rows], grid, order, cdt, outside if single else None
-            ).flatten(1)  # (n, (1+G+k)*in)
+            )  # (n, (1+G+k)*in)
             part = out if single else out[rows]
             torch.mm(flat[:, :n_in], wb.t(), out=part)
             part.addmm_(flat[:, n_in:], ws.t(), beta=scale_base, alpha=scale_spline)
@@ -112,7 +112,7 @@ class FusedKAN(torch.autograd.Function):
             whole = rows == slice(None)
             part, g_part = (x, g) if whole else (x[rows], g[rows])
             if need_wb or need_ws:
-                flat = fused_basis.layer_operand(part, grid, order, cdt).flatten(1)
+                flat = fused_basis.layer_operand(part, grid, order, cdt)
                 g_t = g_part.t()
                 if need_wb:
                     grad_wb = _accumulate(grad_wb, g_t, flat[:, :n_in])
@@ -121,8 +121,8 @@ class FusedKAN(torch.autograd.Function):
                 del flat  # one operand alive at a time
             if need_x:
                 fused_basis.input_grad(
-                    g_part @ ws, part, grid, order, scale_spline,
-                    grad_x if whole else grad_x[rows], g_part @ wb, scale_base,
+                    torch.mm(g_part, ws), part, grid, order, scale_spline,
+                    grad_x if whole else grad_x[rows], torch.mm(g_part, wb), scale_base,
                 )  # fmt: skip
         if grad_wb is not None:
             grad_wb = _finish(grad_wb, scale_base, base_weight.dtype)
@@ -136,7 +136,7 @@ def _accumulate(
 ) -> torch.Tensor:
     """total + g^T @ operand; a second chunk adds in float32 at least, whatever the matmul
     dtype, so that summing chunks in bfloat16 does not lose what a single chunk would keep."""
-    part = g_t @ operand
+    part = torch.mm(g_t, operand)
     if total is None:
         return part
     total = as_dtype(total, torch.promote_types(total.dtype, torch.float32))
