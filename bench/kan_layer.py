@@ -9,9 +9,9 @@ measured in the same run:
   Triton kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
 * fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
   runs its steps: the GPU time of the layer without Python's launch overhead;
-* fused two-node (CUDA only): the fused route without `kan_engine.fused_layer` (SiLU
-  and its matmul as autograd ops beside the spline's own node, as before session 8), which the layer takes for
-  a base activation other than SiLU: the A/B of the one-node route in the same run;
+* fused two-node (CUDA only): the fused route without `kan_engine.fused_layer` (SiLU and its
+  matmul as autograd ops beside the spline's own node, as before session 8), which the layer
+  takes for a base activation other than SiLU: the A/B of the one-node route in the same run;
 * basis gemm, basis gemm graph (CUDA only): `KANLinear(basis_gemm=True)`, the opt-in route whose
   Triton matmuls generate the basis in their operand loads (`kan_engine.basis_gemm`), eager and
   replayed from a CUDA graph;
