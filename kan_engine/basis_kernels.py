@@ -96,13 +96,13 @@ def _tile(pid_n, pid_i, n_rows, n_in, BLOCK_N: tl.constexpr, BLOCK_I: tl.constex
 
 @triton.jit
 def basis_kernel(
-    x_ptr, grid_ptr, out_ptr, outside_ptr, inv_count, n_rows, n_in,
+    x_ptr, grid_ptr, out_ptr, outside_ptr, act_scale, basis_scale, inv_count, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
-    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in) = B(x), every entry written. With ACT,
-    out is (N, 1+G+k, in) and its first slot holds silu(x): the whole layer's matmul operand,
-    so one launch makes both branches' inputs. With COUNT, the
+    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in) = basis_scale * B(x), every entry
+    written. With ACT, out is (N, 1+G+k, in) and its first slot holds act_scale * silu(x): the
+    whole layer's matmul operand, so one launch makes both branches' inputs. With COUNT, the
     share of inputs outside the grid range (x < t_k or x >= t_{M-k}) is added to *outside_ptr
     (inv_count = 1 / x.numel()): the trainer's monitoring statistic at no extra pass over x."""
     rows, cols, mask = _tile(tl.program_id(0), tl.program_id(1), n_rows, n_in, BLOCK_N, BLOCK_I)
@@ -114,7 +114,7 @@ def basis_kernel(
     out_ptrs = out_ptr + rows[:, None] * (slots * n_in) + cols[None, :]
     out_dtype = out_ptr.dtype.element_ty
     if ACT:
-        act = x / (1.0 + tl.exp(-x))
+        act = x / (1.0 + tl.exp(-x)) * act_scale
         if out_dtype.primitive_bitwidth < 32:
             act = act.to(tl.float32)
         tl.store(out_ptrs, act.to(out_dtype), mask=mask)
@@ -128,6 +128,7 @@ def basis_kernel(
         value = tl.zeros_like(x)
         for r in tl.static_range(ORDER + 1):
             value = tl.where(first + r == c, vals[r], value)
+        value = value * basis_scale
         if out_dtype.primitive_bitwidth < 32:  # float64 -> bfloat16 in one cast gives zeros
             value = value.to(tl.float32)  # under Triton's interpreter; go through float32
         tl.store(out_ptrs + c * n_in, value.to(out_dtype), mask=mask)

@@ -94,18 +94,19 @@ def dense_basis(
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], n_cols, x.shape[1], device=x.device, dtype=dtype)
-    _launch("basis_kernel", x, grid, order, x, grid, out, out, 0.0, ACT=False, COUNT=False)
+    no_act = dict(ACT=False, COUNT=False)
+    _launch("basis_kernel", x, grid, order, x, grid, out, out, 1.0, 1.0, 0.0, **no_act)
     return out
 
 
 def layer_operand(
     x: torch.Tensor, grid: torch.Tensor, order: int, dtype: torch.dtype,
-    outside: torch.Tensor | None = None,
+    scale_base: float, scale_spline: float, outside: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """x (N, in) -> (N, (1+G+k)*in) in `dtype`, a row being silu(x) then B(x) in the (basis
-    function, input) order of `spline_weight.flatten(1)`: both branches' matmul operand side by
-    side. `outside` (a float32 scalar tensor), when given, is set to the share of x outside the
-    grid range in the same launch."""
+    """x (N, in) -> (N, (1+G+k)*in) in `dtype`, a row being scale_base * silu(x) then
+    scale_spline * B(x) in the (basis function, input) order of `spline_weight.flatten(1)`: both
+    branches' matmul operand side by side. `outside` (a float32 scalar tensor), when given, is
+    set to the share of x outside the grid range in the same launch."""
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], (1 + n_cols) * x.shape[1], device=x.device, dtype=dtype)
@@ -114,7 +115,7 @@ def layer_operand(
         outside.zero_()
     _launch(
         "basis_kernel", x, grid, order, x, grid, out, outside if count else out,
-        1.0 / max(x.numel(), 1), ACT=True, COUNT=count,
+        scale_base, scale_spline, 1.0 / max(x.numel(), 1), ACT=True, COUNT=count,
     )  # fmt: skip
     return out
 

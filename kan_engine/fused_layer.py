@@ -39,14 +39,17 @@ def _rows(n: int, per_chunk: int) -> list[slice]:
 
 
 class FusedKAN(torch.autograd.Function):
-    """out = scale_base * silu(x) @ W_b^T + scale_spline * B(x) @ C^T, saving only x.
+    """out = scale_base * silu(x) @ W_b^T + scale_spline * B(x) @ C^T, saving only x (and the
+    joined weight, which is the weights' size).
 
     `cdt` is the matmul dtype (the autocast dtype under autocast), in which `out` is returned;
-    the operand is built from x in its own dtype (float32 or float64) and stored in `cdt`; the
-    scales are the matmuls' alpha and beta, so the operand holds true values and its column
-    sums are the regulariser's statistics. `outside`, a float32 scalar buffer or None, receives
-    the share of x outside the grid range (training). With `want_stats` two more outputs, not
-    differentiable: mean |silu(x)| (in,) and the basis's column means ((G+k)*in,), float32.
+    the operand is built from x in its own dtype (float32 or float64), scales included, and
+    stored in `cdt`. The two weights are joined into one (out, (1+G+k)*in) matrix, so that each
+    direction's product is one matmul: one in forward, two in backward (dL/dW, dL/dOperand);
+    the weights' gradients are views of dL/dW (autograd lays them out as the weights). `outside`,
+    a float32 scalar buffer or None, receives the share of x outside the grid range (training).
+    With `want_stats` two more outputs, not differentiable: mean |silu(x)| (in,) and the basis's
+    column means ((G+k)*in,), float32, for the regulariser.
     """
 
     @staticmethod
@@ -65,19 +68,23 @@ class FusedKAN(torch.autograd.Function):
         want_stats: bool,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, n_in = x.shape
-        wb = as_dtype(base_weight, cdt)  # (out, in)
-        ws = as_dtype(spline_weight, cdt).flatten(1)  # (out, (G+k)*in)
+        n_out = base_weight.shape[0]
+        weight = torch.cat(
+            [as_dtype(base_weight, cdt), as_dtype(spline_weight, cdt).view(n_out, -1)], 1
+        ).t()  # ((1+G+k)*in, out)
         chunks = _rows(n, rows_per_chunk)
         single = len(chunks) == 1
-        out = torch.empty(n, wb.shape[0], device=x.device, dtype=cdt)
+        out = None if single else torch.empty(n, n_out, device=x.device, dtype=cdt)
         sums = None
         for rows in chunks:
             flat = fused_basis.layer_operand(
-                x if single else x[rows], grid, order, cdt, outside if single else None
-            )  # (n, (1+G+k)*in)
-            part = out if single else out[rows]
-            torch.mm(flat[:, :n_in], wb.t(), out=part)
-            part.addmm_(flat[:, n_in:], ws.t(), beta=scale_base, alpha=scale_spline)
+                x if single else x[rows], grid, order, cdt, scale_base, scale_spline,
+                outside if single else None,
+            )  # (n, (1+G+k)*in)  # fmt: skip
+            if single:
+                out = torch.mm(flat, weight)
+            else:
+                torch.mm(flat, weight, out=out[rows])
             if want_stats:
                 chunk_sums = torch.cat([flat[:, :n_in].abs().sum(0, dtype=torch.float32),
                                         flat[:, n_in:].sum(0, dtype=torch.float32)])  # fmt: skip
@@ -85,12 +92,13 @@ class FusedKAN(torch.autograd.Function):
         if not single and outside is not None:  # the share of the whole batch
             low, high = grid[:, order], grid[:, -order - 1]
             torch.mean(torch.logical_or(x < low, x >= high), dtype=torch.float32, out=outside)
-        ctx.save_for_backward(x, base_weight, spline_weight, grid)
+        ctx.save_for_backward(x, weight, grid)
         ctx.config = (order, cdt, scale_base, scale_spline, rows_per_chunk)
+        ctx.weight_dtypes = (base_weight.dtype, spline_weight.dtype, spline_weight.shape)
         if not want_stats:
             return out
-        means = sums / max(n, 1)
-        act_mean, basis_mean = means[:n_in], means[n_in:]
+        act_mean = _unscaled(sums[:n_in], abs(scale_base), n)  # sums of |scale * silu|
+        basis_mean = _unscaled(sums[n_in:], scale_spline, n)
         ctx.mark_non_differentiable(act_mean, basis_mean)
         ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
         return out, act_mean, basis_mean
@@ -99,36 +107,38 @@ class FusedKAN(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, *_grad_stats: None
     ) -> tuple[torch.Tensor | None, ...]:
-        x, base_weight, spline_weight, grid = ctx.saved_tensors
+        x, weight, grid = ctx.saved_tensors
         order, cdt, scale_base, scale_spline, rows_per_chunk = ctx.config
+        base_dtype, spline_dtype, spline_shape = ctx.weight_dtypes
         need_x, need_wb, need_ws = ctx.needs_input_grad[:3]
         n, n_in = x.shape
         g = as_dtype(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
-        wb = as_dtype(base_weight, cdt)
-        ws = as_dtype(spline_weight, cdt).flatten(1)
         grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype) if need_x else None
-        grad_wb = grad_ws = None
+        grad_w = None
         for rows in _rows(n, rows_per_chunk):
             whole = rows == slice(None)
             part, g_part = (x, g) if whole else (x[rows], g[rows])
             if need_wb or need_ws:
-                flat = fused_basis.layer_operand(part, grid, order, cdt)
-                g_t = g_part.t()
-                if need_wb:
-                    grad_wb = _accumulate(grad_wb, g_t, flat[:, :n_in])
-                if need_ws:
-                    grad_ws = _accumulate(grad_ws, g_t, flat[:, n_in:])
+                flat = fused_basis.layer_operand(part, grid, order, cdt, scale_base, scale_spline)
+                grad_w = _accumulate(grad_w, g_part.t(), flat)  # (out, (1+G+k)*in)
                 del flat  # one operand alive at a time
             if need_x:
+                grad_flat = torch.mm(g_part, weight.t())  # (n, (1+G+k)*in)
                 fused_basis.input_grad(
-                    torch.mm(g_part, ws), part, grid, order, scale_spline,
-                    grad_x if whole else grad_x[rows], torch.mm(g_part, wb), scale_base,
+                    grad_flat[:, n_in:], part, grid, order, scale_spline,
+                    grad_x if whole else grad_x[rows], grad_flat[:, :n_in], scale_base,
                 )  # fmt: skip
-        if grad_wb is not None:
-            grad_wb = _finish(grad_wb, scale_base, base_weight.dtype)
-        if grad_ws is not None:
-            grad_ws = _finish(grad_ws, scale_spline, spline_weight.dtype).view(spline_weight.shape)
+        grad_wb = as_dtype(grad_w[:, :n_in], base_dtype) if need_wb else None
+        grad_ws = as_dtype(grad_w[:, n_in:], spline_dtype).view(spline_shape) if need_ws else None
         return grad_x, grad_wb, grad_ws, *(None,) * 8
+
+
+def _unscaled(sums: torch.Tensor, scale: float, n: int) -> torch.Tensor:
+    """Column means of the true values from the sums over n rows of scale * values; a branch
+    with scale 0 contributes nothing to the regulariser, so its (undefined) means are zeros."""
+    if scale == 0.0:
+        return torch.zeros_like(sums)
+    return sums / (scale * max(n, 1))
 
 
 def _accumulate(
@@ -141,10 +151,3 @@ def _accumulate(
         return part
     total = as_dtype(total, torch.promote_types(total.dtype, torch.float32))
     return total.add_(part)
-
-
-def _finish(grad: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """A weight's gradient from g^T @ operand: times its branch's scale, in the weight's dtype
-    (the scale skipped where it is 1: host time)."""
-    grad = as_dtype(grad, torch.promote_types(grad.dtype, dtype))
-    return as_dtype(grad if scale == 1.0 else grad * scale, dtype)

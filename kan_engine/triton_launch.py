@@ -9,9 +9,10 @@ specialises on (each tensor's dtype and 16-byte alignment, each integer's equali
 divisibility by 16 and its width, the constexprs) and calls its launcher directly.
 
 The first call of a key goes through Triton (which compiles); later calls do what Triton's
-`JITFunction.run` does after its look-up, for the Triton versions whose `run` passes every
-bound argument to the launcher (3.2 on; older ones, the interpreter, or launch hooks installed
-by a profiler take Triton's own path every time).
+`JITFunction.run` does after its look-up (no launch metadata: nothing asks for it while the
+hooks are empty), for the Triton versions whose `run` passes every bound argument to the
+launcher (3.2 on; older ones, the interpreter, or launch hooks installed by a profiler take
+Triton's own path every time).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def launch(
     num_warps: int, interpreting: bool,
 ) -> None:  # fmt: skip
     """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can."""
-    if interpreting or not _direct_supported() or _hooks_installed():
+    hooks = None if interpreting or not _direct_supported() else _launch_hooks()
+    if hooks is None:
         kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
     device = torch.cuda.current_device()  # where Triton itself launches
@@ -47,8 +49,8 @@ def launch(
     compiled, constants = entry
     stream = torch.cuda.current_stream(device).cuda_stream
     compiled.run(
-        grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None,
-        None, *args, *constants,
+        grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, *hooks,
+        *args, *constants,
     )  # fmt: skip
 
 
@@ -74,12 +76,18 @@ def _direct_supported() -> bool:
     return version >= MIN_VERSION
 
 
-def _hooks_installed() -> bool:
-    """Whether a profiler has set Triton's launch hooks (then each launch must call them)."""
+def _launch_hooks() -> tuple[Any, Any] | None:
+    """Triton's launch hooks as its own launch passes them, or None while a profiler has put
+    a hook in (then every launch goes through Triton, which builds the hooks' metadata).
+    Since Triton 3.4 they are chains (`knobs.HookChain`, empty unless something was added),
+    before that class attributes of `CompiledKernel`, None unless set."""
     try:
         from triton import knobs
 
         runtime: Any = knobs.runtime
-    except ImportError:  # before Triton 3.4 the hooks were class attributes
+    except ImportError:
         from triton.compiler import CompiledKernel as runtime
-    return runtime.launch_enter_hook is not None or runtime.launch_exit_hook is not None
+    hooks = runtime.launch_enter_hook, runtime.launch_exit_hook
+    if any(hook is not None and getattr(hook, "calls", True) for hook in hooks):
+        return None
+    return hooks
