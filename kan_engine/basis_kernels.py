@@ -136,20 +136,23 @@ def basis_kernel(
 
 @triton.jit
 def input_grad_kernel(
-    grad_ptr, grad_act_ptr, x_ptr, grid_ptr, out_ptr, scale, act_scale, n_rows, n_in,
+    grad_ptr, grad_act_ptr, x_ptr, grid_ptr, out_ptr, scale, act_scale, grad_stride,
+    act_stride, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr,
 ):  # fmt: skip
     """dL/dB (N, G+k, in), x (N, in), grid -> dL/dx (N, in) = scale * sum_c dL/dB_c B_c'(x);
     with ACT, plus act_scale * silu'(x) * dL/dact, dL/dact (N, in) at grad_act_ptr: the
-    gradient of both of the layer's branches in one pass."""
+    gradient of both of the layer's branches in one pass. Rows of dL/dB and dL/dact are
+    `grad_stride` and `act_stride` elements apart, so both can be column blocks of one
+    (N, (1+G+k)*in) gradient of the layer's operand."""
     rows, cols, mask = _tile(tl.program_id(0), tl.program_id(1), n_rows, n_in, BLOCK_N, BLOCK_I)
     offsets = rows[:, None] * n_in + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     row_ptr = grid_ptr + (cols * N_KNOTS)[None, :]
     first, _, slopes = _local(x, row_ptr, mask, ORDER, N_KNOTS, SEARCH_STEPS, True)
     n_cols: tl.constexpr = N_KNOTS - 1 - ORDER
-    grad_ptrs = grad_ptr + rows[:, None] * (n_cols * n_in) + cols[None, :]
+    grad_ptrs = grad_ptr + rows[:, None] * grad_stride + cols[None, :]
     total = tl.zeros_like(x)
     for r in tl.static_range(ORDER + 1):
         column = first + r
@@ -158,7 +161,8 @@ def input_grad_kernel(
         total += grad.to(x.dtype) * slopes[r]
     total = total * scale
     if ACT:
-        grad_act = tl.load(grad_act_ptr + offsets, mask=mask, other=0.0).to(x.dtype)
+        act_ptrs = grad_act_ptr + rows[:, None] * act_stride + cols[None, :]
+        grad_act = tl.load(act_ptrs, mask=mask, other=0.0).to(x.dtype)
         sig = 1.0 / (1.0 + tl.exp(-x))
         total += grad_act * (sig * (1.0 + x * (1.0 - sig))) * act_scale
     tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=mask)

@@ -107,7 +107,7 @@ def layer_operand(
     scale_spline * B(x) in the (basis function, input) order of `spline_weight.flatten(1)`: both
     branches' matmul operand side by side. `outside` (a float32 scalar tensor), when given, is
     set to the share of x outside the grid range in the same launch."""
-    x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
+    x, grid = _dense(x), _dense(grid.to(x.dtype))
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], (1 + n_cols) * x.shape[1], device=x.device, dtype=dtype)
     count = outside is not None
@@ -130,17 +130,31 @@ def input_grad(
     grad_act: torch.Tensor | None = None,
     act_scale: float = 1.0,
 ) -> torch.Tensor:
-    """scale * dL/dx (N, in) from dL/dB (N, G+k, in), for the basis of `dense_basis`; written
-    into `out` (contiguous (N, in), e.g. a row slice of the whole gradient) when given. With
-    `grad_act` (N, in), dL/d(silu(x)), its share act_scale * silu'(x) * grad_act is added: the
-    input gradient of `layer_operand`'s two slots."""
-    x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
+    """scale * dL/dx (N, in) from dL/dB (N, G+k, in) or (N, (G+k)*in), for the basis of
+    `dense_basis`; written into `out` (contiguous (N, in), e.g. a row slice of the whole
+    gradient) when given. With `grad_act` (N, in), dL/d(silu(x)), its share act_scale *
+    silu'(x) * grad_act is added: the input gradient of `layer_operand`'s two slots. Both
+    gradients are read in place where their rows are dense (column blocks of one buffer)."""
+    x, grid = _dense(x), _dense(grid.to(x.dtype))
     out = torch.empty_like(x) if out is None else out
     if not out.is_contiguous() or out.shape != x.shape:
         raise ValueError(f"input_grad: out must be contiguous {tuple(x.shape)}")
+    grad_basis = _dense_rows(grad_basis.reshape(x.shape[0], -1))
     act = grad_act is not None
+    grad_act = _dense_rows(grad_act) if act else x
     _launch(
-        "input_grad_kernel", x, grid, order, grad_basis.contiguous(),
-        grad_act.contiguous() if act else x, x, grid, out, scale, act_scale, ACT=act,
+        "input_grad_kernel", x, grid, order, grad_basis, grad_act, x, grid, out, scale,
+        act_scale, grad_basis.stride(0), grad_act.stride(0), ACT=act,
     )  # fmt: skip
     return out
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t, contiguous (the check costs no dispatch, unlike `contiguous()`: host time)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _dense_rows(t: torch.Tensor) -> torch.Tensor:
+    """A 2-D t whose columns are adjacent in memory, as is (rows may be further apart), or a
+    contiguous copy."""
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous()
