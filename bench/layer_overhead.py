@@ -15,6 +15,10 @@ first, as `zero_grad` does):
 * host/graph (CUDA): how many times the GPU work the host time is; above 1 the eager layer is
   bound by the host.
 
+`--layers` adds floors measured the same way: `linear` (nn.Linear: three matmuls, autograd's
+C++ nodes) and `python-linear` (the same matmuls in a torch.autograd.Function, whose backward
+is Python, as ours is: the least any layer with a Python backward costs here).
+
 Medians over `--steps` steps, the best of `--repeats` rounds (background load only slows).
 
     python3 bench/layer_overhead.py --device cuda
@@ -35,6 +39,26 @@ from kan_engine.kan import KANLinear
 CUDA_SHAPES = ("1024x784x256", "256x256x256", "64x64x64", "900x2x1")
 CPU_SHAPES = ("900x2x1", "64x64x64", "256x256x256")
 FUSED = {"auto": None, "on": True, "off": False}
+LAYERS = ("kan", "linear", "python-linear")
+
+
+class _PythonLinear(torch.autograd.Function):
+    """x @ W^T with the backward in Python: the host-time floor of a custom autograd node."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return torch.mm(x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        return torch.mm(grad, weight), torch.mm(grad.t(), x)
+
+
+class PythonLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _PythonLinear.apply(x, self.weight)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -52,12 +76,18 @@ def sync(device: torch.device) -> None:
 
 
 def make_step(
-    shape: tuple[int, int, int], args: argparse.Namespace, device: torch.device, backward: bool
-) -> Callable[[], None]:
+    shape: tuple[int, int, int], args: argparse.Namespace, device: torch.device, backward: bool,
+    kind: str = "kan",
+) -> Callable[[], None]:  # fmt: skip
     """One training forward of a fresh layer at `shape` (and its backward when `backward`)."""
     n, i, o = shape
     dtype = getattr(torch, args.dtype)
-    layer = KANLinear(i, o, device=device, dtype=dtype, fused=FUSED[args.fused])
+    layer: torch.nn.Module
+    if kind == "kan":
+        layer = KANLinear(i, o, device=device, dtype=dtype, fused=FUSED[args.fused])
+    else:
+        floor = torch.nn.Linear if kind == "linear" else PythonLinear
+        layer = floor(i, o, bias=False, device=device, dtype=dtype)
     layer.train()
     x = (torch.rand(n, i, device=device, dtype=dtype) * 2 - 1).requires_grad_(args.input_grad)
     grad = torch.randn(n, o, device=device, dtype=dtype)
@@ -109,14 +139,14 @@ def timed(run: Callable[[], None], device: torch.device, args: argparse.Namespac
     return best
 
 
-def measure(shape: str, args: argparse.Namespace, device: torch.device) -> list[str]:
-    """The printed rows of one shape: fwd and fwd+bwd."""
+def measure(shape: str, args: argparse.Namespace, device: torch.device, kind: str) -> list[str]:
+    """The printed rows of one shape and layer: fwd and fwd+bwd."""
     cuda = device.type == "cuda"
     rows = []
     for mode, backward in (("fwd", False), ("fwd+bwd", True)):
-        step = make_step(parse_shape(shape), args, device, backward)
+        step = make_step(parse_shape(shape), args, device, backward, kind)
         host = timed(step, device, args, wait=False)
-        cells = [f"{shape:>14} {mode:>8} {host:9.1f}"]
+        cells = [f"{shape:>14} {kind:>13} {mode:>8} {host:9.1f}"]
         if cuda:
             eager = timed(step, device, args, wait=True)
             graph = timed(graphed(step, device), device, args, wait=True)
@@ -147,7 +177,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds; the best median counts")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable)")
+    parser.add_argument(
+        "--layers", default="kan", help=f"comma-separated, of {', '.join(LAYERS)} (default kan)"
+    )
     args = parser.parse_args()
+    kinds = args.layers.split(",")
+    if unknown := sorted(set(kinds) - set(LAYERS)):
+        parser.error(f"--layers: unknown {', '.join(unknown)} (known: {', '.join(LAYERS)})")
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -161,13 +197,14 @@ def main() -> None:
         f"{'on' if args.input_grad else 'off'}; µs, median of {args.steps} steps, best of "
         f"{args.repeats}; torch {torch.__version__}"
     )
-    header = f"{'shape':>14} {'mode':>8} {'host':>9}"
+    header = f"{'shape':>14} {'layer':>13} {'mode':>8} {'host':>9}"
     if cuda:
         header += f" {'eager':>9} {'graph':>9} {'host/graph':>10}"
     print(header)
     for shape in shapes:
-        for row in measure(shape, args, device):
-            print(row, flush=True)
+        for kind in kinds:
+            for row in measure(shape, args, device, kind):
+                print(row, flush=True)
 
 
 if __name__ == "__main__":
