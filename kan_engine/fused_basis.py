@@ -66,8 +66,9 @@ def _launch(
     *args: torch.Tensor | float, **flags: bool,
 ) -> None:  # fmt: skip
     """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles; `args` lead its list,
-    `flags` are its boolean constexprs (ACT, COUNT)."""
-    if not runnable(x.device):
+    `flags` are its boolean constexprs (ACT, COUNT), in its order."""
+    interpreting = not x.is_cuda
+    if interpreting and not runnable(x.device):
         raise RuntimeError(
             f"fused B-spline kernels need CUDA with Triton (x is on {x.device}; "
             f"{DISABLE_ENV}={os.environ.get(DISABLE_ENV, '1')})"
@@ -76,15 +77,21 @@ def _launch(
 
     n, n_in = x.shape
     n_knots = grid.shape[1]
-    steps = max(1, math.ceil(math.log2(n_knots - 1)))
     launch_grid = (-(-n // BLOCK_N), -(-n_in // BLOCK_I))  # ceil divisions
     constexprs = dict(
-        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I, **flags
-    )
+        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=_search_steps(n_knots), BLOCK_N=BLOCK_N,
+        BLOCK_I=BLOCK_I, **flags,
+    )  # fmt: skip
     triton_launch.launch(
         getattr(basis_kernels, kernel_name), launch_grid, (*args, n, n_in), constexprs,
-        NUM_WARPS, _interpreting(),
+        NUM_WARPS, interpreting or _interpreting(),
     )  # fmt: skip
+
+
+@functools.cache
+def _search_steps(n_knots: int) -> int:
+    """Binary-search steps that find any of a row's n_knots - 1 intervals."""
+    return max(1, math.ceil(math.log2(n_knots - 1)))
 
 
 def dense_basis(

@@ -9,10 +9,10 @@ specialises on (each tensor's dtype and 16-byte alignment, each integer's equali
 divisibility by 16 and its width, the constexprs) and calls its launcher directly.
 
 The first call of a key goes through Triton (which compiles); later calls do what Triton's
-`JITFunction.run` does after its look-up (no launch metadata: nothing asks for it while the
-hooks are empty), for the Triton versions whose `run` passes every bound argument to the
-launcher (3.2 on; older ones, the interpreter, or launch hooks installed by a profiler take
-Triton's own path every time).
+`JITFunction.run` does after its look-up (every bound argument to the launcher, constexprs
+included, and no launch metadata: nothing asks for it while the hooks are empty), from Triton
+3.4 on (its `knobs`); older versions, the interpreter, or launch hooks installed by a
+profiler take Triton's own path every time.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import torch
 
 __all__ = ["launch"]
 
-MIN_VERSION = (3, 2)
-
 _COMPILED: dict[tuple[Any, ...], Any] = {}
 
 
@@ -33,24 +31,22 @@ def launch(
     kernel: Any, grid: tuple[int, int], args: tuple[Any, ...], constexprs: dict[str, Any],
     num_warps: int, interpreting: bool,
 ) -> None:  # fmt: skip
-    """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can."""
-    hooks = None if interpreting or not _direct_supported() else _launch_hooks()
+    """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can.
+    `constexprs` in the kernel's order, after its other arguments (`args`)."""
+    hooks = None if interpreting else _launch_hooks()
     if hooks is None:
         kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
     device = torch.cuda.current_device()  # where Triton itself launches
-    key = (kernel, device, num_warps, *map(_spec, args), *constexprs.items())
-    entry = _COMPILED.get(key)
-    if entry is None:
-        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
-        # the launcher takes every argument in the kernel's order, constexprs included
-        _COMPILED[key] = (compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]])
+    constants = tuple(constexprs.values())
+    key = (kernel, device, num_warps, constants, _signature(args))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
-    compiled, constants = entry
-    stream = _raw_stream(device)
     compiled.run(
-        grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, *hooks,
-        *args, *constants,
+        grid[0], grid[1], 1, _raw_stream(device), compiled.function, compiled.packed_metadata,
+        None, *hooks, *args, *constants,
     )  # fmt: skip
 
 
@@ -61,39 +57,40 @@ def _raw_stream(device: int) -> int:
     return read(device) if read is not None else torch.cuda.current_stream(device).cuda_stream
 
 
-def _spec(arg: Any) -> tuple[Any, ...]:
-    """What Triton's specialisation of one argument depends on."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.device.index, arg.data_ptr() % 16 == 0
-    if isinstance(arg, bool):
-        return (bool, arg)
-    if isinstance(arg, int):
-        return int, arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
-    return (type(arg),)
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What Triton's specialisation of the arguments depends on: each tensor's dtype and
+    16-byte alignment; each integer's equality to 1, divisibility by 16 and width."""
+    return tuple(
+        [
+            (a.dtype, a.data_ptr() % 16 == 0)
+            if isinstance(a, torch.Tensor)
+            else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
+            if isinstance(a, int)
+            else None
+            for a in args
+        ]
+    )
 
 
 @functools.cache
-def _direct_supported() -> bool:
-    import triton
-
+def _knobs_runtime() -> Any:
+    """Triton's runtime knobs (3.4 on), or None: older versions keep the hooks elsewhere and
+    pass the launcher other arguments, so they get Triton's own launch."""
     try:
-        version = tuple(int(part) for part in triton.__version__.split(".")[:2])
-    except ValueError:
-        return False
-    return version >= MIN_VERSION
+        from triton import knobs
+    except ImportError:
+        return None
+    return knobs.runtime
 
 
 def _launch_hooks() -> tuple[Any, Any] | None:
     """Triton's launch hooks as its own launch passes them, or None while a profiler has put
-    a hook in (then every launch goes through Triton, which builds the hooks' metadata).
-    Since Triton 3.4 they are chains (`knobs.HookChain`, empty unless something was added),
-    before that class attributes of `CompiledKernel`, None unless set."""
-    try:
-        from triton import knobs
-
-        runtime: Any = knobs.runtime
-    except ImportError:
-        from triton.compiler import CompiledKernel as runtime
+    a hook in (then every launch goes through Triton, which builds the hooks' metadata) or
+    where the direct launch is not supported. The hooks are chains (`knobs.HookChain`), empty
+    unless something was added; anything else set there counts as a hook."""
+    runtime = _knobs_runtime()
+    if runtime is None:
+        return None
     hooks = runtime.launch_enter_hook, runtime.launch_exit_hook
     if any(hook is not None and getattr(hook, "calls", True) for hook in hooks):
         return None

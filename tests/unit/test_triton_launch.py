@@ -58,17 +58,10 @@ def test_the_fused_layer_on_cuda_equals_the_reference_after_many_calls() -> None
 def test_the_key_separates_what_triton_specialises_on() -> None:
     """Alignment, dtype, integers equal to 1 or divisible by 16 each compile their own kernel."""
     t = torch.zeros(8)
-    keys = {
-        triton_launch._spec(t),
-        triton_launch._spec(t[1:]),  # 4 bytes off: not 16-byte aligned
-        triton_launch._spec(t.double()),
-        triton_launch._spec(1),
-        triton_launch._spec(16),
-        triton_launch._spec(17),
-        triton_launch._spec(2**40),
-    }
-    assert len(keys) == 7
-    assert triton_launch._spec(18) == triton_launch._spec(17)
+    cases = [t, t[1:], t.double(), 1, 16, 17, 2**40]  # t[1:]: 4 bytes off, not 16-aligned
+    keys = {triton_launch._signature((case,)) for case in cases}
+    assert len(keys) == len(cases)
+    assert triton_launch._signature((18, 0.5)) == triton_launch._signature((17, 2.0))
 
 
 def test_a_profiler_hook_sends_every_launch_through_triton() -> None:
