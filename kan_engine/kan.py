@@ -27,7 +27,11 @@ Two code paths compute the same function (their bases are in `kan_engine.basis`)
   to `chunk_size` rows in forward and backward.
 
 On CUDA the fast path's basis and input gradient are Triton kernels (`fused_basis`) around cuBLAS
-matmuls; `basis_gemm=True` (or KAN_TUI_BASIS_GEMM=1) replaces that fused route by the matmuls of
+matmuls; with the SiLU base (always, in the product) the whole layer is one autograd node of
+`fused_layer` (both branches' operand from one kernel, one matmul per product), which at small
+shapes, where the eager layer is bound by the host, costs about half the host time of the
+two-node route (`_SplineLinear` beside autograd's SiLU and linear) that other activations take;
+`basis_gemm=True` (or KAN_TUI_BASIS_GEMM=1) replaces that fused route by the matmuls of
 `basis_gemm`, which generate the basis in their operand loads and never store it (opt-in until
 it is timed on a GPU).
 """
