@@ -11,8 +11,8 @@ divisibility by 16 and its width, the constexprs) and calls its launcher directl
 The first call of a key goes through Triton (which compiles); later calls do what Triton's
 `JITFunction.run` does after its look-up (every bound argument to the launcher, constexprs
 included, and no launch metadata: nothing asks for it while the hooks are empty), from Triton
-3.4 on (its `knobs`); older versions, the interpreter, or launch hooks installed by a
-profiler take Triton's own path every time.
+3.4 on (its `knobs`); older versions, the interpreter, a torch.compile trace or launch hooks
+installed by a profiler take Triton's own path every time.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def launch(
 ) -> None:  # fmt: skip
     """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can.
     `constexprs` in the kernel's order, after its other arguments (`args`)."""
-    hooks = None if interpreting else _launch_hooks()
-    if hooks is None:
+    hooks = None if interpreting or torch.compiler.is_compiling() else _launch_hooks()
+    if hooks is None:  # Triton's own launch (which torch.compile also knows how to trace)
         kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
     device = torch.cuda.current_device()  # where Triton itself launches
