@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
 
 import torch
@@ -76,22 +75,18 @@ def _launch(
     from kan_engine import basis_kernels  # imports triton: only once it is known to be there
 
     n, n_in = x.shape
-    n_knots = grid.shape[1]
+    n_knots = int(grid.shape[1])  # a constexpr: a plain int even while torch.compile traces
     launch_grid = (-(-n // BLOCK_N), -(-n_in // BLOCK_I))  # ceil divisions
+    # binary-search steps that find any of the n_knots - 1 intervals: ceil(log2(n_knots - 1))
+    steps = max(1, (n_knots - 2).bit_length())
     constexprs = dict(
-        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=_search_steps(n_knots), BLOCK_N=BLOCK_N,
-        BLOCK_I=BLOCK_I, **flags,
+        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I,
+        **flags,
     )  # fmt: skip
     triton_launch.launch(
         getattr(basis_kernels, kernel_name), launch_grid, (*args, n, n_in), constexprs,
         NUM_WARPS, interpreting or _interpreting(),
     )  # fmt: skip
-
-
-@functools.cache
-def _search_steps(n_knots: int) -> int:
-    """Binary-search steps that find any of a row's n_knots - 1 intervals."""
-    return max(1, math.ceil(math.log2(n_knots - 1)))
 
 
 def dense_basis(
