@@ -498,16 +498,12 @@ class KANLinear(nn.Module):
                 self._reg_stats = (act.abs().mean(0, dtype=torch.float32), basis_mean.float())
         return out if batch_2d else out.reshape(*shape[:-1], self.out_features)
 
-    @torch.compiler.disable
     def _fused_forward(
         self, x: torch.Tensor, base_weight: torch.Tensor, spline_weight: torch.Tensor,
         cdt: torch.dtype, track: bool,
     ) -> torch.Tensor:  # fmt: skip
         """The GPU's route (`fused_layer`): the whole layer, SiLU branch, outside-grid share
-        and the regulariser's statistics included, in one autograd node. Run as it is under
-        torch.compile (`train.compile`): its kernels are hand-written already, and Inductor's
-        relaunch of them passed a float argument of 1.0 where its launcher wanted an int
-        (TypeError on the H200, sessions 7 and 8); the rest of the model is still compiled."""
+        and the regulariser's statistics included, in one autograd node."""
         work = torch.promote_types(x.dtype, torch.float32)
         n_cols = self.grid_size + self.spline_order
         row_bytes = operand_row_bytes(self.in_features, n_cols, cdt)
