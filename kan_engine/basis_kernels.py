@@ -96,15 +96,20 @@ def _tile(pid_n, pid_i, n_rows, n_in, BLOCK_N: tl.constexpr, BLOCK_I: tl.constex
 
 @triton.jit
 def basis_kernel(
-    x_ptr, grid_ptr, out_ptr, outside_ptr, act_scale, basis_scale, inv_count, n_rows, n_in,
+    x_ptr, grid_ptr, out_ptr, outside_ptr, n_total, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr, COUNT: tl.constexpr,
+    ACT_SCALE: tl.constexpr, BASIS_SCALE: tl.constexpr,
 ):  # fmt: skip
-    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in) = basis_scale * B(x), every entry
-    written. With ACT, out is (N, 1+G+k, in) and its first slot holds act_scale * silu(x): the
+    """x (N, in), grid (in, N_KNOTS) -> out (N, G+k, in) = BASIS_SCALE * B(x), every entry
+    written. With ACT, out is (N, 1+G+k, in) and its first slot holds ACT_SCALE * silu(x): the
     whole layer's matmul operand, so one launch makes both branches' inputs. With COUNT, the
     share of inputs outside the grid range (x < t_k or x >= t_{M-k}) is added to *outside_ptr
-    (inv_count = 1 / x.numel()): the trainer's monitoring statistic at no extra pass over x."""
+    (n_total = x.numel()): the trainer's monitoring statistic at no extra pass over x.
+
+    The scales are constexprs (a layer has one pair: one compile), not float arguments: under
+    torch.compile, Inductor relaunches user kernels and took a float argument of 1.0 for an
+    integer (TypeError on the H200, torch 2.11)."""
     rows, cols, mask = _tile(tl.program_id(0), tl.program_id(1), n_rows, n_in, BLOCK_N, BLOCK_I)
     x = tl.load(x_ptr + rows[:, None] * n_in + cols[None, :], mask=mask, other=0.0)
     row_ptr = grid_ptr + (cols * N_KNOTS)[None, :]
@@ -114,7 +119,7 @@ def basis_kernel(
     out_ptrs = out_ptr + rows[:, None] * (slots * n_in) + cols[None, :]
     out_dtype = out_ptr.dtype.element_ty
     if ACT:
-        act = x / (1.0 + tl.exp(-x)) * act_scale
+        act = x / (1.0 + tl.exp(-x)) * ACT_SCALE
         if out_dtype.primitive_bitwidth < 32:
             act = act.to(tl.float32)
         tl.store(out_ptrs, act.to(out_dtype), mask=mask)
@@ -123,12 +128,12 @@ def basis_kernel(
         low = tl.load(row_ptr + ORDER, mask=mask, other=0.0)
         high = tl.load(row_ptr + (N_KNOTS - 1 - ORDER), mask=mask, other=0.0)
         outside = mask & ((x < low) | (x >= high))
-        tl.atomic_add(outside_ptr, tl.sum(tl.sum(outside.to(tl.float32), 1), 0) * inv_count)
+        tl.atomic_add(outside_ptr, tl.sum(tl.sum(outside.to(tl.float32), 1), 0) / n_total)
     for c in range(n_cols):
         value = tl.zeros_like(x)
         for r in tl.static_range(ORDER + 1):
             value = tl.where(first + r == c, vals[r], value)
-        value = value * basis_scale
+        value = value * BASIS_SCALE
         if out_dtype.primitive_bitwidth < 32:  # float64 -> bfloat16 in one cast gives zeros
             value = value.to(tl.float32)  # under Triton's interpreter; go through float32
         tl.store(out_ptrs + c * n_in, value.to(out_dtype), mask=mask)
@@ -136,13 +141,13 @@ def basis_kernel(
 
 @triton.jit
 def input_grad_kernel(
-    grad_ptr, grad_act_ptr, x_ptr, grid_ptr, out_ptr, scale, act_scale, grad_stride,
-    act_stride, n_rows, n_in,
+    grad_ptr, grad_act_ptr, x_ptr, grid_ptr, out_ptr, grad_stride, act_stride, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr,
+    SCALE: tl.constexpr, ACT_SCALE: tl.constexpr,
 ):  # fmt: skip
-    """dL/dB (N, G+k, in), x (N, in), grid -> dL/dx (N, in) = scale * sum_c dL/dB_c B_c'(x);
-    with ACT, plus act_scale * silu'(x) * dL/dact, dL/dact (N, in) at grad_act_ptr: the
+    """dL/dB (N, G+k, in), x (N, in), grid -> dL/dx (N, in) = SCALE * sum_c dL/dB_c B_c'(x);
+    with ACT, plus ACT_SCALE * silu'(x) * dL/dact, dL/dact (N, in) at grad_act_ptr: the
     gradient of both of the layer's branches in one pass. Rows of dL/dB and dL/dact are
     `grad_stride` and `act_stride` elements apart, so both can be column blocks of one
     (N, (1+G+k)*in) gradient of the layer's operand."""
@@ -159,10 +164,10 @@ def input_grad_kernel(
         real = mask & (column >= 0) & (column < n_cols)
         grad = tl.load(grad_ptrs + column * n_in, mask=real, other=0.0)
         total += grad.to(x.dtype) * slopes[r]
-    total = total * scale
+    total = total * SCALE
     if ACT:
         act_ptrs = grad_act_ptr + rows[:, None] * act_stride + cols[None, :]
         grad_act = tl.load(act_ptrs, mask=mask, other=0.0).to(x.dtype)
         sig = 1.0 / (1.0 + tl.exp(-x))
-        total += grad_act * (sig * (1.0 + x * (1.0 - sig))) * act_scale
+        total += grad_act * (sig * (1.0 + x * (1.0 - sig))) * ACT_SCALE
     tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=mask)

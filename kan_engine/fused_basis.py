@@ -62,10 +62,10 @@ def _interpreting() -> bool:
 
 def _launch(
     kernel_name: str, x: torch.Tensor, grid: torch.Tensor, order: int,
-    *args: torch.Tensor | float, **flags: bool,
+    *args: torch.Tensor | int, **flags: bool | float,
 ) -> None:  # fmt: skip
     """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles; `args` lead its list,
-    `flags` are its boolean constexprs (ACT, COUNT), in its order."""
+    `flags` are its other constexprs (ACT, COUNT, the scales)."""
     interpreting = not x.is_cuda
     if interpreting and not runnable(x.device):
         raise RuntimeError(
@@ -96,8 +96,8 @@ def dense_basis(
     x, grid = x.contiguous(), grid.to(x.dtype).contiguous()
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], n_cols, x.shape[1], device=x.device, dtype=dtype)
-    no_act = dict(ACT=False, COUNT=False)
-    _launch("basis_kernel", x, grid, order, x, grid, out, out, 1.0, 1.0, 0.0, **no_act)
+    plain = dict(ACT=False, COUNT=False, ACT_SCALE=1.0, BASIS_SCALE=1.0)
+    _launch("basis_kernel", x, grid, order, x, grid, out, out, 1, **plain)
     return out
 
 
@@ -117,7 +117,8 @@ def layer_operand(
         outside.zero_()
     _launch(
         "basis_kernel", x, grid, order, x, grid, out, outside if count else out,
-        scale_base, scale_spline, 1.0 / max(x.numel(), 1), ACT=True, COUNT=count,
+        max(x.numel(), 1), ACT=True, COUNT=count, ACT_SCALE=float(scale_base),
+        BASIS_SCALE=float(scale_spline),
     )  # fmt: skip
     return out
 
@@ -145,8 +146,9 @@ def input_grad(
     act = grad_act is not None
     grad_act = _dense_rows(grad_act) if act else x
     _launch(
-        "input_grad_kernel", x, grid, order, grad_basis, grad_act, x, grid, out, scale,
-        act_scale, grad_basis.stride(0), grad_act.stride(0), ACT=act,
+        "input_grad_kernel", x, grid, order, grad_basis, grad_act, x, grid, out,
+        grad_basis.stride(0), grad_act.stride(0), ACT=act, SCALE=float(scale),
+        ACT_SCALE=float(act_scale),
     )  # fmt: skip
     return out
 

@@ -31,19 +31,21 @@ def launch(
     kernel: Any, grid: tuple[int, int], args: tuple[Any, ...], constexprs: dict[str, Any],
     num_warps: int, interpreting: bool,
 ) -> None:  # fmt: skip
-    """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can.
-    `constexprs` in the kernel's order, after its other arguments (`args`)."""
+    """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can;
+    `args` are the kernel's leading arguments, `constexprs` the rest, by name."""
     hooks = None if interpreting or torch.compiler.is_compiling() else _launch_hooks()
     if hooks is None:  # Triton's own launch (which torch.compile also knows how to trace)
         kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
     device = torch.cuda.current_device()  # where Triton itself launches
-    constants = tuple(constexprs.values())
-    key = (kernel, device, num_warps, constants, _signature(args))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
+    key = (kernel, device, num_warps, *constexprs.items(), _signature(args))
+    entry = _COMPILED.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        # the launcher takes every argument in the kernel's order, constexprs included
+        _COMPILED[key] = (compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]])
         return
+    compiled, constants = entry
     compiled.run(
         grid[0], grid[1], 1, _raw_stream(device), compiled.function, compiled.packed_metadata,
         None, *hooks, *args, *constants,

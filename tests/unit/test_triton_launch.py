@@ -79,3 +79,20 @@ def test_a_profiler_hook_sends_every_launch_through_triton() -> None:
     finally:
         hook.remove(noting)
     assert triton_launch._launch_hooks() is not None
+
+
+@needs_cuda
+def test_the_fused_layer_runs_under_torch_compile() -> None:
+    """train.compile: Inductor relaunches the layer's kernels itself; same numbers as eager.
+    (A float argument of 1.0 once reached its launcher as an integer: TypeError.)"""
+    layer = KANLinear(40, 6, device="cuda", scale_base=2.5)
+    model = torch.nn.Sequential(torch.nn.LayerNorm(40, device="cuda"), layer)
+    x = torch.rand(32, 40, device="cuda") * 2 - 1
+    results = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad()
+        out = run(x)
+        out.square().sum().backward()
+        results.append((out.detach(), layer.spline_weight.grad.clone()))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
