@@ -26,6 +26,9 @@ Two code paths compute the same function (their bases are in `kan_engine.basis`)
   exact, so training never falls back to the slow path. `chunk_size` bounds the transient basis
   to `chunk_size` rows in forward and backward.
 
+On the CPU, in float32, the fast path's matmuls multiply only the k+1 non-zero basis values of
+each input (`spline_gather`, a C++ extension; its docstring says when it applies).
+
 On CUDA the fast path's basis and input gradient are Triton kernels (`fused_basis`) around cuBLAS
 matmuls; `basis_gemm=True` (or KAN_TUI_BASIS_GEMM=1) replaces that fused route by the matmuls of
 `basis_gemm`, which generate the basis in their operand loads and never store it (opt-in until
@@ -43,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kan_engine import basis_gemm, fused_basis
+from kan_engine import basis_gemm, fused_basis, spline_gather
 from kan_engine.basis import (
     as_dtype,
     basis_row_bytes,
@@ -464,6 +467,13 @@ class KANLinear(nn.Module):
                     x, base, flat_weight, self.grid, k, self._uniform, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
+            elif not fused and spline_gather.applies(
+                x, spline_weight, self.grid, cdt, k, self.chunk_size
+            ):
+                spline = spline_gather.SplineGather.apply(
+                    x, base, spline_weight, self.grid, k, self.scale_base, self.scale_spline, track
+                )
+                out, col_sum = spline if track else (spline, None)
             else:
                 spline = _SplineLinear.apply(
                     x, base, spline_weight, self.grid, k, self._uniform, fused, cdt,
