@@ -18,8 +18,8 @@ When the layer takes it (`applies`), and why not otherwise:
   route is about accuracy there, not speed), and so does autocast (the dense route's bfloat16
   GEMMs are what autocast asks for);
 * no explicit `chunk_size`: that asks for the dense route's row chunks, which bound the
-  transient memory by rows; this route's buffers are O(N * (in + out')) plus two weight-sized
-  ones (out' = out rounded up to 64), bounded but not by rows;
+  transient memory by rows; this route's buffers are O(N * (in + out')) (out' = out rounded up
+  to 64) plus the transposed weight, bounded but not by rows;
 * `KAN_TUI_GATHER=0` turns it off (A/B benchmarks), and it is off where the extension could not
   be built (`available()` says why): the layer then takes the dense route, same results.
 

@@ -11,7 +11,8 @@
 //
 // The inner loops run over contiguous outputs, so C is transposed once per forward into
 // Ct (in, G+k, out'), out' = out padded to a multiple of kTile; the backward takes that Ct and
-// accumulates dCt, transposed back at the end. The rows of a block of inputs are bucketed by
+// accumulates dCt one block of inputs at a time, each block's written back transposed into
+// dC when it is done (no weight-sized dCt). The rows of a block of inputs are bucketed by
 // (sub-chunk of rows, interval): inside a bucket every row uses the same k+1 weight rows, which
 // stay in registers while the rows stream by, and a sub-chunk's slab of y (forward) or g
 // (backward) stays in cache while the block's inputs go by.
@@ -43,7 +44,9 @@ inline Vec load(const float* p) {
   return v;
 }
 inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
-inline Vec splat(float s) { return Vec{} + s; }
+// Not `Vec{} + s`: adding +0 is not an identity (-0.0 + 0 = +0), so it would cost an add
+// before every broadcast; subtracting +0 is one, and folds into the broadcast.
+inline Vec splat(float s) { return s - Vec{}; }
 inline float hsum(Vec v) {
   using Half = float __attribute__((vector_size(kLanes * sizeof(float) / 2)));
   using Quarter = float __attribute__((vector_size(kLanes * sizeof(float) / 4)));
@@ -61,7 +64,7 @@ inline int64_t row_of(const float* entry) {
 
 // Blocking. Forward: blocks of kForwardInputs inputs, rows in sub-chunks of kForwardSub, whose
 // slab of y in one output tile (16 KiB) stays in L1 while the block's inputs go by. Backward:
-// blocks of kBackwardInputs inputs (one task each: their dCt rows are theirs alone), outputs in
+// blocks of kBackwardInputs inputs (one task each: their dC columns are theirs alone), outputs in
 // chunks of kBackwardOut, rows in sub-chunks of kBackwardSub, whose slab of g (256 KiB) stays
 // in L2. The bucketed entries of at most kChunkRows rows are kept at a time, which bounds the
 // buffers whatever the batch.
@@ -342,9 +345,23 @@ void forward_impl(const float* x, const float* grid, const float* ct, float* y, 
   }
 }
 
+// dw[o, j, i0 + ii] = dct[ii, j, o] for one block of inputs (dct: ib x Kr x Op).
+void scatter_weight_grad(const float* dct, const Dims& d, int64_t i0, int64_t ib, float* dw) {
+  constexpr int64_t T = kTransposeRows;
+  for (int64_t o0 = 0; o0 < d.O; o0 += T) {
+    const int64_t o1 = std::min(d.O, o0 + T);
+    for (int64_t j = 0; j < d.Kr; ++j) {
+      for (int64_t o = o0; o < o1; ++o) {
+        float* dst = dw + (o * d.Kr + j) * d.I + i0;
+        for (int64_t ii = 0; ii < ib; ++ii) dst[ii] = dct[(ii * d.Kr + j) * d.Op + o];
+      }
+    }
+  }
+}
+
 template <int K>
 void backward_impl(const float* x, const float* grid, const float* ct, const float* g, float* dx,
-                   float* dct, const Dims& d, float alpha) {
+                   float* dw, const Dims& d, float alpha) {
   constexpr int K1 = K + 1;
   const bool slopes = dx != nullptr;
   const int width = 1 + (slopes ? 2 : 1) * K1;
@@ -353,11 +370,12 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
   at::parallel_for(0, (d.I + kBackwardInputs - 1) / kBackwardInputs, 1, [&](int64_t lo,
                                                                              int64_t hi) {
     std::vector<float> entries(kBackwardInputs * R * width), scratch;
+    std::vector<float> dct(dw != nullptr ? kBackwardInputs * d.Kr * d.Op : 0);  // this block's
     std::vector<int64_t> starts(kBackwardInputs * (keys + 1)), cells;
     for (int64_t i0 = lo * kBackwardInputs; i0 < std::min(d.I, hi * kBackwardInputs);
          i0 += kBackwardInputs) {
       const int64_t ib = std::min(kBackwardInputs, d.I - i0);
-      if (dct != nullptr) std::fill(dct + i0 * d.Kr * d.Op, dct + (i0 + ib) * d.Kr * d.Op, 0.f);
+      std::fill(dct.begin(), dct.end(), 0.f);
       for (int64_t r0 = 0; r0 < d.N; r0 += R) {
         const int64_t r1 = std::min(d.N, r0 + R);
         const int64_t subs = (r1 - r0 + kBackwardSub - 1) / kBackwardSub;
@@ -387,9 +405,9 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
                     input_grad_group<K1, 1>(rows, zeros.data(), o0, o1, bucket + e * width,
                                             width, g, d.N, dx, d.I, i);
                 }
-                if (dct != nullptr) {
+                if (dw != nullptr) {
                   const float* rows[K1];
-                  bucket_rows<K>(dct + i * d.Kr * d.Op, s, d.Kr, d.Op, rows);
+                  bucket_rows<K>(dct.data() + ii * d.Kr * d.Op, s, d.Kr, d.Op, rows);
                   float* out[K1];
                   for (int t = 0; t < K1; ++t) out[t] = const_cast<float*>(rows[t]);
                   for (int64_t o = o0; o < o1; o += kTile)
@@ -400,6 +418,7 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
           }
         }
       }
+      if (dw != nullptr) scatter_weight_grad(dct.data(), d, i0, ib, dw);
     }
   });
 }
@@ -472,19 +491,14 @@ std::tuple<torch::Tensor, torch::Tensor> backward(const torch::Tensor& x, const 
               "spline_gather: ct must be the forward's");
   const torch::Tensor g = tile_major(grad.to(torch::kFloat), d.Op);
   torch::Tensor dx = need_x ? torch::zeros_like(x) : torch::Tensor();
-  torch::Tensor dct = need_w ? big_empty(ct.sizes()) : torch::Tensor();
+  torch::Tensor dw = need_w ? big_empty({d.O, d.Kr, d.I}) : torch::Tensor();
   if (need_x || need_w) {
     by_order(order, [&](auto k) {
       backward_impl<decltype(k)::value>(
           x.data_ptr<float>(), grid.data_ptr<float>(), ct.data_ptr<float>(), g.data_ptr<float>(),
-          need_x ? dx.data_ptr<float>() : nullptr, need_w ? dct.data_ptr<float>() : nullptr, d,
+          need_x ? dx.data_ptr<float>() : nullptr, need_w ? dw.data_ptr<float>() : nullptr, d,
           float(scale_spline));
     });
-  }
-  torch::Tensor dw;
-  if (need_w) {
-    dw = big_empty({d.O, d.Kr, d.I});
-    transpose(dct.data_ptr<float>(), d.I, d.Kr, d.O, d.Op, d.I, dw.data_ptr<float>());
   }
   return {dx, dw};
 }

@@ -210,7 +210,7 @@ def test_a_missing_compiler_is_named_without_a_build(monkeypatch: pytest.MonkeyP
 @pytest.mark.usefixtures("extension")
 def test_the_gathered_route_builds_no_basis(spy: Spy, monkeypatch: pytest.MonkeyPatch) -> None:
     """At 4096 rows and 29 basis functions the dense route's basis buffer dominates its peak;
-    the gathered route holds O(N * (in + out')) and two weight-sized buffers instead."""
+    the gathered route holds O(N * (in + out')) and the transposed weight instead."""
 
     def peak() -> int:
         layer = KANLinear(32, 4, grid_size=20)
