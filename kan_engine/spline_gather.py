@@ -140,6 +140,9 @@ def _build() -> ModuleType:
     finally:
         extension_logger.setLevel(level)
     capability = torch.backends.cpu.get_cpu_capability()
+    # at::parallel_for is inline OpenMP code where torch is built with OpenMP: without the flag
+    # it compiles to a serial loop
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
     path = os.environ.get("PATH", "")
     ninja_dir = None if shutil.which("ninja") else _pip_ninja()
     if ninja_dir:
@@ -148,7 +151,8 @@ def _build() -> ModuleType:
         return cpp_extension.load(
             name=f"kan_tui_spline_gather_{capability.lower()}",
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", *ISA_FLAGS.get(capability, [])],
+            extra_cflags=["-O3", *openmp, *ISA_FLAGS.get(capability, [])],
+            extra_ldflags=openmp,
             verbose=False,
         )
     finally:
