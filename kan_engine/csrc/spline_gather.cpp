@@ -71,9 +71,9 @@ inline int64_t row_of(const float* entry) {
 constexpr int64_t kChunkRows = 4096;
 constexpr int64_t kForwardInputs = 64, kForwardSub = 64;
 constexpr int64_t kBackwardInputs = 32, kBackwardOut = 256, kBackwardSub = 256;
-// Transpose tiles: kTransposeRows source rows by kTransposeCols of their floats, so that each
-// source page visited gives a kilobyte, not one cache line (the TLB misses set its speed).
-constexpr int64_t kTransposeRows = 16, kTransposeCols = 256;
+// Columns of a transpose per task: a task's tiles read kTransposeCols floats of each source row
+// it visits, a kilobyte per page, not a cache line (the TLB misses would set the speed).
+constexpr int64_t kTransposeCols = 256;
 // Buffers from this size on are mapped as transparent huge pages where Linux allows it: a
 // fresh 32 MiB buffer costs ~25 ms of 4 KiB page faults on a VM, ~4 ms as huge pages, and rows
 // a page apart then cost no TLB misses.
@@ -261,24 +261,37 @@ inline void weight_grad_bucket(float* const (&rows)[K1], int64_t o0, const float
   }
 }
 
-// dst[b, j, a] = src[a, j, b] for a < A, b < B; src rows hold sb floats, dst rows da, and
-// dst[b, j, A:da] is zero.
-void transpose(const float* src, int64_t A, int64_t J, int64_t B, int64_t sb, int64_t da,
+// dst[n * ds + m] = src[m * ss + n] for m < rows, n < cols (at most kLanes each): a full tile
+// as 16 vector loads and stores, each a whole cache line (element-wise, the strided side cost
+// 2-3x as long: a dC write-back took 16 ms at (1024, 8, 1024), 7 ms so).
+inline void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows,
+                           int64_t cols) {
+  if (rows == kLanes && cols == kLanes) {
+    Vec r[kLanes];
+    for (int m = 0; m < kLanes; ++m) r[m] = load(src + m * ss);
+    for (int n = 0; n < kLanes; ++n) {
+      Vec c;
+      for (int m = 0; m < kLanes; ++m) c[m] = r[m][n];
+      store(dst + n * ds, c);
+    }
+    return;
+  }
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = 0; n < cols; ++n) dst[n * ds + m] = src[m * ss + n];
+}
+
+// dst[b, j, a] = src[a, j, b] for a < A, b < B; src rows hold sb floats, dst rows db. Columns
+// b in tasks of kTransposeCols (a parallel loop; serial inside one).
+void transpose(const float* src, int64_t A, int64_t J, int64_t B, int64_t sb, int64_t db,
                float* dst) {
-  constexpr int64_t TA = kTransposeRows, TB = kTransposeCols;
-  at::parallel_for(0, (B + TB - 1) / TB, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t b0 = lo * TB; b0 < std::min(B, hi * TB); b0 += TB) {
-      const int64_t b1 = std::min(B, b0 + TB);
-      for (int64_t j = 0; j < J; ++j) {
-        for (int64_t a0 = 0; a0 < A; a0 += TA) {
-          const int64_t a1 = std::min(A, a0 + TA);
-          for (int64_t b = b0; b < b1; ++b) {
-            float* out = dst + (b * J + j) * da;
-            for (int64_t a = a0; a < a1; ++a) out[a] = src[(a * J + j) * sb + b];
-          }
-        }
-        for (int64_t b = b0; b < b1; ++b) {
-          std::fill(dst + (b * J + j) * da + A, dst + (b * J + j + 1) * da, 0.f);
+  constexpr int64_t T = kLanes;
+  at::parallel_for(0, (B + kTransposeCols - 1) / kTransposeCols, 1, [&](int64_t lo, int64_t hi) {
+    const int64_t b_end = std::min(B, hi * kTransposeCols);
+    for (int64_t j = 0; j < J; ++j) {
+      for (int64_t a0 = 0; a0 < A; a0 += T) {
+        for (int64_t b0 = lo * kTransposeCols; b0 < b_end; b0 += T) {
+          transpose_tile(src + (a0 * J + j) * sb + b0, J * sb, dst + (b0 * J + j) * db + a0,
+                         J * db, std::min(T, A - a0), std::min(T, b_end - b0));
         }
       }
     }
@@ -345,20 +358,6 @@ void forward_impl(const float* x, const float* grid, const float* ct, float* y, 
   }
 }
 
-// dw[o, j, i0 + ii] = dct[ii, j, o] for one block of inputs (dct: ib x Kr x Op).
-void scatter_weight_grad(const float* dct, const Dims& d, int64_t i0, int64_t ib, float* dw) {
-  constexpr int64_t T = kTransposeRows;
-  for (int64_t o0 = 0; o0 < d.O; o0 += T) {
-    const int64_t o1 = std::min(d.O, o0 + T);
-    for (int64_t j = 0; j < d.Kr; ++j) {
-      for (int64_t o = o0; o < o1; ++o) {
-        float* dst = dw + (o * d.Kr + j) * d.I + i0;
-        for (int64_t ii = 0; ii < ib; ++ii) dst[ii] = dct[(ii * d.Kr + j) * d.Op + o];
-      }
-    }
-  }
-}
-
 template <int K>
 void backward_impl(const float* x, const float* grid, const float* ct, const float* g, float* dx,
                    float* dw, const Dims& d, float alpha) {
@@ -418,7 +417,8 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
           }
         }
       }
-      if (dw != nullptr) scatter_weight_grad(dct.data(), d, i0, ib, dw);
+      // dw[o, j, i0 + ii] = dct[ii, j, o]
+      if (dw != nullptr) transpose(dct.data(), ib, d.Kr, d.O, d.Op, d.I, dw + i0);
     }
   });
 }
@@ -468,6 +468,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward(
               "spline_gather: weight must be a contiguous float32 (out, G+k, in)");
   torch::Tensor ct = big_empty({d.I, d.Kr, d.Op});
   transpose(weight.data_ptr<float>(), d.O, d.Kr, d.I, d.I, d.Op, ct.data_ptr<float>());
+  if (d.Op != d.O) ct.narrow(2, d.O, d.Op - d.O).zero_();
   torch::Tensor y = tile_major(base.to(torch::kFloat) * scale_base, d.Op);
   torch::Tensor colsum = want_sum ? torch::zeros({d.Kr, d.I}, x.options()) : torch::Tensor();
   by_order(order, [&](auto k) {
