@@ -26,6 +26,7 @@
 #include <sys/mman.h>
 #endif
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -37,6 +38,7 @@ constexpr int kVecs = kTile / kLanes;
 constexpr int kMaxOrder = 5;
 constexpr int kMaxKnots = 512;  // M + 1 + 2k knots of one input, padded
 using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
+using IVec = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline Vec load(const float* p) {
   Vec v;
@@ -79,40 +81,35 @@ constexpr int64_t kTransposeCols = 256;
 // a page apart then cost no TLB misses.
 constexpr size_t kHugeBytes = size_t(4) << 20, kHugePage = size_t(2) << 20;
 
-// The k+1 non-zero basis values at x (and their slopes when `slope` is set) on interval s of
-// the knots t[-K..M+K] (`t` points at knot 0; K extrapolated knots on each side keep the
-// values of functions that do not exist finite). False outside [t_0, t_M), NaN included.
+// The k+1 non-zero basis values at kLanes inputs x on their intervals s of the knots
+// t[-K..M+K] (`t` points at knot 0; K extrapolated knots on each side keep the values of
+// functions that do not exist finite), and their slopes: de Boor's triangular scheme, one row
+// per lane. B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}),
+// and those quotients are the last level's, so the slopes cost no division of their own.
 template <int K>
-inline bool local_basis(float x, const float* t, int M, int& s, float* val, float* slope) {
-  if (!(x >= t[0] && x < t[M])) return false;
-  s = int(std::upper_bound(t, t + M + 1, x) - t) - 1;
-  float left[K + 1], right[K + 1], n[K + 1], lower[K + 1];
+inline void local_basis(const Vec& x, const int32_t (&s)[kLanes], const float* t,
+                        Vec (&val)[K + 1], Vec (&slope)[K + 1]) {
+  Vec left[K + 1], right[K + 1], quotient[K];
   for (int j = 1; j <= K; ++j) {
-    left[j] = x - t[s + 1 - j];
-    right[j] = t[s + j] - x;
+    for (int l = 0; l < kLanes; ++l) {
+      left[j][l] = x[l] - t[s[l] + 1 - j];
+      right[j][l] = t[s[l] + j] - x[l];
+    }
   }
-  n[0] = 1.f;
+  val[0] = splat(1.f);
   for (int j = 1; j <= K; ++j) {
-    if (j == K) std::copy(n, n + K, lower);
-    float saved = 0.f;
+    Vec saved = Vec{};
     for (int r = 0; r < j; ++r) {
-      const float temp = n[r] / (right[r + 1] + left[j - r]);
-      n[r] = saved + right[r + 1] * temp;
-      saved = left[j - r] * temp;
+      const Vec q = val[r] / (right[r + 1] + left[j - r]);
+      val[r] = saved + right[r + 1] * q;
+      saved = left[j - r] * q;
+      if (j == K) quotient[r] = q;
     }
-    n[j] = saved;
+    val[j] = saved;
   }
-  std::copy(n, n + K + 1, val);
-  if (slope != nullptr) {
-    // B'_{j,k} = k B_{j,k-1} / (t_{j+k} - t_j) - k B_{j+1,k-1} / (t_{j+k+1} - t_{j+1})
-    for (int r = 0; r <= K; ++r) {
-      float d = 0.f;
-      if (r >= 1) d += lower[r - 1] * K / (right[r] + left[K - r + 1]);
-      if (r < K) d -= lower[r] * K / (right[r + 1] + left[K - r]);
-      slope[r] = d;
-    }
+  for (int r = 0; r <= K; ++r) {
+    slope[r] = float(K) * ((r > 0 ? quotient[r - 1] : Vec{}) - (r < K ? quotient[r] : Vec{}));
   }
-  return true;
 }
 
 // Shapes of one call: rows N, inputs I, outputs O (padded to Op, a multiple of kTile), M
@@ -125,12 +122,13 @@ int64_t n_keys(int64_t rows, int64_t sub, int64_t M) { return (rows + sub - 1) /
 
 // Rows [r0, r1) of input i as entries (row, alpha * values[, alpha * slopes]) bucketed by
 // (sub-chunk of `sub` rows, interval): key (b - r0) / sub * M + s holds the entries
-// [starts[key], starts[key + 1]). Adds the unscaled values to `colsum` (Kr, I) when it is set.
+// [starts[key], starts[key + 1]), in row order. Adds the unscaled values to `colsum` (Kr, I)
+// when it is set. Two passes over kLanes rows at a time: the intervals (by comparisons with the
+// interior knots) and the bucket sizes, then the values, written into their buckets.
 template <int K>
 void bucket_input(const float* x, const float* grid, const Dims& d, int64_t i, int64_t r0,
                   int64_t r1, int64_t sub, float alpha, bool slopes, float* colsum,
-                  float* entries, int64_t* starts, std::vector<float>& scratch,
-                  std::vector<int64_t>& keys) {
+                  float* entries, int64_t* starts, std::vector<int32_t>& cells) {
   constexpr int K1 = K + 1;
   const int width = 1 + (slopes ? 2 : 1) * K1;
   const int64_t M = d.M, count = n_keys(r1 - r0, sub, M);
@@ -142,36 +140,49 @@ void bucket_input(const float* x, const float* grid, const Dims& d, int64_t i, i
   }
   std::copy(g, g + M + 1, knots + K);
   const float* t = knots + K;
-  scratch.resize((r1 - r0) * width);
-  keys.resize(r1 - r0);
+  // x of kLanes rows, NaN (outside every interval) past r1
+  auto rows_of = [&](int64_t b0) {
+    Vec xv = splat(std::numeric_limits<float>::quiet_NaN());
+    for (int64_t l = 0; l < std::min<int64_t>(kLanes, r1 - b0); ++l) xv[l] = x[(b0 + l) * d.I + i];
+    return xv;
+  };
+  cells.resize(r1 - r0);
   std::fill(starts, starts + count + 1, 0);
-  for (int64_t b = r0; b < r1; ++b) {
-    float* e = scratch.data() + (b - r0) * width;
-    int s;
-    if (!local_basis<K>(x[b * d.I + i], t, M, s, e + 1, slopes ? e + 1 + K1 : nullptr)) {
-      keys[b - r0] = -1;
-      continue;
+  for (int64_t b0 = r0; b0 < r1; b0 += kLanes) {
+    const Vec xv = rows_of(b0);
+    const IVec inside = (xv >= splat(t[0])) & (xv < splat(t[M]));  // -1 (true) or 0
+    IVec below = IVec{};  // minus the interior knots <= x: the interval, negated
+    for (int64_t m = 1; m < M; ++m) below += xv >= splat(t[m]);
+    for (int64_t l = 0; l < std::min<int64_t>(kLanes, r1 - b0); ++l) {
+      cells[b0 - r0 + l] = inside[l] ? -below[l] : -1;
+      if (inside[l]) ++starts[(b0 - r0 + l) / sub * M - below[l] + 1];
     }
-    const int64_t key = (b - r0) / sub * M + s;
-    keys[b - r0] = key;
-    ++starts[key + 1];
-    const int32_t row = int32_t(b);
-    std::memcpy(e, &row, sizeof row);
-    if (colsum != nullptr) {
-      for (int r = 0; r <= K; ++r) {
-        const int64_t j = s - K + r;
-        if (j >= 0 && j < d.Kr) colsum[j * d.I + i] += e[1 + r];
-      }
-    }
-    for (int c = 1; c < width; ++c) e[c] *= alpha;
   }
   for (int64_t key = 0; key < count; ++key) starts[key + 1] += starts[key];
   std::vector<int64_t> pos(starts, starts + count);
-  for (int64_t b = r0; b < r1; ++b) {
-    const int64_t key = keys[b - r0];
-    if (key >= 0) {
-      std::memcpy(entries + pos[key]++ * width, scratch.data() + (b - r0) * width,
-                  width * sizeof(float));
+  for (int64_t b0 = r0; b0 < r1; b0 += kLanes) {
+    const int64_t lanes = std::min<int64_t>(kLanes, r1 - b0);
+    int32_t s[kLanes] = {};
+    bool any = false;
+    for (int64_t l = 0; l < lanes; ++l) {
+      s[l] = std::max(cells[b0 - r0 + l], 0);
+      any = any || cells[b0 - r0 + l] >= 0;
+    }
+    if (!any) continue;
+    Vec val[K1], slope[K1];
+    local_basis<K>(rows_of(b0), s, t, val, slope);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t b = b0 + l;
+      if (cells[b - r0] < 0) continue;
+      float* e = entries + pos[(b - r0) / sub * M + s[l]]++ * width;
+      const int32_t row = int32_t(b);
+      std::memcpy(e, &row, sizeof row);
+      for (int r = 0; r <= K; ++r) {
+        e[1 + r] = alpha * val[r][l];
+        if (slopes) e[1 + K1 + r] = alpha * slope[r][l];
+        const int64_t j = s[l] - K + r;
+        if (colsum != nullptr && j >= 0 && j < d.Kr) colsum[j * d.I + i] += val[r][l];
+      }
     }
   }
 }
@@ -328,12 +339,11 @@ void forward_impl(const float* x, const float* grid, const float* ct, float* y, 
     for (int64_t i0 = 0; i0 < d.I; i0 += kForwardInputs) {
       const int64_t ib = std::min(kForwardInputs, d.I - i0);
       at::parallel_for(0, ib, 1, [&](int64_t lo, int64_t hi) {
-        std::vector<float> scratch;
-        std::vector<int64_t> cells;
+        std::vector<int32_t> cells;
         for (int64_t ii = lo; ii < hi; ++ii) {
           bucket_input<K>(x, grid, d, i0 + ii, r0, r1, kForwardSub, alpha, false, colsum,
                           entries.data() + ii * R * width, starts.data() + ii * (keys + 1),
-                          scratch, cells);
+                          cells);
         }
       });
       at::parallel_for(0, d.Op / kTile, 1, [&](int64_t lo, int64_t hi) {
@@ -368,9 +378,10 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
   const std::vector<float> zeros(d.Op, 0.f);
   at::parallel_for(0, (d.I + kBackwardInputs - 1) / kBackwardInputs, 1, [&](int64_t lo,
                                                                              int64_t hi) {
-    std::vector<float> entries(kBackwardInputs * R * width), scratch;
+    std::vector<float> entries(kBackwardInputs * R * width);
     std::vector<float> dct(dw != nullptr ? kBackwardInputs * d.Kr * d.Op : 0);  // this block's
-    std::vector<int64_t> starts(kBackwardInputs * (keys + 1)), cells;
+    std::vector<int64_t> starts(kBackwardInputs * (keys + 1));
+    std::vector<int32_t> cells;
     for (int64_t i0 = lo * kBackwardInputs; i0 < std::min(d.I, hi * kBackwardInputs);
          i0 += kBackwardInputs) {
       const int64_t ib = std::min(kBackwardInputs, d.I - i0);
@@ -381,7 +392,7 @@ void backward_impl(const float* x, const float* grid, const float* ct, const flo
         for (int64_t ii = 0; ii < ib; ++ii) {
           bucket_input<K>(x, grid, d, i0 + ii, r0, r1, kBackwardSub, alpha, slopes, nullptr,
                           entries.data() + ii * R * width, starts.data() + ii * (keys + 1),
-                          scratch, cells);
+                          cells);
         }
         for (int64_t o0 = 0; o0 < d.Op; o0 += kBackwardOut) {
           const int64_t o1 = std::min(d.Op, o0 + kBackwardOut);
