@@ -15,8 +15,12 @@ measured in the same run:
 * basis gemm, basis gemm graph (CUDA only): `KANLinear(basis_gemm=True)`, the opt-in route whose
   Triton matmuls generate the basis in their operand loads (`kan_engine.basis_gemm`), eager and
   replayed from a CUDA graph;
-* local: `KANLinear(fused=False)`: the eager local scheme (the CPU's path), optionally
-  `--chunk-size` (both "ours" rows take it);
+* local: `KANLinear(fused=False)`: the eager fast path, the CPU's: in float32 its matmuls take
+  the gathered route of `kan_engine.spline_gather` (only the k+1 non-zero basis values per input
+  are multiplied), optionally `--chunk-size` (every "ours" row takes it; a chunk size keeps the
+  dense route);
+* local dense (CPU only): the same layer with KAN_TUI_GATHER=0 during its calls: the local
+  scheme's dense basis and three dense matmuls, the CPU's route before the gathered one;
 * reference: `KANLinear(fast=False)`: Cox-de Boor recursion to (N, in, G+k), one matmul, autograd;
 * linear: `nn.Linear(in, out)`, what a plain MLP layer costs;
 * gemm floor: one matmul (N, in*(G+k)) x (in*(G+k), out) with gradients for both operands, the
@@ -42,17 +46,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kan_engine import spline_gather
 from kan_engine.atomic import write_text
 from kan_engine.kan import KANLinear
 from kan_engine.memory_peak import TensorMemoryPeak
@@ -61,19 +67,38 @@ SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
 VARIANTS = (
     "fused", "fused graph", "fused two-node", "basis gemm", "basis gemm graph",
-    "local", "reference", "linear", "gemm floor",
+    "local", "local dense", "reference", "linear", "gemm floor",
 )  # fmt: skip
 ANCHORS = ("efficient-kan", "fast-kan")  # with --anchors DIR
 BASIS_GEMM = ("basis gemm", "basis gemm graph")
 FUSED = ("fused", "fused graph", "fused two-node", *BASIS_GEMM)  # Triton kernels: CUDA only
-OURS = (*FUSED, "local")
+OURS = (*FUSED, "local", "local dense")
 
 
 def variants(device: torch.device, anchors: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The Triton routes run only on CUDA (elsewhere Triton could only interpret them, slowly);
-    `anchors`: the public layers found (`load_anchors`)."""
-    ours = VARIANTS if device.type == "cuda" else tuple(v for v in VARIANTS if v not in FUSED)
-    return (*ours, *anchors)
+    """The Triton routes run only on CUDA (elsewhere Triton could only interpret them, slowly),
+    "local dense" only on the CPU (on CUDA it is "local"); `anchors`: the public layers found
+    (`load_anchors`)."""
+    skip = ("local dense",) if device.type == "cuda" else FUSED
+    return (*(v for v in VARIANTS if v not in skip), *anchors)
+
+
+@contextmanager
+def _gather_off() -> Iterator[None]:
+    previous = os.environ.get(spline_gather.ENABLE_ENV)
+    os.environ[spline_gather.ENABLE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[spline_gather.ENABLE_ENV]
+        else:
+            os.environ[spline_gather.ENABLE_ENV] = previous
+
+
+def route(variant: str) -> AbstractContextManager[None]:
+    """What a call of `variant` runs in: KAN_TUI_GATHER=0 for "local dense", else nothing."""
+    return _gather_off() if variant == "local dense" else nullcontext()
 
 
 def load_anchors(folder: Path | None) -> dict[str, type[nn.Module]]:
@@ -143,7 +168,12 @@ def build(
             chunk_size=args.chunk_size if variant in OURS else None,
             base_activation=_TwoNodeSiLU if variant == "fused two-node" else nn.SiLU,
         )
-    return lambda: layer(x), [x, *layer.parameters()]
+
+    def forward() -> torch.Tensor:
+        with route(variant):
+            return layer(x)
+
+    return forward, [x, *layer.parameters()]
 
 
 class _TwoNodeSiLU(nn.SiLU):
@@ -304,7 +334,7 @@ def exactness(device: torch.device) -> list[str]:
     printed, not judged. Returns the failures.
     """
     failures = []
-    eager = [v for v in variants(device) if v in ("fused", "basis gemm", "local")]  # as graphs
+    eager = [v for v in variants(device) if v in ("fused", "basis gemm", "local", "local dense")]
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         for grid in ("uniform", "updated"):
             torch.manual_seed(0)
@@ -321,8 +351,9 @@ def exactness(device: torch.device) -> list[str]:
                 layer.basis_gemm = variant in BASIS_GEMM
                 layer.zero_grad(set_to_none=True)
                 xg = x.clone().requires_grad_(True)
-                y = layer(xg)
-                y.backward(torch.ones_like(y))
+                with route(variant):
+                    y = layer(xg)
+                    y.backward(torch.ones_like(y))
                 grads = (xg.grad, layer.base_weight.grad, layer.spline_weight.grad)
                 results[variant] = (y.detach(), *grads)
             for variant in eager:
@@ -342,7 +373,7 @@ def exactness(device: torch.device) -> list[str]:
     for variant in eager:
         layer.fused = variant in FUSED
         layer.basis_gemm = variant in BASIS_GEMM
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16), route(variant):
             approx = layer(x.requires_grad_(True))
             approx.float().sum().backward()
         error = float((approx.detach().float() - exact).norm() / exact.norm())
@@ -395,6 +426,8 @@ def main() -> None:
     )
     if not cuda:
         print("fused and basis gemm routes: CUDA only, skipped here")
+        state = spline_gather.available()  # builds the extension before anything is timed
+        print(f"gathered route (local, float32): {'on' if state else 'off: ' + state.reason}")
     failures = exactness(device)
     rows = [r for s in shapes for p in precisions for r in measure_shape(s, p, args, device)]
     print_table(rows)

@@ -26,6 +26,9 @@ Two code paths compute the same function (their bases are in `kan_engine.basis`)
   exact, so training never falls back to the slow path. `chunk_size` bounds the transient basis
   to `chunk_size` rows in forward and backward.
 
+On the CPU, in float32, the fast path's matmuls multiply only the k+1 non-zero basis values of
+each input (`spline_gather`, a C++ extension; its docstring says when it applies).
+
 On CUDA the fast path's basis and input gradient are Triton kernels (`fused_basis`) around cuBLAS
 matmuls; with the SiLU base (always, in the product) the whole layer is one autograd node of
 `fused_layer` (both branches' operand from one kernel, one matmul per product), which at small
@@ -47,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kan_engine import basis_gemm, fused_basis
+from kan_engine import basis_gemm, fused_basis, spline_gather
 from kan_engine.basis import (
     as_dtype,
     basis_row_bytes,
@@ -475,6 +478,13 @@ class KANLinear(nn.Module):
                     x, base, flat_weight, self.grid, k, self._uniform, cdt,
                     self.scale_base, self.scale_spline, track, self.training,
                 )  # fmt: skip
+            elif not fused and spline_gather.applies(
+                x, spline_weight, self.grid, cdt, k, self.chunk_size
+            ):
+                spline = spline_gather.SplineGather.apply(
+                    x, base, spline_weight, self.grid, k, self.scale_base, self.scale_spline, track
+                )
+                out, col_sum = spline if track else (spline, None)
             else:
                 spline = _SplineLinear.apply(
                     x, base, spline_weight, self.grid, k, self._uniform, fused, cdt,

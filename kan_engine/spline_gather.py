@@ -1,0 +1,215 @@
+"""The CPU's spline matmuls over the non-zero basis values only: a C++ extension built on first use.
+
+Only k+1 of the G+k basis values of an input are non-zero, so the dense route's three matmuls
+(forward, dL/dC, dL/dx) do (G+k)/(k+1) times the multiply-adds that matter: 2x at G=5, k=3. At
+(256, 1024->1024) the dense matmuls alone took 0.56x efficient-kan's fwd+bwd (2-core EPYC, one
+thread), so no dense route reaches 0.5x there. `csrc/spline_gather.cpp` multiplies only the
+k+1 values: per block of inputs the rows are bucketed by their interval, and every row of a
+bucket meets the same k+1 weight rows, kept in registers. Its inner loops run over contiguous
+outputs, so the weight is transposed once per forward to (in, G+k, out) and kept for the
+backward, whose weight gradient is transposed back. No dense basis is built, and the values are
+computed by de Boor's scheme on each input's own knots, exact on any grid (after `update_grid`
+too). Measured (bench/kan_layer.py, one thread, fwd+bwd): see `BENCHMARKS.md` and the module
+docstring of `kan_engine.kan`.
+
+When the layer takes it (`applies`), and why not otherwise:
+
+* the CPU in float32 only: float64 keeps the dense route (its GEMMs are exact enough and the
+  route is about accuracy there, not speed), and so does autocast (the dense route's bfloat16
+  GEMMs are what autocast asks for);
+* no explicit `chunk_size`: that asks for the dense route's row chunks, which bound the
+  transient memory by rows; this route's buffers are O(N * (in + out')) (out' = out rounded up
+  to 64) plus the transposed weight, bounded but not by rows;
+* `KAN_TUI_GATHER=0` turns it off (A/B benchmarks), and it is off where the extension could not
+  be built (`available()` says why): the layer then takes the dense route, same results.
+
+Measured at every shape tried, from (64, 16->16) to (256, 1024->1024), down to out=4 (padded to
+64 outputs), the route was at least as fast as the dense one, so there is no size threshold.
+
+The build (torch.utils.cpp_extension, ninja and the C++ compiler, about 30 s once per machine,
+then cached in torch's extension folder under a file lock) happens on the first forward that
+would take the route. The vector code is compiled for the CPU capability torch reports
+(AVX-512, AVX2 or none), which is part of the extension's name, so a cache folder shared by
+different machines does not hand one the other's build.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["ENABLE_ENV", "Availability", "SplineGather", "applies", "available", "enabled"]
+
+ENABLE_ENV = "KAN_TUI_GATHER"  # "0" turns the gathered route off (A/B benchmarks)
+SOURCE = Path(__file__).parent / "csrc" / "spline_gather.cpp"
+# Instruction sets per capability of torch.backends.cpu.get_cpu_capability(); the code is
+# portable vector extensions, so another capability builds it with the compiler's defaults.
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+_BUILD_LOCK = threading.Lock()
+
+
+class Availability(NamedTuple):
+    """Whether the extension is usable (truthy) and, if not, why not."""
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def enabled() -> bool:
+    """Whether KAN_TUI_GATHER leaves the route on (anything but "0")."""
+    return os.environ.get(ENABLE_ENV, "1") != "0"
+
+
+def available() -> Availability:
+    """Build and load the extension on the first call (later calls answer at once)."""
+    return _load()[1]
+
+
+def applies(
+    x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, cdt: torch.dtype, order: int,
+    chunk_size: int | None,
+) -> bool:  # fmt: skip
+    """Whether the layer's spline part should take this route (the module docstring's rule)."""
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == cdt == torch.float32
+        and chunk_size is None
+        and enabled()
+    ):
+        return False
+    module, state = _load()
+    return state.ok and order <= module.max_order and grid.shape[1] + 2 * order <= module.max_knots
+
+
+@functools.cache
+def _load() -> tuple[Any, Availability]:
+    with _BUILD_LOCK:
+        reason = _missing_tool()
+        if reason:
+            return None, Availability(False, reason)
+        try:
+            module = _build()
+        except Exception as exc:  # any build or load failure: the layer keeps the dense route
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            return None, Availability(False, f"build failed: {lines[-1][:200]}")
+        return module, Availability(True, "")
+
+
+def _missing_tool() -> str:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler: {compiler!r} is not on PATH"
+    if shutil.which("ninja") is None and _pip_ninja() is None:
+        return "no ninja: neither on PATH nor the ninja package"
+    return ""
+
+
+def _pip_ninja() -> str | None:
+    """The folder of the ninja package's binary: installed into a virtual environment, it is not
+    on PATH unless the environment is activated."""
+    try:
+        import ninja  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(ninja.BIN_DIR)
+
+
+def _build() -> ModuleType:
+    # torch.utils.cpp_extension warns at import when a CUDA build of torch finds no CUDA: not
+    # news here (the extension is CPU code), and a warning would land in the TUI.
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_logger.level
+    extension_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        extension_logger.setLevel(level)
+    capability = torch.backends.cpu.get_cpu_capability()
+    # at::parallel_for is inline OpenMP code where torch is built with OpenMP: without the flag
+    # it compiles to a serial loop
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    path = os.environ.get("PATH", "")
+    ninja_dir = None if shutil.which("ninja") else _pip_ninja()
+    if ninja_dir:
+        os.environ["PATH"] = ninja_dir + os.pathsep + path
+    try:
+        return cpp_extension.load(
+            name=f"kan_tui_spline_gather_{capability.lower()}",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", *openmp, *ISA_FLAGS.get(capability, [])],
+            extra_ldflags=openmp,
+            verbose=False,
+        )
+    finally:
+        if ninja_dir:
+            os.environ["PATH"] = path
+
+
+class SplineGather(torch.autograd.Function):
+    """out = scale_base * base + scale_spline * B(x) @ C^T by the extension, float32 on the CPU.
+
+    The forward saves x and the transposed weight (in, G+k, out'), not the basis: the backward
+    recomputes the k+1 values and slopes per input, which costs less than reading a saved copy.
+    `weight` is saved too, only so that autograd refuses a backward after the weight was changed
+    in place (the transposed copy would be stale), as it does on the dense route. With
+    `want_sum` there is a second output, the basis summed over the rows ((G+k)*in values, for
+    the regulariser), as `kan._SplineLinear` gives it.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        weight: torch.Tensor,
+        grid: torch.Tensor,
+        order: int,
+        scale_base: float,
+        scale_spline: float,
+        want_sum: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        module = _load()[0]
+        x = x.contiguous()
+        grid = grid.contiguous()
+        out, col_sum, transposed = module.forward(
+            x, base, weight.contiguous(), grid, order, scale_base, scale_spline, want_sum
+        )
+        ctx.save_for_backward(x, weight, transposed, grid)
+        ctx.config = (order, scale_base, scale_spline)
+        if not want_sum:
+            return out
+        ctx.mark_non_differentiable(col_sum)
+        ctx.set_materialize_grads(False)  # no zeros for the sum's gradient, which is never used
+        return out, col_sum.view(-1)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor | None, *_grad_sum: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, _weight, transposed, grid = ctx.saved_tensors
+        if grad_out is None:  # only the sum was used
+            return (None,) * 8
+        order, scale_base, scale_spline = ctx.config
+        need_x, need_base, need_w = ctx.needs_input_grad[:3]
+        grad_base = None
+        if need_base:
+            grad_base = grad_out if scale_base == 1.0 else grad_out * scale_base
+        grad_x, grad_w = _load()[0].backward(
+            x, transposed, grid, grad_out, order, scale_spline, need_x, need_w
+        )
+        return grad_x, grad_base, grad_w, *(None,) * 5
