@@ -39,7 +39,9 @@ import functools
 import logging
 import os
 import shutil
+import sysconfig
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -58,6 +60,8 @@ ISA_FLAGS = {
 }
 
 _BUILD_LOCK = threading.Lock()
+# A build takes ~30 s here; a build lock older than this was left by a killed build.
+STALE_LOCK_SECONDS = 600
 
 
 class Availability(NamedTuple):
@@ -116,6 +120,9 @@ def _missing_tool() -> str:
         return f"no C++ compiler: {compiler!r} is not on PATH"
     if shutil.which("ninja") is None and _pip_ninja() is None:
         return "no ninja: neither on PATH nor the ninja package"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        return f"no Python headers: {headers} is missing (Debian: apt-get install python3-dev)"
     return ""
 
 
@@ -147,9 +154,11 @@ def _build() -> ModuleType:
     ninja_dir = None if shutil.which("ninja") else _pip_ninja()
     if ninja_dir:
         os.environ["PATH"] = ninja_dir + os.pathsep + path
+    name = f"kan_tui_spline_gather_{capability.lower()}"
+    clear_stale_lock(cpp_extension._get_build_directory(name, verbose=False))
     try:
         return cpp_extension.load(
-            name=f"kan_tui_spline_gather_{capability.lower()}",
+            name=name,
             sources=[str(SOURCE)],
             extra_cflags=["-O3", *openmp, *ISA_FLAGS.get(capability, [])],
             extra_ldflags=openmp,
@@ -158,6 +167,18 @@ def _build() -> ModuleType:
     finally:
         if ninja_dir:
             os.environ["PATH"] = path
+
+
+def clear_stale_lock(folder: str | Path) -> None:
+    """Remove torch's build lock in `folder` when it is older than any build: the lock is a
+    file that outlives a build killed outright (SIGKILL, a power cut), and torch then waits on
+    it forever, so every later run would hang in its first forward."""
+    lock = Path(folder) / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    except OSError:  # no lock (the usual case), or another process removed it first
+        pass
 
 
 class SplineGather(torch.autograd.Function):
@@ -213,3 +234,16 @@ class SplineGather(torch.autograd.Function):
             x, transposed, grid, grad_out, order, scale_spline, need_x, need_w
         )
         return grad_x, grad_base, grad_w, *(None,) * 5
+
+
+def main() -> int:
+    """`python -m kan_engine.spline_gather`: build the extension now (set-up scripts and CI,
+    so that the first CPU run does not wait ~30 s in its first forward) and say whether it is
+    usable. Exit 0 either way: the layer works without it."""
+    state = available()
+    print("spline_gather: ready" if state else f"spline_gather: not available ({state.reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -224,3 +224,19 @@ def test_the_gathered_route_builds_no_basis(spy: Spy, monkeypatch: pytest.Monkey
     monkeypatch.setenv(spline_gather.ENABLE_ENV, "0")
     assert gathered < peak() / 3
     assert spy.calls == 1
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
+    """torch waits forever on a lock that a killed build left; one older than any build goes."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    spline_gather.clear_stale_lock(tmp_path)
+    assert lock.exists()  # a build may be running right now
+    old = time.time() - spline_gather.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    spline_gather.clear_stale_lock(tmp_path)
+    assert not lock.exists()
+    spline_gather.clear_stale_lock(tmp_path)  # nothing there: no error
