@@ -7,10 +7,10 @@ basis values of each input on its own knot vector (`grid`, G intervals extended 
 side). Shapes: x (N, in) -> B (N, G+k, in) -> flat (N, (G+k)*in) -> one matmul with
 C (out, (G+k)*in). No (N, in, out, ...) intermediate is ever built.
 
-Speed (bench/kan_layer.py, 2-core CPU, one thread, fwd+bwd): about 0.5x the textbook reference at
-(1024, 784->256) and 0.7x at (256, 1024->1024), where the three unavoidable matmuls alone (the
-"GEMM floor") already take 0.5x; the rest is the basis, which costs a few elementwise passes and
-a scatter instead of the recursion's dozens of (N, in, G+2k) passes.
+Speed (bench/kan_layer.py, 2-core CPU, one thread, fwd+bwd): about 0.25x the textbook reference
+at (1024, 784->256) and 0.5x at (256, 1024->1024) in float32, below the dense matmuls alone (the
+"GEMM floor"), since the CPU's route multiplies only the non-zero basis values (`spline_gather`);
+the dense route (float64, chunking) takes about 0.5x and 0.7x.
 
 Two code paths compute the same function (their bases are in `kan_engine.basis`):
 

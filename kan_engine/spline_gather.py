@@ -2,20 +2,26 @@
 
 Only k+1 of the G+k basis values of an input are non-zero, so the dense route's three matmuls
 (forward, dL/dC, dL/dx) do (G+k)/(k+1) times the multiply-adds that matter: 2x at G=5, k=3. At
-(256, 1024->1024) the dense matmuls alone took 0.56x efficient-kan's fwd+bwd (2-core EPYC, one
-thread), so no dense route reaches 0.5x there. `csrc/spline_gather.cpp` multiplies only the
-k+1 values: per block of inputs the rows are bucketed by their interval, and every row of a
+(256, 1024->1024) those dense matmuls alone took 0.56x efficient-kan's fwd+bwd (2-core EPYC,
+one thread), so no dense route could reach 0.5x there. `csrc/spline_gather.cpp` multiplies only
+the k+1 values: per block of inputs the rows are bucketed by their interval, and every row of a
 bucket meets the same k+1 weight rows, kept in registers. Its inner loops run over contiguous
 outputs, so the weight is transposed once per forward to (in, G+k, out) and kept for the
-backward, whose weight gradient is transposed back. No dense basis is built, and the values are
-computed by de Boor's scheme on each input's own knots, exact on any grid (after `update_grid`
-too). Measured (bench/kan_layer.py, one thread, fwd+bwd): see `BENCHMARKS.md` and the module
-docstring of `kan_engine.kan`.
+backward, which writes each block's weight gradient back transposed. No dense basis is built;
+the values come from de Boor's scheme on each input's own knots, exact on any grid (after
+`update_grid` too).
+
+Measured (bench/kan_layer.py, that EPYC, one thread, fwd+bwd, G=5, k=3; the box is shared, so
+efficient-kan's own time varied 262-324 ms at the second shape between runs):
+
+    shape              gathered   dense (KAN_TUI_GATHER=0)   efficient-kan
+    1024, 784->256     100 ms     200 ms                     415 ms
+    256, 1024->1024    132 ms     195 ms                     324 ms
 
 When the layer takes it (`applies`), and why not otherwise:
 
-* the CPU in float32 only: float64 keeps the dense route (its GEMMs are exact enough and the
-  route is about accuracy there, not speed), and so does autocast (the dense route's bfloat16
+* the CPU in float32 only: the kernels are float32. float64 keeps the dense route (the dtype of
+  exactness checks and small fits, where speed matters less), and so does autocast (its bfloat16
   GEMMs are what autocast asks for);
 * no explicit `chunk_size`: that asks for the dense route's row chunks, which bound the
   transient memory by rows; this route's buffers are O(N * (in + out')) (out' = out rounded up
@@ -23,11 +29,11 @@ When the layer takes it (`applies`), and why not otherwise:
 * `KAN_TUI_GATHER=0` turns it off (A/B benchmarks), and it is off where the extension could not
   be built (`available()` says why): the layer then takes the dense route, same results.
 
-Measured at every shape tried, from (64, 16->16) to (256, 1024->1024), down to out=4 (padded to
-64 outputs), the route was at least as fast as the dense one, so there is no size threshold.
+No size threshold: at every shape measured, from (32, 2->5) and (512, 64->4) (4 outputs padded
+to 64) to (4096, 3136->256), the route took 0.3-0.7x the dense route's fwd+bwd time.
 
 The build (torch.utils.cpp_extension, ninja and the C++ compiler, about 30 s once per machine,
-then cached in torch's extension folder under a file lock) happens on the first forward that
+then cached in torch's extension folder under its file lock) happens on the first forward that
 would take the route. The vector code is compiled for the CPU capability torch reports
 (AVX-512, AVX2 or none), which is part of the extension's name, so a cache folder shared by
 different machines does not hand one the other's build.
