@@ -226,6 +226,28 @@ def test_the_gathered_route_builds_no_basis(spy: Spy, monkeypatch: pytest.Monkey
     assert spy.calls == 1
 
 
+@pytest.mark.usefixtures("extension")
+def test_only_the_gradients_asked_for_are_computed_and_they_are_the_references(
+    spy: Spy,
+) -> None:
+    """A batch that needs no gradient (a first layer's), then frozen spline weights: the
+    backward skips the slopes, then the weight gradient, and what it computes is unchanged."""
+    layer = rough_layer(11, 40)
+    x = inputs(layer, 150)
+    ref = outputs_and_grads(layer, x, fast=False)
+    layer.fast = True
+    layer.zero_grad(set_to_none=True)
+    layer(x).mul(torch.linspace(-1, 1, 150 * 40).view(150, 40)).sum().backward()
+    for grad, want in ((layer.base_weight.grad, ref[2]), (layer.spline_weight.grad, ref[3])):
+        torch.testing.assert_close(grad, want, atol=1e-5 * float(want.abs().max()), rtol=1e-5)
+    layer.spline_weight.requires_grad_(False)
+    layer.zero_grad(set_to_none=True)
+    got = outputs_and_grads(layer, x)
+    assert got[3] is None
+    assert_float32_close((*got[:3], ref[3]), ref)
+    assert spy.calls == 2
+
+
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
     """torch waits forever on a lock that a killed build left; one older than any build goes."""
     import os
