@@ -35,16 +35,18 @@ to 64) to (4096, 3136->256), the route took 0.3-0.7x the dense route's fwd+bwd t
 The build (torch.utils.cpp_extension, ninja and the C++ compiler, about 30 s once per machine,
 then cached in torch's extension folder under its file lock) happens on the first forward that
 would take the route. The vector code is compiled for the CPU capability torch reports
-(AVX-512, AVX2 or none), which is part of the extension's name, so a cache folder shared by
-different machines does not hand one the other's build.
+(AVX-512, AVX2 or none), which is part of the extension's name, as is the Python environment,
+so a cache folder shared by machines or virtual environments hands none of them another's build.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
+import sys
 import sysconfig
 import threading
 import time
@@ -160,7 +162,11 @@ def _build() -> ModuleType:
     ninja_dir = None if shutil.which("ninja") else _pip_ninja()
     if ninja_dir:
         os.environ["PATH"] = ninja_dir + os.pathsep + path
-    name = f"kan_tui_spline_gather_{capability.lower()}"
+    # one build folder per environment: torch rebuilds when the compile command changes, and
+    # it names the environment's torch headers, so two virtual environments sharing the cache
+    # would rebuild each other's extension in turn
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+    name = f"kan_tui_spline_gather_{capability.lower()}_{environment}"
     clear_stale_lock(cpp_extension._get_build_directory(name, verbose=False))
     try:
         return cpp_extension.load(
