@@ -23,6 +23,7 @@ from textual.widgets import Input
 from kan_engine import memory
 from kan_engine.config import RunConfig, apply_overrides
 from kan_engine.events import EpochEnd, Event, Finished, Notice, RunStarted, StepMetrics
+from kan_engine.kan import KANLinear
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 if not torch.cuda.is_available():
@@ -325,3 +326,18 @@ def regression_replay(epochs: int = 4, steps: int = 20, log_every: int = 4) -> l
     summary |= {"test_rmse": test, "test_mae": test / 2, "test_r2": 1 - (test / 0.6) ** 2}
     events.append(Finished({**summary, "epochs_run": epochs, "run_dir": run_dir}))
     return events
+
+
+def outputs_and_grads(
+    layer: KANLinear, x: torch.Tensor, fast: bool = True
+) -> tuple[torch.Tensor, ...]:
+    """A layer's output and the gradients of x, base_weight and spline_weight under an
+    uneven weighting of the outputs (every output matters differently), on `fast` or the
+    reference path: what the layer tests compare between routes."""
+    layer.fast = fast
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    (y * weights).sum().backward()
+    return y.detach(), x.grad, layer.base_weight.grad, layer.spline_weight.grad

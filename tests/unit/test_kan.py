@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import outputs_and_grads
 from scipy.interpolate import BSpline
 
 from kan_engine import fused_basis, spline_gather
@@ -121,16 +122,6 @@ def test_knots_are_in_the_layer_dtype(dtype: torch.dtype) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the fast path against the textbook reference
-
-
-def outputs_and_grads(layer: KANLinear, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, ...]:
-    layer.fast = fast
-    layer.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    y = layer(x)
-    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    (y * weights).sum().backward()
-    return y.detach(), x.grad, layer.base_weight.grad, layer.spline_weight.grad
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

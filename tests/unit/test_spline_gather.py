@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from conftest import outputs_and_grads
 
 from kan_engine import spline_gather
 from kan_engine.kan import KANLinear
@@ -77,18 +78,6 @@ def inputs(layer: KANLinear, n: int, seed: int = 2) -> torch.Tensor:
         x[row, i] = layer.grid[i, (row * 3) % layer.grid.shape[1]]
     x[min(n - 1, 8), 0] = layer.grid[0, -1]
     return x
-
-
-def outputs_and_grads(
-    layer: KANLinear, x: torch.Tensor, fast: bool = True
-) -> tuple[torch.Tensor, ...]:
-    layer.fast = fast
-    layer.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    y = layer(x)
-    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    (y * weights).sum().backward()
-    return y.detach(), x.grad, layer.base_weight.grad, layer.spline_weight.grad
 
 
 def assert_float32_close(got: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) -> None:
