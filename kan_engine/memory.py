@@ -22,6 +22,7 @@ needs much less than a training step, so it is not part of the estimate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kan_engine import least_squares
+from kan_engine import least_squares, spline_gather
 from kan_engine.config import RunConfig, limits
 from kan_engine.errors import ConfigError
 from kan_engine.levenberg_marquardt import LevenbergMarquardt
@@ -154,8 +155,12 @@ def measure(
     clip_grad_norm: float = 0.0,
     data_bytes: int = 0,
     probes: tuple[int, int] = PROBE_BATCHES,
+    dense_basis: bool = False,
 ) -> MemoryEstimate:
     """Measure `model`'s training step on two tiny random batches (see the module docstring).
+
+    `dense_basis`: measure the CPU's dense route, whose padded basis bounds the GPU's fused
+    operand from above, instead of the gathered route a CPU run takes (which builds no basis).
 
     Trains the model for three tiny steps: pass a model that may change (`estimate` builds its
     own). The model's device is used for the batches; the meter works on any device.
@@ -210,7 +215,8 @@ def measure(
     timelines = []
     for n in probes:
         x, y = batch(n)
-        with TensorMemoryPeak(timeline=True) as meter:
+        dense = spline_gather.dense_only() if dense_basis else contextlib.nullcontext()
+        with TensorMemoryPeak(timeline=True) as meter, dense:
             forward_backward(x, y)
         timelines.append(meter.timeline)
         per_sample_input = (x.nbytes + y.nbytes) / n
@@ -241,6 +247,7 @@ def _cache_key(config: RunConfig) -> str:
             config.optim.momentum > 0,
             config.train.clip_grad_norm > 0,
             config.train.seed,
+            _runs_on_gpu(config),
         )
     )
 
@@ -282,8 +289,14 @@ def _measure_config(config: RunConfig) -> MemoryEstimate:
             lambda m: optim.build_optimizer(config, models.param_groups(m), cpu),
             clip_grad_norm=config.train.clip_grad_norm,
             data_bytes=data_bytes,
+            dense_basis=_runs_on_gpu(config),
         )
     return dataclasses.replace(est, train_size=bundle.sizes["train"])
+
+
+def _runs_on_gpu(config: RunConfig) -> bool:
+    """Whether the run will take the GPU's layer route (its device, "auto" included)."""
+    return config.train.device != "cpu" and torch.cuda.is_available()
 
 
 def available_bytes(device: torch.device) -> int:

@@ -50,13 +50,24 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["ENABLE_ENV", "Availability", "SplineGather", "applies", "available", "enabled"]
+__all__ = [
+    "ENABLE_ENV",
+    "Availability",
+    "SplineGather",
+    "applies",
+    "available",
+    "dense_only",
+    "enabled",
+]
 
 ENABLE_ENV = "KAN_TUI_GATHER"  # "0" turns the gathered route off (A/B benchmarks)
 SOURCE = Path(__file__).parent / "csrc" / "spline_gather.cpp"
@@ -68,6 +79,7 @@ ISA_FLAGS = {
 }
 
 _BUILD_LOCK = threading.Lock()
+_DENSE_ONLY: ContextVar[bool] = ContextVar("kan_tui_dense_only", default=False)
 # A build takes ~30 s here; a build lock older than this was left by a killed build.
 STALE_LOCK_SECONDS = 600
 
@@ -83,8 +95,21 @@ class Availability(NamedTuple):
 
 
 def enabled() -> bool:
-    """Whether KAN_TUI_GATHER leaves the route on (anything but "0")."""
-    return os.environ.get(ENABLE_ENV, "1") != "0"
+    """Whether KAN_TUI_GATHER leaves the route on (anything but "0") and no `dense_only` block
+    is running."""
+    return not _DENSE_ONLY.get() and os.environ.get(ENABLE_ENV, "1") != "0"
+
+
+@contextmanager
+def dense_only() -> Iterator[None]:
+    """The dense route for the forwards inside, in this thread: the memory estimate measures a
+    training step on the CPU as an upper bound for any device, and the GPU's fused route keeps
+    a basis-sized operand that this route never builds."""
+    token = _DENSE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _DENSE_ONLY.reset(token)
 
 
 def available() -> Availability:

@@ -251,3 +251,31 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
     spline_gather.clear_stale_lock(tmp_path)
     assert not lock.exists()
     spline_gather.clear_stale_lock(tmp_path)  # nothing there: no error
+
+
+@pytest.mark.usefixtures("extension")
+def test_dense_only_blocks_take_the_dense_route_and_a_gpu_estimate_uses_one(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU run's memory estimate bounds the fused route, whose operand this route never
+    builds: it measures the dense route, whether or not the gathered one is on."""
+    from kan_engine import memory
+
+    layer = rough_layer(12, 8, uniform=True)
+    x = torch.rand(16, 12) * 2 - 1
+    with spline_gather.dense_only():
+        layer(x)
+    assert spy.calls == 0
+    layer(x)
+    assert spy.calls == 1
+
+    def slope() -> float:
+        model = KANLinear(64, 32)
+        sgd = lambda m: torch.optim.SGD(m.parameters())  # noqa: E731
+        estimate = memory.measure(model, (64,), 32, sgd, dense_basis=True)
+        return estimate.per_sample_bytes
+
+    with_route = slope()
+    assert spy.calls == 2  # only the estimate's untimed first step took the gathered route
+    monkeypatch.setenv(spline_gather.ENABLE_ENV, "0")
+    assert with_route == slope()
