@@ -60,16 +60,22 @@ from typing import Any, NamedTuple
 import torch
 
 __all__ = [
+    "BUILD_NOTICE",
     "ENABLE_ENV",
     "Availability",
     "SplineGather",
     "applies",
     "available",
+    "build_pending",
     "dense_only",
     "enabled",
 ]
 
 ENABLE_ENV = "KAN_TUI_GATHER"  # "0" turns the gathered route off (A/B benchmarks)
+BUILD_NOTICE = (
+    "building the CPU's spline kernel, once per Python environment (about 30 s; "
+    "`python -m kan_engine.spline_gather` builds it ahead)"
+)
 SOURCE = Path(__file__).parent / "csrc" / "spline_gather.cpp"
 # Instruction sets per capability of torch.backends.cpu.get_cpu_capability(); the code is
 # portable vector extensions, so another capability builds it with the compiler's defaults.
@@ -169,7 +175,21 @@ def _pip_ninja() -> str | None:
     return str(ninja.BIN_DIR)
 
 
-def _build() -> ModuleType:
+def build_pending(dtype: torch.dtype) -> bool:
+    """Whether a CPU forward in `dtype` would build the extension first (~30 s): the route is
+    on for it, this process has not loaded it, the tools are there, and torch's cache holds no
+    build newer than the source. Asked before a run's first forward, to say why it waits."""
+    if dtype != torch.float32 or not enabled() or _load.cache_info().currsize or _missing_tool():
+        return False
+    name = _extension_name()
+    library = Path(_cpp_extension()._get_build_directory(name, verbose=False)) / f"{name}.so"
+    try:
+        return library.stat().st_mtime < SOURCE.stat().st_mtime
+    except OSError:  # never built here
+        return True
+
+
+def _cpp_extension() -> ModuleType:
     # torch.utils.cpp_extension warns at import when a CUDA build of torch finds no CUDA: not
     # news here (the extension is CPU code), and a warning would land in the TUI.
     extension_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -179,6 +199,19 @@ def _build() -> ModuleType:
         from torch.utils import cpp_extension
     finally:
         extension_logger.setLevel(level)
+    return cpp_extension
+
+
+def _extension_name() -> str:
+    """The vector code's capability and the Python environment are part of the name: torch
+    rebuilds when the compile command changes, and it names the environment's torch headers,
+    so two virtual environments sharing the cache would rebuild each other's extension in turn."""
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+    return f"kan_tui_spline_gather_{torch.backends.cpu.get_cpu_capability().lower()}_{environment}"
+
+
+def _build() -> ModuleType:
+    cpp_extension = _cpp_extension()
     capability = torch.backends.cpu.get_cpu_capability()
     # at::parallel_for is inline OpenMP code where torch is built with OpenMP: without the flag
     # it compiles to a serial loop
@@ -187,11 +220,7 @@ def _build() -> ModuleType:
     ninja_dir = None if shutil.which("ninja") else _pip_ninja()
     if ninja_dir:
         os.environ["PATH"] = ninja_dir + os.pathsep + path
-    # one build folder per environment: torch rebuilds when the compile command changes, and
-    # it names the environment's torch headers, so two virtual environments sharing the cache
-    # would rebuild each other's extension in turn
-    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
-    name = f"kan_tui_spline_gather_{capability.lower()}_{environment}"
+    name = _extension_name()
     clear_stale_lock(cpp_extension._get_build_directory(name, verbose=False))
     try:
         return cpp_extension.load(

@@ -48,7 +48,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kan_engine import cuda_graph, distributed, models, optim, resume_plan, run_folder, tracking
+from kan_engine import (
+    cuda_graph,
+    distributed,
+    models,
+    optim,
+    resume_plan,
+    run_folder,
+    spline_gather,
+    tracking,
+)
 from kan_engine import data as data_mod
 from kan_engine.config import RunConfig, check_names
 from kan_engine.controls import Controls
@@ -225,6 +234,7 @@ class Trainer:
             # before the optimizer and the weight average are made from the parameters
             load_initial(self.model, config.model.init_from, self.run_dir, self.device)
         self.kan = models.kan_layers(self.model)
+        self._build_cpu_kernel()
         self.c.grid_updates = {name: 0 for name in self.kan}
         step = self.stepper = TrainStep(
             config, self.model, self.kan, self.data, self.device, dist, self._notices
@@ -247,6 +257,15 @@ class Trainer:
                 plan.state, restart_patience=plan.restart_patience
             )
         self.recovery = Recovery(step, self._diagnose, self.folder.emit)  # remembers this state
+
+    def _build_cpu_kernel(self) -> None:
+        """Build the CPU's spline extension now, saying so first: it takes ~30 s once per
+        Python environment, which would otherwise pass in silence in the first forward."""
+        if not (self.kan and self.device.type == "cpu" and self.dist.is_main):
+            return
+        if spline_gather.build_pending(next(self.model.parameters()).dtype):
+            self.folder.sink(Notice(spline_gather.BUILD_NOTICE))
+            spline_gather.available()
 
     # ------------------------------------------------------------------ the loop
 

@@ -279,3 +279,44 @@ def test_dense_only_blocks_take_the_dense_route_and_a_gpu_estimate_uses_one(
     assert spy.calls == 2  # only the estimate's untimed first step took the gathered route
     monkeypatch.setenv(spline_gather.ENABLE_ENV, "0")
     assert with_route == slope()
+
+
+def test_a_build_is_announced_only_where_the_next_forward_would_build(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import os
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache
+    unloaded = functools.cache(lambda: (None, spline_gather.Availability(False, "test")))
+    monkeypatch.setattr(spline_gather, "_load", unloaded)
+    if spline_gather._missing_tool():
+        assert not spline_gather.build_pending(torch.float32)  # nothing would be built
+        return
+    assert spline_gather.build_pending(torch.float32)
+    assert not spline_gather.build_pending(torch.float64)  # that route is dense
+    monkeypatch.setenv(spline_gather.ENABLE_ENV, "0")
+    assert not spline_gather.build_pending(torch.float32)
+    monkeypatch.delenv(spline_gather.ENABLE_ENV)
+    name = spline_gather._extension_name()
+    library = tmp_path / name / f"{name}.so"
+    library.write_bytes(b"")  # a build newer than the source
+    assert not spline_gather.build_pending(torch.float32)
+    old = spline_gather.SOURCE.stat().st_mtime - 60
+    os.utime(library, (old, old))  # the source changed since: torch rebuilds
+    assert spline_gather.build_pending(torch.float32)
+    unloaded()  # loaded in this process: nothing to wait for
+    assert not spline_gather.build_pending(torch.float32)
+
+
+def test_a_cpu_run_says_it_builds_before_the_build(
+    tiny_config, runs_dir, recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kan_engine.trainer import Trainer
+
+    builds: list[int] = []  # the number of events seen when the build started
+    monkeypatch.setattr(spline_gather, "build_pending", lambda dtype: dtype == torch.float32)
+    monkeypatch.setattr(spline_gather, "available", lambda: builds.append(len(recorder.events)))
+    Trainer(tiny_config(**{"train.epochs": 1}), sink=recorder, out_dir=runs_dir).setup()
+    notices = [event.message for event in recorder.of("notice")]
+    assert notices == [spline_gather.BUILD_NOTICE] and builds == [1]
