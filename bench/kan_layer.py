@@ -9,6 +9,9 @@ measured in the same run:
   Triton kernels (`kan_engine.fused_basis`), matmuls by cuBLAS, recompute-in-backward;
 * fused graph (CUDA only): the same, captured once in a CUDA graph and replayed, as the trainer
   runs its steps: the GPU time of the layer without Python's launch overhead;
+* fused cublas (CUDA only): the fused route with KAN_TUI_TF32X3=0 during its calls: float32
+  products by cuBLAS on the CUDA cores instead of `kan_engine.tf32x3` on tensor cores (bfloat16
+  rows: the same route as "fused");
 * fused two-node (CUDA only): the fused route without `kan_engine.fused_layer` (SiLU and its
   matmul as autograd ops beside the spline's own node, as before session 8), which the layer
   takes for a base activation other than SiLU: the A/B of the one-node route in the same run;
@@ -58,7 +61,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kan_engine import spline_gather
+from kan_engine import spline_gather, tf32x3
 from kan_engine.atomic import write_text
 from kan_engine.kan import KANLinear
 from kan_engine.memory_peak import TensorMemoryPeak
@@ -66,12 +69,13 @@ from kan_engine.memory_peak import TensorMemoryPeak
 SHAPES = ("1024x784x256", "4096x3136x256", "4096x1024x1024", "256x1024x1024")
 CPU_SHAPES = ("1024x784x256", "256x1024x1024")
 VARIANTS = (
-    "fused", "fused graph", "fused two-node", "basis gemm", "basis gemm graph",
+    "fused", "fused graph", "fused cublas", "fused two-node", "basis gemm", "basis gemm graph",
     "local", "local dense", "reference", "linear", "gemm floor",
 )  # fmt: skip
 ANCHORS = ("efficient-kan", "fast-kan")  # with --anchors DIR
 BASIS_GEMM = ("basis gemm", "basis gemm graph")
-FUSED = ("fused", "fused graph", "fused two-node", *BASIS_GEMM)  # Triton kernels: CUDA only
+# Triton kernels: CUDA only
+FUSED = ("fused", "fused graph", "fused cublas", "fused two-node", *BASIS_GEMM)
 OURS = (*FUSED, "local", "local dense")
 
 
@@ -83,22 +87,27 @@ def variants(device: torch.device, anchors: tuple[str, ...] = ()) -> tuple[str, 
     return (*(v for v in VARIANTS if v not in skip), *anchors)
 
 
+SWITCHED_OFF = {"local dense": spline_gather.ENABLE_ENV, "fused cublas": tf32x3.ENABLE_ENV}
+
+
 @contextmanager
-def _gather_off() -> Iterator[None]:
-    previous = os.environ.get(spline_gather.ENABLE_ENV)
-    os.environ[spline_gather.ENABLE_ENV] = "0"
+def _switched_off(name: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = "0"
     try:
         yield
     finally:
         if previous is None:
-            del os.environ[spline_gather.ENABLE_ENV]
+            del os.environ[name]
         else:
-            os.environ[spline_gather.ENABLE_ENV] = previous
+            os.environ[name] = previous
 
 
 def route(variant: str) -> AbstractContextManager[None]:
-    """What a call of `variant` runs in: KAN_TUI_GATHER=0 for "local dense", else nothing."""
-    return _gather_off() if variant == "local dense" else nullcontext()
+    """What a call of `variant` runs in: its switch (`SWITCHED_OFF`) at "0", else nothing. The
+    layer's backward follows the route its forward took."""
+    name = SWITCHED_OFF.get(variant)
+    return _switched_off(name) if name else nullcontext()
 
 
 def load_anchors(folder: Path | None) -> dict[str, type[nn.Module]]:

@@ -96,7 +96,7 @@ def _tile(pid_n, pid_i, n_rows, n_in, BLOCK_N: tl.constexpr, BLOCK_I: tl.constex
 
 @triton.jit
 def basis_kernel(
-    x_ptr, grid_ptr, out_ptr, outside_ptr, n_total, n_rows, n_in,
+    x_ptr, grid_ptr, out_ptr, outside_ptr, n_total, row_stride, col_stride, n_rows, n_in,
     ORDER: tl.constexpr, N_KNOTS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, ACT: tl.constexpr, COUNT: tl.constexpr,
     ACT_SCALE: tl.constexpr, BASIS_SCALE: tl.constexpr,
@@ -105,7 +105,10 @@ def basis_kernel(
     written. With ACT, out is (N, 1+G+k, in) and its first slot holds ACT_SCALE * silu(x): the
     whole layer's matmul operand, so one launch makes both branches' inputs. With COUNT, the
     share of inputs outside the grid range (x < t_k or x >= t_{M-k}) is added to *outside_ptr
-    (n_total = x.numel()): the trainer's monitoring statistic at no extra pass over x.
+    (n_total = x.numel()): the trainer's monitoring statistic at no extra pass over x. Entry
+    (row, column) of the flattened operand is at row * row_stride + column * col_stride: row
+    major ((1+G+k)*in, 1), or column major (1, N) for the weight gradient's matmul on tensor
+    cores, which reads the operand along its rows (`tf32x3`).
 
     The scales are constexprs (a layer has one pair: one compile), not float arguments: under
     torch.compile, Inductor relaunches user kernels and took a float argument of 1.0 for an
@@ -115,15 +118,15 @@ def basis_kernel(
     row_ptr = grid_ptr + (cols * N_KNOTS)[None, :]
     first, vals, _ = _local(x, row_ptr, mask, ORDER, N_KNOTS, SEARCH_STEPS, False)
     n_cols: tl.constexpr = N_KNOTS - 1 - ORDER
-    slots: tl.constexpr = n_cols + 1 if ACT else n_cols
-    out_ptrs = out_ptr + rows[:, None] * (slots * n_in) + cols[None, :]
+    out_ptrs = out_ptr + rows[:, None] * row_stride + cols[None, :] * col_stride
+    slot_stride = n_in * col_stride
     out_dtype = out_ptr.dtype.element_ty
     if ACT:
         act = x / (1.0 + tl.exp(-x)) * ACT_SCALE
         if out_dtype.primitive_bitwidth < 32:
             act = act.to(tl.float32)
         tl.store(out_ptrs, act.to(out_dtype), mask=mask)
-        out_ptrs += n_in
+        out_ptrs += slot_stride
     if COUNT:
         low = tl.load(row_ptr + ORDER, mask=mask, other=0.0)
         high = tl.load(row_ptr + (N_KNOTS - 1 - ORDER), mask=mask, other=0.0)
@@ -136,7 +139,7 @@ def basis_kernel(
         value = value * BASIS_SCALE
         if out_dtype.primitive_bitwidth < 32:  # float64 -> bfloat16 in one cast gives zeros
             value = value.to(tl.float32)  # under Triton's interpreter; go through float32
-        tl.store(out_ptrs + c * n_in, value.to(out_dtype), mask=mask)
+        tl.store(out_ptrs + c * slot_stride, value.to(out_dtype), mask=mask)
 
 
 @triton.jit

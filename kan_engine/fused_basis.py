@@ -35,6 +35,11 @@ INTERPRET_ENV = "TRITON_INTERPRET"  # "1": Triton runs kernels on CPU tensors (t
 # 1-8 rows, 64-512 inputs, 1-8 warps at (4096, 3136): this was among the fastest for both
 # kernels and both dtypes (0.20 ms per basis, 0.17 ms per gradient; 8x128 took 0.26 ms).
 BLOCK_N, BLOCK_I, NUM_WARPS = 1, 128, 4
+# The transposed operand's tiles: 32 adjacent rows (one 128-byte line of float32 per value
+# written) x 32 inputs. H200, session 9: 0.23 ms at (4096, 3136) (row-major 0.17 ms); (128, 8),
+# (16, 64), (64, 16) within 5 %, (64, 32) and (32, 64) 30 % slower.
+TRANSPOSED_BLOCKS = (32, 32)
+ROW_ALIGN = 16  # the transposed operand's row stride is a multiple of this many elements
 
 
 def available(device: torch.device) -> bool:
@@ -62,10 +67,10 @@ def _interpreting() -> bool:
 
 def _launch(
     kernel_name: str, x: torch.Tensor, grid: torch.Tensor, order: int,
-    *args: torch.Tensor | int, **flags: bool | float,
+    *args: torch.Tensor | int, blocks: tuple[int, int] = (BLOCK_N, BLOCK_I), **flags: bool | float,
 ) -> None:  # fmt: skip
-    """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles; `args` lead its list,
-    `flags` are its other constexprs (ACT, COUNT, the scales)."""
+    """Run one kernel of `basis_kernels` over x's (rows, inputs) tiles of `blocks`; `args`
+    lead its list, `flags` are its other constexprs (ACT, COUNT, the scales)."""
     interpreting = not x.is_cuda
     if interpreting and not runnable(x.device):
         raise RuntimeError(
@@ -76,11 +81,12 @@ def _launch(
 
     n, n_in = x.shape
     n_knots = int(grid.shape[1])  # a constexpr: a plain int even while torch.compile traces
-    launch_grid = (-(-n // BLOCK_N), -(-n_in // BLOCK_I))  # ceil divisions
+    block_n, block_i = blocks
+    launch_grid = (-(-n // block_n), -(-n_in // block_i))  # ceil divisions
     # binary-search steps that find any of the n_knots - 1 intervals: ceil(log2(n_knots - 1))
     steps = max(1, (n_knots - 2).bit_length())
     constexprs = dict(
-        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=BLOCK_N, BLOCK_I=BLOCK_I,
+        ORDER=order, N_KNOTS=n_knots, SEARCH_STEPS=steps, BLOCK_N=block_n, BLOCK_I=block_i,
         **flags,
     )  # fmt: skip
     triton_launch.launch(
@@ -97,30 +103,36 @@ def dense_basis(
     n_cols = grid.shape[1] - 1 - order
     out = torch.empty(x.shape[0], n_cols, x.shape[1], device=x.device, dtype=dtype)
     plain = dict(ACT=False, COUNT=False, ACT_SCALE=1.0, BASIS_SCALE=1.0)
-    _launch("basis_kernel", x, grid, order, x, grid, out, out, 1, **plain)
+    _launch("basis_kernel", x, grid, order, x, grid, out, out, 1, n_cols * x.shape[1], 1, **plain)
     return out
 
 
 def layer_operand(
     x: torch.Tensor, grid: torch.Tensor, order: int, dtype: torch.dtype,
     scale_base: float, scale_spline: float, outside: torch.Tensor | None = None,
+    transposed: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """x (N, in) -> (N, (1+G+k)*in) in `dtype`, a row being scale_base * silu(x) then
     scale_spline * B(x) in the (basis function, input) order of `spline_weight.flatten(1)`: both
     branches' matmul operand side by side. `outside` (a float32 scalar tensor), when given, is
-    set to the share of x outside the grid range in the same launch."""
+    set to the share of x outside the grid range in the same launch. `transposed`: the same
+    values as ((1+G+k)*in, N) with the N values of a column adjacent, each column starting at a
+    multiple of `ROW_ALIGN` elements (a view of a padded buffer), written in tiles of rows."""
     x, grid = _dense(x), _dense(grid.to(x.dtype))
-    n_cols = grid.shape[1] - 1 - order
-    out = torch.empty(x.shape[0], (1 + n_cols) * x.shape[1], device=x.device, dtype=dtype)
+    n, n_in = x.shape
+    width = (grid.shape[1] - order) * n_in  # (1 + G+k) slots of n_in columns
+    padded = -(-n // ROW_ALIGN) * ROW_ALIGN
+    shape, strides = ((width, padded), (1, padded)) if transposed else ((n, width), (width, 1))
+    out = torch.empty(shape, device=x.device, dtype=dtype)
     count = outside is not None
     if count:
         outside.zero_()
     _launch(
         "basis_kernel", x, grid, order, x, grid, out, outside if count else out,
-        max(x.numel(), 1), ACT=True, COUNT=count, ACT_SCALE=float(scale_base),
-        BASIS_SCALE=float(scale_spline),
+        max(x.numel(), 1), *strides, blocks=TRANSPOSED_BLOCKS if transposed else (BLOCK_N, BLOCK_I),
+        ACT=True, COUNT=count, ACT_SCALE=float(scale_base), BASIS_SCALE=float(scale_spline),
     )  # fmt: skip
-    return out
+    return out[:, :n] if transposed else out
 
 
 def input_grad(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from kan_engine import fused_basis
+from kan_engine import fused_basis, tf32x3
 from kan_engine.basis import as_dtype
 
 __all__ = ["FusedKAN", "operand_row_bytes"]
@@ -72,6 +72,9 @@ class FusedKAN(torch.autograd.Function):
         weight = torch.cat(
             [as_dtype(base_weight, cdt), as_dtype(spline_weight, cdt).view(n_out, -1)], 1
         ).t()  # ((1+G+k)*in, out)
+        # the operand's and the weight's rows as they are: 64-byte aligned only where both
+        # widths are multiples of 16 elements, which the tensor-core kernel needs at speed
+        tensor_cores = tf32x3.allowed(cdt, x.device) and weight.shape[0] % 16 == n_out % 16 == 0
         chunks = _rows(n, rows_per_chunk)
         single = len(chunks) == 1
         out = None if single else torch.empty(n, n_out, device=x.device, dtype=cdt)
@@ -82,9 +85,9 @@ class FusedKAN(torch.autograd.Function):
                 outside if single else None,
             )  # (n, (1+G+k)*in)  # fmt: skip
             if single:
-                out = torch.mm(flat, weight)
+                out = _product(flat, weight, None, tensor_cores)
             else:
-                torch.mm(flat, weight, out=out[rows])
+                _product(flat, weight, out[rows], tensor_cores)
             if want_stats:
                 chunk_sums = torch.cat([flat[:, :n_in].abs().sum(0, dtype=torch.float32),
                                         flat[:, n_in:].sum(0, dtype=torch.float32)])  # fmt: skip
@@ -93,7 +96,7 @@ class FusedKAN(torch.autograd.Function):
             low, high = grid[:, order], grid[:, -order - 1]
             torch.mean(torch.logical_or(x < low, x >= high), dtype=torch.float32, out=outside)
         ctx.save_for_backward(x, weight, grid)
-        ctx.config = (order, cdt, scale_base, scale_spline, rows_per_chunk)
+        ctx.config = (order, cdt, scale_base, scale_spline, rows_per_chunk, tensor_cores)
         ctx.weight_dtypes = (base_weight.dtype, spline_weight.dtype, spline_weight.shape)
         if not want_stats:
             return out
@@ -108,22 +111,37 @@ class FusedKAN(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, *_grad_stats: None
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, grid = ctx.saved_tensors
-        order, cdt, scale_base, scale_spline, rows_per_chunk = ctx.config
+        order, cdt, scale_base, scale_spline, rows_per_chunk, tensor_cores = ctx.config
         base_dtype, spline_dtype, spline_shape = ctx.weight_dtypes
         need_x, need_wb, need_ws = ctx.needs_input_grad[:3]
         n, n_in = x.shape
         g = as_dtype(grad_out, cdt).contiguous()  # (N, out); a sum() gives a stride-0 grad
         grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype) if need_x else None
         grad_w = None
+        weight_k = None  # the weight with the output index adjacent (`tf32x3`), made once
         for rows in _rows(n, rows_per_chunk):
             whole = rows == slice(None)
             part, g_part = (x, g) if whole else (x[rows], g[rows])
+            width = weight.shape[0]
             if need_wb or need_ws:
-                flat = fused_basis.layer_operand(part, grid, order, cdt, scale_base, scale_spline)
-                grad_w = _accumulate(grad_w, g_part.t(), flat)  # (out, (1+G+k)*in)
+                config = _tiles(tensor_cores, g.shape[1], width, part.shape[0], x.device)
+                flat = fused_basis.layer_operand(
+                    part, grid, order, cdt, scale_base, scale_spline, transposed=config is not None
+                )  # fmt: skip
+                if config is None:
+                    grad_w = _accumulate(grad_w, g_part.t(), flat)  # (out, (1+G+k)*in)
+                else:  # both operands with the rows (the sum's index) adjacent
+                    grad_w = tf32x3.matmul(
+                        tf32x3.row_major(g_part.t()), flat.t(), config, grad_w, grad_w is not None
+                    )  # fmt: skip
                 del flat  # one operand alive at a time
             if need_x:
-                grad_flat = torch.mm(g_part, weight.t())  # (n, (1+G+k)*in)
+                config = _tiles(tensor_cores, part.shape[0], width, g.shape[1], x.device)
+                if config is None:
+                    grad_flat = torch.mm(g_part, weight.t())  # (n, (1+G+k)*in)
+                else:
+                    weight_k = tf32x3.row_major(weight).t() if weight_k is None else weight_k
+                    grad_flat = tf32x3.matmul(g_part, weight_k, config)
                 fused_basis.input_grad(
                     grad_flat[:, n_in:], part, grid, order, scale_spline,
                     grad_x if whole else grad_x[rows], grad_flat[:, :n_in], scale_base,
@@ -131,6 +149,23 @@ class FusedKAN(torch.autograd.Function):
         grad_wb = as_dtype(grad_w[:, :n_in], base_dtype) if need_wb else None
         grad_ws = as_dtype(grad_w[:, n_in:], spline_dtype).view(spline_shape) if need_ws else None
         return grad_x, grad_wb, grad_ws, *(None,) * 8
+
+
+def _tiles(tensor_cores: bool, m: int, n: int, k: int, device: torch.device) -> tf32x3.Tiles | None:
+    """The tensor-core configuration of an (m, k) @ (k, n) product, or None for cuBLAS."""
+    return tf32x3.tiles(m, n, k, device) if tensor_cores else None
+
+
+def _product(
+    operand: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None, tensor_cores: bool
+) -> torch.Tensor:
+    """operand @ weight into `out` (a new tensor when None): on tensor cores where `tf32x3`
+    takes the shape, else cuBLAS."""
+    m, k = operand.shape
+    config = _tiles(tensor_cores, m, weight.shape[1], k, operand.device)
+    if config is not None:
+        return tf32x3.matmul(operand, weight, config, out)
+    return torch.mm(operand, weight) if out is None else torch.mm(operand, weight, out=out)
 
 
 def _unscaled(sums: torch.Tensor, scale: float, n: int) -> torch.Tensor:

@@ -29,19 +29,21 @@ _COMPILED: dict[tuple[Any, ...], Any] = {}
 
 def launch(
     kernel: Any, grid: tuple[int, int], args: tuple[Any, ...], constexprs: dict[str, Any],
-    num_warps: int, interpreting: bool,
+    num_warps: int, interpreting: bool, num_stages: int | None = None,
 ) -> None:  # fmt: skip
     """kernel[grid](*args, **constexprs, num_warps=num_warps), through the cache when it can;
-    `args` are the kernel's leading arguments, `constexprs` the rest, by name."""
+    `args` are the kernel's leading arguments, `constexprs` the rest, by name; `num_stages`
+    (software pipelining of the matmuls' loops) is Triton's default where None."""
+    options = {"num_warps": num_warps} | ({} if num_stages is None else {"num_stages": num_stages})
     hooks = None if interpreting or torch.compiler.is_compiling() else _launch_hooks()
     if hooks is None:  # Triton's own launch (which torch.compile also knows how to trace)
-        kernel[grid](*args, **constexprs, num_warps=num_warps)
+        kernel[grid](*args, **constexprs, **options)
         return
     device = torch.cuda.current_device()  # where Triton itself launches
-    key = (kernel, device, num_warps, *constexprs.items(), _signature(args))
+    key = (kernel, device, num_warps, num_stages, *constexprs.items(), _signature(args))
     entry = _COMPILED.get(key)
     if entry is None:
-        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        compiled = kernel[grid](*args, **constexprs, **options)
         # the launcher takes every argument in the kernel's order, constexprs included
         _COMPILED[key] = (compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]])
         return
