@@ -6,11 +6,16 @@ was the time to launch about 20 kernels (the SiLU, its matmul, the basis, the sp
 ops of the outside-grid statistic, their backward twins, the gradient sum of x's two branches)
 and to run four autograd nodes. Here one kernel (`fused_basis.layer_operand`) writes both
 branches' matmul operand, [silu(x) | B(x)] as (N, (1+G+k)*in), and
-adds the outside-grid share in the same pass; two cuBLAS matmuls read its two column blocks in
-place (their row stride is the whole row: no copy) against `base_weight` and `spline_weight`.
-Backward rebuilds the operand (only x is kept, as in `kan._SplineLinear`: activation memory
-O(N * in)), takes both weight gradients and both halves of dL/dOperand with four matmuls, and
-one kernel (`fused_basis.input_grad` with the SiLU term) turns them into dL/dx.
+adds the outside-grid share in the same pass; one matmul multiplies it by the joined weights
+[`base_weight` | `spline_weight`]. Backward rebuilds the operand (only x is kept, as in
+`kan._SplineLinear`: activation memory O(N * in)), takes dL/dW (both weights' gradients, as
+views) and dL/dOperand with two matmuls, and one kernel (`fused_basis.input_grad` with the SiLU
+term) reads both halves of dL/dOperand in place and writes dL/dx.
+
+In float32 the products that bind the GPU run on tensor cores at float32's accuracy (`tf32x3`),
+which reads both operands with the summed index adjacent: the backward then rebuilds the operand
+transposed for dL/dW and takes a copy of the joined weight with the outputs adjacent for
+dL/dOperand (cuBLAS reads any layout, and keeps the products that do not bind the GPU).
 
 Rows are processed in chunks whose operand fits in `BASIS_BUDGET_BYTES`, as in the other routes.
 Base activations other than SiLU (a library user's choice) take `kan._SplineLinear`.
