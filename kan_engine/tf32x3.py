@@ -50,8 +50,12 @@ CONFIGS = (Tiles(128, 64, 32, 4, 4), Tiles(64, 64, 64, 4, 3))
 def allowed(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether products in `dtype` on `device` may take the kernel: float32 on CUDA with TF32
     tensor cores (or under Triton's interpreter: tests), TF32 not allowed to cuBLAS, not
-    switched off. A layer asks once per forward, and its backward follows that answer."""
+    switched off, and not while torch.compile traces (Inductor relaunches user kernels itself;
+    this one's string constexpr was never checked there, so compiled models keep cuBLAS). A
+    layer asks once per forward, and its backward follows that answer."""
     if dtype != torch.float32 or os.environ.get(ENABLE_ENV, "1") == "0":
+        return False
+    if torch.compiler.is_compiling():
         return False
     if device.type == "cuda":
         return _tensor_cores(device) and not torch.backends.cuda.matmul.allow_tf32
