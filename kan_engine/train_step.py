@@ -23,6 +23,7 @@ What the step runs on is built here too: the autocast dtype and the loss scaler
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,10 +70,10 @@ class TrainStep:
         self.train_model: nn.Module = model  # what a training step runs forward and back
         if dist.enabled:
             self.train_model = distributed.wrap(model, device)
-        self.forward_model: nn.Module = self.train_model
+        self.forward_model: Callable[[Tensor], Tensor] = self.train_model
         if train.compile:
             if device.type == "cuda":
-                self.forward_model = torch.compile(self.train_model)
+                self.forward_model = best_effort_compile(self.train_model)
             else:
                 notices.append(Notice(f"train.compile is CUDA-only: eager on {device}"))
         for layer in kan.values():  # the layers gather regulariser statistics only if asked
@@ -259,3 +260,21 @@ class TrainStep:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
+
+
+def best_effort_compile(model: nn.Module, backend: Any = "inductor") -> Callable[[Tensor], Tensor]:
+    """torch.compile(model) whose frames that Dynamo cannot trace run eagerly, with Dynamo's
+    warning in the log, instead of ending the run: `train.compile` is a speed-up, not a
+    condition. Seen on the H200 (torch 2.11): float32 training of `rapid_kan_lite` failed in
+    Dynamo's tracing of the fused layer's autograd Function (an AssertionError in
+    `overwrite_tensor_vt_proxy`), where bfloat16 compiles. The setting is Dynamo's own
+    `suppress_errors`, patched around this model's calls only."""
+    import torch._dynamo  # compiling imports it anyway; not at module import (engine start-up)
+
+    compiled = torch.compile(model, backend=backend)
+
+    def forward(x: Tensor) -> Tensor:
+        with torch._dynamo.config.patch(suppress_errors=True):
+            return compiled(x)
+
+    return forward

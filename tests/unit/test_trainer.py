@@ -378,3 +378,23 @@ def test_cuda_graphs_are_used_only_where_they_can_be(tiny_config, runs_dir, reco
     used, message = cuda_graph.usable(tiny_config(), cuda, distributed=False, use_scaler=False)
     assert used is True
     assert "CUDA graph" in message
+
+
+def test_a_model_that_cannot_be_compiled_still_trains_eagerly() -> None:
+    """train.compile is best effort: a failure inside torch.compile runs the frame eagerly."""
+    from kan_engine.train_step import best_effort_compile
+
+    def failing_backend(graph: Any, example_inputs: Any) -> Any:
+        raise RuntimeError("this backend compiles nothing")
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.SiLU())
+    x = torch.randn(5, 4)
+    with pytest.raises(Exception, match="compiles nothing"):  # as torch.compile alone does
+        torch.compile(model, backend=failing_backend)(x)
+    torch._dynamo.reset()
+    out = best_effort_compile(model, backend=failing_backend)(x)
+    torch.testing.assert_close(out, model(x))
+    out.sum().backward()
+    assert model[0].weight.grad is not None
+    torch._dynamo.reset()
