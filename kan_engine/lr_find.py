@@ -181,12 +181,14 @@ def find_lr(
     end: float = END,
     progress: Callable[[int, float, float], None] | None = None,
     raw: Raw | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> LRFinderResult:
     """The range test on `config`'s model, data and optimizer (the result is a base LR:
     `optim.lr`, which the per-group multipliers scale as in training); `raw`: the data as
-    `data.read` gave it, if the caller has read it already."""
+    `data.read` gave it, if the caller has read it already; `notice` receives a line worth
+    showing before a wait (the CPU extension's first build: `spline_gather.prepare`)."""
     from kan_engine import data as data_mod
-    from kan_engine import models, optim
+    from kan_engine import models, optim, spline_gather
     from kan_engine.config import check_names
     from kan_engine.run_setup import build_model, pick_device, precision, seed_everything
 
@@ -199,6 +201,8 @@ def find_lr(
     seed_everything(config.train.seed)
     bundle = data_mod.load(config.data, device=device, seed=config.train.seed, raw=raw)
     model = build_model(config, bundle, device)
+    if notice is not None:
+        spline_gather.prepare(model, device, notice)
     optimizer = optim.build_optimizer(config, models.param_groups(model), device)
     mult = config.optim.lr_mult
     multipliers = [getattr(mult, g["name"]) for g in optimizer.param_groups]

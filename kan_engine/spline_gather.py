@@ -50,7 +50,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -69,6 +69,7 @@ __all__ = [
     "build_pending",
     "dense_only",
     "enabled",
+    "prepare",
 ]
 
 ENABLE_ENV = "KAN_TUI_GATHER"  # "0" turns the gathered route off (A/B benchmarks)
@@ -187,6 +188,16 @@ def build_pending(dtype: torch.dtype) -> bool:
         return library.stat().st_mtime < SOURCE.stat().st_mtime
     except OSError:  # never built here
         return True
+
+
+def prepare(model: torch.nn.Module, device: torch.device, notify: Callable[[str], None]) -> None:
+    """Build the extension now, after `notify(BUILD_NOTICE)`, where `model`'s first forward on
+    `device` would: about 30 s once per Python environment, which would otherwise pass in
+    silence inside that forward. Runs and tools call it once their model is built."""
+    weight = next(model.parameters(), None)
+    if device.type == "cpu" and weight is not None and build_pending(weight.dtype):
+        notify(BUILD_NOTICE)
+        available()
 
 
 def _cpp_extension() -> ModuleType:

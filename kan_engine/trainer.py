@@ -234,7 +234,10 @@ class Trainer:
             # before the optimizer and the weight average are made from the parameters
             load_initial(self.model, config.model.init_from, self.run_dir, self.device)
         self.kan = models.kan_layers(self.model)
-        self._build_cpu_kernel()
+        if self.kan and self.dist.is_main:  # before RunStarted: straight to the sink
+            spline_gather.prepare(
+                self.model, self.device, lambda text: self.folder.sink(Notice(text))
+            )
         self.c.grid_updates = {name: 0 for name in self.kan}
         step = self.stepper = TrainStep(
             config, self.model, self.kan, self.data, self.device, dist, self._notices
@@ -257,15 +260,6 @@ class Trainer:
                 plan.state, restart_patience=plan.restart_patience
             )
         self.recovery = Recovery(step, self._diagnose, self.folder.emit)  # remembers this state
-
-    def _build_cpu_kernel(self) -> None:
-        """Build the CPU's spline extension now, saying so first: it takes ~30 s once per
-        Python environment, which would otherwise pass in silence in the first forward."""
-        if not (self.kan and self.device.type == "cpu" and self.dist.is_main):
-            return
-        if spline_gather.build_pending(next(self.model.parameters()).dtype):
-            self.folder.sink(Notice(spline_gather.BUILD_NOTICE))
-            spline_gather.available()
 
     # ------------------------------------------------------------------ the loop
 

@@ -202,7 +202,10 @@ def lr_find(
     raw = read_data(config)
     for warning in raw.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
-    result = find_lr(config, steps=steps, start=start, end=end, raw=raw)
+    result = find_lr(
+        config, steps=steps, start=start, end=end, raw=raw,
+        notice=lambda text: print(f"note: {text}", file=sys.stderr),
+    )  # fmt: skip
     del raw
     marks = [(result.suggestion, "suggested")] if result.suggestion else []
     chart = text_chart(

@@ -320,3 +320,16 @@ def test_a_cpu_run_says_it_builds_before_the_build(
     Trainer(tiny_config(**{"train.epochs": 1}), sink=recorder, out_dir=runs_dir).setup()
     notices = [event.message for event in recorder.of("notice")]
     assert notices == [spline_gather.BUILD_NOTICE] and builds == [1]
+
+
+def test_the_lr_finder_says_it_builds_before_the_build(
+    tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kan_engine.lr_find import find_lr
+
+    said: list[str] = []
+    builds: list[int] = []
+    monkeypatch.setattr(spline_gather, "build_pending", lambda dtype: dtype == torch.float32)
+    monkeypatch.setattr(spline_gather, "available", lambda: builds.append(len(said)))
+    find_lr(tiny_config(), steps=5, notice=said.append)
+    assert said == [spline_gather.BUILD_NOTICE] and builds == [1]
