@@ -255,21 +255,24 @@ def _cache_key(config: RunConfig) -> str:
 _CACHE: dict[str, MemoryEstimate] = {}
 
 
-def estimate(config: RunConfig) -> MemoryEstimate:
+def estimate(config: RunConfig, notice: Callable[[str], None] | None = None) -> MemoryEstimate:
     """Training memory of `config` (its model, data set and optimizer), measured on the CPU.
 
     Loads the data set (for its shape and size; on the CPU) and builds the model there; seeded,
     so the same config gives the same figures, and remembered per process, so a form that only
     changes the batch size or the LR asks again for free. Raises what `data.load` raises for
-    missing data.
+    missing data. `notice` hears of a wait before it starts (the CPU extension's first build,
+    which a CPU run's measurement takes: `spline_gather.prepare`).
     """
     key = _cache_key(config)
     if key not in _CACHE:
-        _CACHE[key] = _measure_config(config)
+        _CACHE[key] = _measure_config(config, notice)
     return _CACHE[key]
 
 
-def _measure_config(config: RunConfig) -> MemoryEstimate:
+def _measure_config(
+    config: RunConfig, notice: Callable[[str], None] | None = None
+) -> MemoryEstimate:
     from kan_engine import data as data_mod
     from kan_engine import models, optim
     from kan_engine.run_setup import build_model
@@ -282,6 +285,9 @@ def _measure_config(config: RunConfig) -> MemoryEstimate:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = build_model(config, bundle, cpu)
+        gpu = _runs_on_gpu(config)
+        if notice is not None and not gpu:  # a GPU run's estimate takes the dense route
+            spline_gather.prepare(model, cpu, notice)
         est = measure(
             model,
             bundle.input_shape,
@@ -289,7 +295,7 @@ def _measure_config(config: RunConfig) -> MemoryEstimate:
             lambda m: optim.build_optimizer(config, models.param_groups(m), cpu),
             clip_grad_norm=config.train.clip_grad_norm,
             data_bytes=data_bytes,
-            dense_basis=_runs_on_gpu(config),
+            dense_basis=gpu,
         )
     return dataclasses.replace(est, train_size=bundle.sizes["train"])
 

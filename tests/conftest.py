@@ -205,7 +205,7 @@ FIXED_ESTIMATE = memory.MemoryEstimate(
 
 
 def fix_memory_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "estimate", lambda config: FIXED_ESTIMATE)
+    monkeypatch.setattr(memory, "estimate", lambda config, notice=None: FIXED_ESTIMATE)
 
 
 def sync(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:

@@ -165,8 +165,14 @@ class SetupScreen(Screen[None]):
         from kan_engine import memory
 
         line.update("memory: estimating...")
+
+        def building(_text: str) -> None:  # the CPU extension's first build (~30 s)
+            self.app.call_from_thread(
+                line.update, "memory: estimating (building the CPU kernel, once: ~30 s)..."
+            )
+
         self.run_worker(
-            lambda: (config, memory.estimate(config)),
+            lambda: (config, memory.estimate(config, notice=building)),
             thread=True,
             exclusive=True,
             group="memory",

@@ -333,3 +333,20 @@ def test_the_lr_finder_says_it_builds_before_the_build(
     monkeypatch.setattr(spline_gather, "available", lambda: builds.append(len(said)))
     find_lr(tiny_config(), steps=5, notice=said.append)
     assert said == [spline_gather.BUILD_NOTICE] and builds == [1]
+
+
+def test_the_memory_estimate_says_it_builds_before_the_build(
+    tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kan_engine import memory
+
+    said: list[str] = []
+    builds: list[int] = []
+    monkeypatch.setattr(memory, "_CACHE", {})
+    monkeypatch.setattr(spline_gather, "build_pending", lambda dtype: dtype == torch.float32)
+    monkeypatch.setattr(spline_gather, "available", lambda: builds.append(len(said)))
+    memory.estimate(tiny_config(), notice=said.append)
+    assert said == [spline_gather.BUILD_NOTICE] and builds == [1]
+    monkeypatch.setattr(memory, "_runs_on_gpu", lambda config: True)
+    memory.estimate(tiny_config(**{"train.seed": 1}), notice=said.append)
+    assert len(said) == 1  # a GPU run's estimate takes the dense route: nothing to build
