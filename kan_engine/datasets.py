@@ -256,20 +256,22 @@ def _download(name: str, root: Path) -> None:
 
 
 def _not_found(name: str, looked: list[str], download_error: BaseException) -> DataNotFoundError:
+    """One line, like every error the CLI prints (a newline in it would be shown as `\\n`): the
+    places looked in, why the download failed, and how to get the data."""
     how = [
         "put the files in a folder and pass --data-dir DIR (or set KAN_TUI_DATA=DIR)",
         f"or go online once so torchvision downloads them into {cache_dir() / name}",
     ]
     if name in SYSTEM_DIRS:
         how.insert(0, f"install Debian's package: sudo apt-get install dataset-{name}")
-    places = "\n".join(f"  - {printable(place)}" for place in looked)
+    places = ", ".join(printable(place) for place in looked)
     # torchvision's message ends with the cause ("Tried <mirror>, got: <urlopen error ...>")
     lines = str(download_error).strip().splitlines()
-    cause = lines[-1] if lines else ""
+    cause = printable(lines[-1]) if lines else ""
     return DataNotFoundError(
-        f"data set {name!r} not found. Looked in:\n{places}\n"
-        f"  - torchvision download: failed ({type(download_error).__name__}: {cause})\n"
-        f"To get it: {'; '.join(how)}.\n"
+        f"data set {name!r} not found; looked in: {places}; "
+        f"torchvision download failed ({type(download_error).__name__}: {cause}). "
+        f"To get it: {'; '.join(how)}. "
         "`--dataset digits` works offline (it ships with scikit-learn)."
     )
 

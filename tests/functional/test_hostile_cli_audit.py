@@ -1,0 +1,70 @@
+"""Gaps a hostile / careless-user audit of the `kan-tui` CLI found, one test per class of problem.
+
+Every bad input must end in exit 2 with one `error:` line naming the source and the reason, no
+traceback, and nothing half-made: a run folder that cannot be written is refused before training,
+not after an epoch; a path of the wrong kind is named by its kind, not as "missing".
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import error_line
+from typer.testing import CliRunner, Result
+
+from kan_tui.cli import app
+
+
+def cli(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """User presets and caches in a module-wide temporary folder."""
+    home = tmp_path_factory.mktemp("audit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KAN_TUI_CONFIG", str(home / "config"))
+        patch.setenv("KAN_TUI_CACHE", str(home / "cache"))
+        patch.delenv("KAN_TUI_DATA", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def base_run(env: Path) -> Path:
+    """One real run: the function preset (a [2, 5, 1] flat KAN), one epoch, about a second."""
+    result = cli("run", "--headless", "--preset", "function", "--epochs", "1", "--out", env / "r")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (env / "r").iterdir()
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(base_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the real run, to damage."""
+    target = tmp_path / "runs" / base_run.name
+    shutil.copytree(base_run, target)
+    return target
+
+
+def test_missing_data_is_one_readable_line(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The places looked in are listed on the one error line, not joined by newlines that the
+    error line shows as literal `\\n`."""
+    from kan_engine import datasets
+
+    def offline(name: str, root: Path) -> None:
+        raise OSError("no network (test)")
+
+    monkeypatch.setattr(datasets, "_download", offline)
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    empty = isolated / "empty"
+    empty.mkdir()
+    result = cli("run", "--headless", "--dataset", "mnist", "--data-dir", empty, "--out", "runs")
+    line = error_line(result, 2, "data set 'mnist' not found", str(empty), "--dataset digits")
+    assert "\\n" not in line
+    assert not (isolated / "runs").exists()
