@@ -7,6 +7,7 @@ not after an epoch; a path of the wrong kind is named by its kind, not as "missi
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,3 +69,43 @@ def test_missing_data_is_one_readable_line(
     line = error_line(result, 2, "data set 'mnist' not found", str(empty), "--dataset digits")
     assert "\\n" not in line
     assert not (isolated / "runs").exists()
+
+
+# what is put where a regular file belongs, and how the error names it
+NOT_FILES = {
+    "folder": (lambda p: p.mkdir(), "is a folder, not a regular file"),
+    "fifo": (lambda p: os.mkfifo(p), "is a named pipe (FIFO), not a regular file"),
+    "device_link": (lambda p: p.symlink_to("/dev/zero"), "is a character device (through a"),
+    "broken_link": (lambda p: p.symlink_to(p.parent / "gone"), "is a broken symbolic link"),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect"])
+@pytest.mark.parametrize("case", sorted(NOT_FILES))
+def test_a_checkpoint_that_is_no_file_is_named_by_its_kind(
+    command: str, case: str, run_dir: Path
+) -> None:
+    """Not "checkpoint missing": the file is there, it is something else."""
+    make, reason = NOT_FILES[case]
+    best = run_dir / "checkpoints" / "best.pt"
+    best.unlink()
+    make(best)
+    error_line(cli(command, run_dir), 2, f"{best}: {reason}")
+
+
+def test_a_config_toml_that_is_a_folder_is_named_so(run_dir: Path) -> None:
+    config = run_dir / "config.toml"
+    config.unlink()
+    config.mkdir()
+    for command in ("eval", "resume", "symbolic"):
+        error_line(cli(command, run_dir), 2, f"{config}: is a folder, not a regular file")
+
+
+@pytest.mark.parametrize("command", ["eval", "resume", "inspect", "attribution"])
+def test_a_run_dir_that_is_no_folder_says_which(command: str, tmp_path: Path) -> None:
+    """A typo and a file given as RUN_DIR: said as such (inspect, which reads the checkpoint
+    alone, used to name `FILE/checkpoints/best.pt` as a missing checkpoint)."""
+    missing, a_file = tmp_path / "nowhere", tmp_path / "notes.txt"
+    a_file.write_text("hi")
+    error_line(cli(command, missing), 2, f"{missing}: not a run folder (no such folder)")
+    error_line(cli(command, a_file), 2, f"{a_file}: not a run folder (it is a file)")
