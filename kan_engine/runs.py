@@ -152,6 +152,21 @@ def check_run_folder(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir}: not a run folder ({what})")
 
 
+def check_replaceable_files(run_dir: Path) -> None:
+    """RunDirError unless a resumed run can write what it replaces: checkpoints/ a folder (or
+    absent), summary.json, last.pt and best.pt regular files (or absent). Checked before the
+    resume trains, so a folder or link in one's place is refused at once (exit 2) instead of
+    failing the run at its first checkpoint, an epoch later (exit 1)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise RunDirError(f"{folder}: is not a folder; the run writes its checkpoints there")
+    for path in (Path(run_dir) / SUMMARY, folder / LAST, folder / BEST):
+        try:
+            atomic.check_replaceable(path)
+        except atomic.NotRegularFileError as exc:
+            raise RunDirError(f"{path}: {exc.strerror}; move it aside to resume") from None
+
+
 def read_config(run_dir: Path) -> RunConfig:
     """The run's config.toml; a config.toml that is not a regular file is named by its kind."""
     check_run_folder(run_dir)

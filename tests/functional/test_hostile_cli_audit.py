@@ -109,3 +109,34 @@ def test_a_run_dir_that_is_no_folder_says_which(command: str, tmp_path: Path) ->
     a_file.write_text("hi")
     error_line(cli(command, missing), 2, f"{missing}: not a run folder (no such folder)")
     error_line(cli(command, a_file), 2, f"{a_file}: not a run folder (it is a file)")
+
+
+def folder_for(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.mkdir()
+
+
+def file_for(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("")
+
+
+# what is put in a place a resume writes, and the start of the error's reason
+UNWRITABLE = {
+    "summary.json": (folder_for, "it exists and is a folder"),
+    "checkpoints/best.pt": (folder_for, "it exists and is a folder"),
+    "checkpoints": (file_for, "is not a folder"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(UNWRITABLE))
+def test_resume_refuses_before_training_what_it_could_not_write(place: str, run_dir: Path) -> None:
+    """Without last.pt the run starts over; with a folder where a file it writes belongs (or a
+    file for checkpoints/) it used to train an epoch, then fail with exit 1 and a `failed`
+    summary. Now: exit 2 at once, and the log as it was."""
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    damage, reason = UNWRITABLE[place]
+    damage(run_dir / place)
+    log = (run_dir / "metrics.jsonl").read_bytes()
+    error_line(cli("resume", "--headless", run_dir), 2, f"{run_dir / place}: {reason}")
+    assert (run_dir / "metrics.jsonl").read_bytes() == log
