@@ -140,3 +140,15 @@ def test_resume_refuses_before_training_what_it_could_not_write(place: str, run_
     log = (run_dir / "metrics.jsonl").read_bytes()
     error_line(cli("resume", "--headless", run_dir), 2, f"{run_dir / place}: {reason}")
     assert (run_dir / "metrics.jsonl").read_bytes() == log
+
+
+def test_prune_of_a_folder_named_with_an_escape(run_dir: Path, tmp_path: Path) -> None:
+    """The pruned run's description quotes the source folder's name: escaped, so the schema
+    takes it, and the name is shown escaped on the terminal."""
+    hostile = run_dir.rename(run_dir.with_name("run\x1b[2J"))
+    result = cli("prune", hostile, "-t", "0.01", "--epochs", "0", "--out", tmp_path / "pruned")
+    assert result.exit_code == 0, result.output
+    assert "run\\x1b[2J" in result.stdout and "\x1b" not in result.output
+    (pruned,) = (tmp_path / "pruned").iterdir()
+    config = (pruned / "config.toml").read_text()
+    assert "from run\\\\x1b[2J" in config  # the TOML string holds the escape as text
