@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +154,29 @@ def test_prune_of_a_folder_named_with_an_escape(run_dir: Path, tmp_path: Path) -
     (pruned,) = (tmp_path / "pruned").iterdir()
     config = (pruned / "config.toml").read_text()
     assert "from run\\\\x1b[2J" in config  # the TOML string holds the escape as text
+
+
+# Ctrl-C while the CLI is still being imported: a signal at the right tenth of a second, made
+# deterministic by an import that raises KeyboardInterrupt as the signal handler would
+CTRL_C_WHILE_IMPORTING = """
+import builtins, runpy, sys
+real = builtins.__import__
+def interrupted(name, *args, **kwargs):
+    if name == "pydantic":
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = interrupted
+sys.argv = ["kan-tui", "run", "--print-config"]
+runpy.run_module("kan_tui", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_the_cli_imports_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n"
+    assert done.stdout == "" and not list(tmp_path.iterdir())
