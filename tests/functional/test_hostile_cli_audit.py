@@ -180,3 +180,33 @@ def test_ctrl_c_while_the_cli_imports_is_exit_130_without_a_traceback(tmp_path: 
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted\n"
     assert done.stdout == "" and not list(tmp_path.iterdir())
+
+
+def test_runs_list_of_a_file_is_refused_and_of_a_typo_says_so(tmp_path: Path) -> None:
+    """`--out FILE` answered "no runs in FILE" and exit 0, as if it were an empty folder."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("hi")
+    error_line(cli("runs", "list", "--out", a_file), 2, f"--out: {a_file} exists and is not a")
+    missing = cli("runs", "list", "--out", tmp_path / "nowhere")
+    assert missing.exit_code == 0
+    assert missing.stdout.strip() == f"no runs in {tmp_path / 'nowhere'} (no such folder)"
+
+
+def test_runs_list_of_a_folder_it_may_not_read_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No permission to list a folder (root reads anything, so it is simulated) is a skipped
+    line naming it, not a traceback."""
+    locked = tmp_path / "runs" / "locked"
+    locked.mkdir(parents=True)
+    real = Path.iterdir
+
+    def iterdir(self: Path) -> Iterator[Path]:
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    result = cli("runs", "list", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {locked}: {locked}: cannot list: Permission denied" in result.stdout
