@@ -318,6 +318,31 @@ def _from_idx(files: dict[str, Path], name: str) -> Raw:
     return Raw(*parts, class_names=names, source=str(files[_IDX_FILES["train"][0]].parent))
 
 
+def load_searched(name: str, data_dir: str | None) -> Raw:
+    """Fashion-MNIST, MNIST or CIFAR-10 from the first place that holds it (`--data-dir` first,
+    then the others of `_search_roots`, the system folders, a download)."""
+    raw = load_cifar10(data_dir) if name == "cifar10" else load_idx(name, data_dir)
+    raw.warnings += _passed_over(name, data_dir, Path(raw.source))
+    return raw
+
+
+def _passed_over(name: str, data_dir: str | None, used: Path) -> list[str]:
+    """A warning when `--data-dir` was given but the data came from elsewhere: a typo'd folder,
+    or one without the files, must not go unnoticed behind the system's or the cache's copy."""
+    if not data_dir:
+        return []
+    given = Path(data_dir).expanduser()
+    if given == used or given in used.parents:
+        return []
+    if not given.exists():
+        why = "does not exist"
+    elif not given.is_dir():
+        why = "is not a folder"
+    else:
+        why = f"holds no {name} files"
+    return [f"data.data_dir: {printable(given)} {why}; using {name} from {printable(used)}"]
+
+
 def load_idx(name: str, data_dir: str | None) -> Raw:
     """Fashion-MNIST or MNIST from the first place that has all four IDX files."""
     folders: list[Path] = []
