@@ -48,16 +48,34 @@ app.add_typer(presets_app, name="presets")
 runs_app = typer.Typer(help="List past runs and export their metrics.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
+
+def path_value(value: str | Path) -> Path:
+    """The parser of every path option and argument (`parser=PATH`): an empty value is refused.
+    `--out ""` (an unset shell variable, as often as not) was Path(""), the current folder, so a
+    run, an export or a CSV landed there, or an error named "." for a name never typed."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty (an unset shell variable?)")
+    return Path(value)
+
+
+PATH = path_value
 DEBUG = typer.Option(False, "--debug", help="show the traceback of errors")
 NO_MOUSE = typer.Option(False, "--no-mouse", help="TUI: leave the mouse to the terminal")
 OUT = typer.Option(
-    Path("runs"), "--out", metavar="PATH", help="folder that gets one sub-folder per run"
+    Path("runs"),
+    "--out",
+    metavar="PATH",
+    help="folder that gets one sub-folder per run",
+    parser=PATH,
 )
 SETS = typer.Option(
     [], "--set", metavar="SECTION.KEY=VALUE", help="override any preset field (repeatable)"
 )
 RUN_DIR = typer.Argument(
-    ..., metavar="RUN_DIR", help="a run folder (holding config.toml and checkpoints/)"
+    ...,
+    metavar="RUN_DIR",
+    help="a run folder (holding config.toml and checkpoints/)",
+    parser=PATH,
 )
 PRESET = typer.Option(
     "lite",

@@ -18,6 +18,7 @@ from kan_tui.cli.base import (
     CHECKPOINT,
     DEBUG,
     OUT,
+    PATH,
     PRESET,
     RUN_DIR,
     SETS,
@@ -46,7 +47,9 @@ SET_FOR = typer.Option(
     metavar="MODEL:SECTION.KEY=VALUE",
     help="override a field for one model, after everything else (repeatable)",
 )
-JSON_OUT = typer.Option(None, "--json", metavar="FILE", help="also write the results as JSON here")
+JSON_OUT = typer.Option(
+    None, "--json", metavar="FILE", help="also write the results as JSON here", parser=PATH
+)
 
 
 @command(app)

@@ -210,3 +210,27 @@ def test_runs_list_of_a_folder_it_may_not_read_names_it(
     result = cli("runs", "list", "--out", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     assert f"skipped {locked}: {locked}: cannot list: Permission denied" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--headless", "--preset", "function", "--epochs", "1", "--out", ""],
+        ["runs", "list", "--out", " "],
+        ["runs", "export", "RUN", "--csv", ""],
+        ["predict", "RUN", "test", "--out", ""],
+        ["export", "RUN", "--format", "safetensors", "--out", ""],
+        ["prune", "RUN", "-t", "0.01", "--epochs", "0", "--out", ""],
+        ["compare", "--preset", "function", "--models", "flat_kan", "--json", ""],
+        ["eval", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    args: list[str], base_run: Path, isolated: Path
+) -> None:
+    """`--out "$UNSET"` was Path(""): the current folder got the run, or an error named "."."""
+    result = cli(*[str(base_run) if arg == "RUN" else arg for arg in args])
+    assert result.exit_code == 2, result.output
+    assert "is empty (an unset shell variable?)" in result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in isolated.iterdir()) == []
