@@ -143,7 +143,7 @@ def compare(
 
     if distributed.launched():
         raise ConfigError("torchrun", "compare", "trains one model after another: run it alone")
-    names = comparing.parse_models(model_names) if model_names else None
+    names = comparing.parse_models(model_names) if model_names is not None else None
     preset_config, preset_name, source = load_preset(preset)
     config = options.resolve(preset_config, source, sets, named)
     if names is None:  # the defaults follow the data: a regression compares the flat models

@@ -234,3 +234,10 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
     assert "is empty (an unset shell variable?)" in result.stderr
     assert "Traceback" not in result.output
     assert sorted(p.name for p in isolated.iterdir()) == []
+
+
+def test_compare_with_an_empty_models_list_trains_nothing(isolated: Path) -> None:
+    """`--models ""` was taken for no --models: the default comparison, four full trainings."""
+    result = cli("compare", "--preset", "function", "--models", "", "--out", "runs")
+    error_line(result, 2, "--models: model.name: no model given")
+    assert not (isolated / "runs").exists()
