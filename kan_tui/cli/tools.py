@@ -251,6 +251,8 @@ def inspect(
     checkpoint = pick_checkpoint(run_dir, checkpoint)
     layers, epoch = activations.load_layers(run_dir, checkpoint)
     name, kan = activations.pick_layer(layers, layer)
+    # a bad --edge is refused before anything is printed: the error is the whole output
+    curve = activations.edge_curve(kan, *edge) if edge is not None else None
     stdout = console()
     stdout.print(
         f"{printable(run_dir)}: {checkpoint} checkpoint (epoch {epoch}); layer {name}: "
@@ -268,9 +270,8 @@ def inspect(
     if recorded is not None:
         share, at = recorded
         stdout.print(f"inputs outside the grid: {share:.1%} (last training batch of epoch {at})")
-    if edge is not None:
+    if edge is not None and curve is not None:
         i, j = edge
-        curve = activations.edge_curve(kan, i, j)
         low, high = activations.grid_range(kan, i)
         chart = text_chart(
             {f"phi {i}->{j}": list(zip(curve.x, curve.y, strict=True))},

@@ -241,3 +241,10 @@ def test_compare_with_an_empty_models_list_trains_nothing(isolated: Path) -> Non
     result = cli("compare", "--preset", "function", "--models", "", "--out", "runs")
     error_line(result, 2, "--models: model.name: no model given")
     assert not (isolated / "runs").exists()
+
+
+def test_inspect_refuses_a_bad_edge_before_printing_anything(base_run: Path) -> None:
+    """The layer's header and grid line used to be printed, then the error."""
+    result = cli("inspect", base_run, "--edge", "9", "9")
+    error_line(result, 2, "--edge: 9 9: no such edge")
+    assert result.stdout == ""
