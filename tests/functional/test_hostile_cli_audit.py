@@ -248,3 +248,23 @@ def test_inspect_refuses_a_bad_edge_before_printing_anything(base_run: Path) -> 
     result = cli("inspect", base_run, "--edge", "9", "9")
     error_line(result, 2, "--edge: 9 9: no such edge")
     assert result.stdout == ""
+
+
+LONG = "a" * 5000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--print-config", "-p", LONG],
+        ["presets", "save", LONG],
+        ["run", "--print-config", "--set", f"{LONG}=1"],
+        ["compare", "--models", LONG],
+        ["inspect", "RUN", "--layer", LONG],
+    ],
+)
+def test_a_huge_name_or_key_is_echoed_short(args: list[str], base_run: Path) -> None:
+    """Names and keys the user typed were echoed whole: a 5000-character error line."""
+    result = cli(*[str(base_run) if arg == "RUN" else arg for arg in args])
+    line = error_line(result, 2, "aaa")
+    assert len(line) < 400, len(line)
