@@ -268,3 +268,15 @@ def test_a_huge_name_or_key_is_echoed_short(args: list[str], base_run: Path) -> 
     result = cli(*[str(base_run) if arg == "RUN" else arg for arg in args])
     line = error_line(result, 2, "aaa")
     assert len(line) < 400, len(line)
+
+
+@pytest.mark.parametrize(("name", "reason"), [("nowhere.pt", "checkpoint missing"),
+                                              ("notes.txt", "damaged")])  # fmt: skip
+def test_a_bad_init_from_names_the_key_and_keeps_no_run(
+    name: str, reason: str, isolated: Path
+) -> None:
+    (isolated / "notes.txt").write_text("not weights")
+    start = f"model.init_from={isolated / name}"
+    result = cli("run", "--headless", "--preset", "function", "--set", start, "--out", "runs")
+    error_line(result, 2, f"model.init_from: {isolated / name}: {reason}")
+    assert list((isolated / "runs").iterdir()) == []
