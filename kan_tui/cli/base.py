@@ -203,10 +203,16 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def terminal() -> bool:
+    """Whether the TUI can run here: in a pipe or a file it would write escape codes and wait
+    for keys that never come."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def no_terminal(doing: str) -> bool:
-    """Whether the TUI cannot run here: in a pipe or a file it would write escape codes and wait
-    for keys that never come, so the command goes on headless and says so."""
-    if sys.stdin.isatty() and sys.stdout.isatty():
+    """Whether the TUI cannot run here (`terminal`), so the command goes on headless and says
+    so."""
+    if terminal():
         return False
     print(f"note: not a terminal: {doing} headless (add --headless to say so)", file=sys.stderr)
     return True

@@ -280,3 +280,11 @@ def test_a_bad_init_from_names_the_key_and_keeps_no_run(
     result = cli("run", "--headless", "--preset", "function", "--set", start, "--out", "runs")
     error_line(result, 2, f"model.init_from: {isolated / name}: {reason}")
     assert list((isolated / "runs").iterdir()) == []
+
+
+def test_the_bare_command_outside_a_terminal_is_refused_not_hung(isolated: Path) -> None:
+    """`kan-tui > log` (or from cron) opened the TUI: escape codes into the file, then a wait
+    for keys that never come. CliRunner's stdin and stdout are not terminals."""
+    result = cli("--no-mouse")
+    line = error_line(result, 2, "the terminal UI needs a terminal", "kan-tui run --headless")
+    assert result.stdout == "" and "\x1b" not in line
