@@ -63,8 +63,8 @@ def is_path_like(ref: str) -> bool:
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
         raise PresetError(
-            f"preset name {untrusted.short_repr(name)} is invalid: use 1-64 characters a-z, 0-9, '-' or '_', "
-            "starting with a letter or digit"
+            f"preset name {untrusted.short_repr(name)} is invalid: use 1-64 characters a-z, 0-9, "
+            "'-' or '_', starting with a letter or digit"
         )
     return name
 

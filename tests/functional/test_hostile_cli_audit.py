@@ -53,9 +53,7 @@ def run_dir(base_run: Path, tmp_path: Path) -> Path:
     return target
 
 
-def test_missing_data_is_one_readable_line(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_data_is_one_readable_line(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The places looked in are listed on the one error line, not joined by newlines that the
     error line shows as literal `\\n`."""
     from kan_engine import datasets

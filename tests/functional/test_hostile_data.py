@@ -344,7 +344,11 @@ def test_good_idx_files_train(isolated: Path, offline: None) -> None:
 
 @pytest.mark.parametrize(
     ("given", "why"),
-    [("typo", "does not exist"), ("notes.txt", "is not a folder"), ("empty", "holds no mnist files")],
+    [
+        ("typo", "does not exist"),
+        ("notes.txt", "is not a folder"),
+        ("empty", "holds no mnist files"),
+    ],
 )
 def test_a_data_dir_passed_over_for_another_copy_is_warned_about(
     given: str, why: str, isolated: Path, offline: None, monkeypatch: pytest.MonkeyPatch
