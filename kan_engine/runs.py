@@ -148,7 +148,12 @@ def check_run_folder(run_dir: Path) -> None:
     """RunDirError unless `run_dir` is a folder: a typo or a file given as RUN_DIR is named as
     such, not as a folder whose files are missing."""
     if not Path(run_dir).is_dir():
-        what = "it is a file" if os.path.lexists(run_dir) else "no such folder"
+        if not os.path.lexists(run_dir):
+            what = "no such folder"
+        elif not os.path.exists(run_dir):
+            what = "a broken symbolic link"
+        else:
+            what = "it is a file"
         raise RunDirError(f"{run_dir}: not a run folder ({what})")
 
 

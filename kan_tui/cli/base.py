@@ -7,6 +7,7 @@ and the commands that need them, so `--help`, `presets ...` and `run --print-con
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import shlex
@@ -182,8 +183,15 @@ def command(
     return decorate
 
 
+# what the file system answers about a path that cannot be one, whatever it is used for: any
+# check of it (exists, is_dir, lstat) raises these, and only the user's path can be the cause
+UNUSABLE_PATH = (errno.ENAMETOOLONG, errno.ELOOP)
+PATH_SHOWN = 120  # characters of such a path the error line shows
+
+
 def user_errors(command: F) -> F:
-    """One line on stderr and exit 2 for errors the user can fix; 130 on Ctrl-C outside training."""
+    """One line on stderr and exit 2 for errors the user can fix (KanError, and a path the file
+    system refuses as such: `UNUSABLE_PATH`); 130 on Ctrl-C outside training."""
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
@@ -191,16 +199,28 @@ def user_errors(command: F) -> F:
         debug = kwargs.get("debug") or ctx.find_root().params.get("debug", False)
         try:
             return command(**kwargs)
-        except KanError as exc:
+        except (KanError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in UNUSABLE_PATH:
+                raise  # a failure to report as one (a full disk mid-run has its own path)
             if debug:
                 traceback.print_exc()
-            print(f"error: {printable(exc)}", file=sys.stderr)  # it may quote user text
+            print(f"error: {printable(_user_message(exc))}", file=sys.stderr)  # user text
             raise typer.Exit(exit_codes.USAGE) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(exit_codes.INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _user_message(exc: Exception) -> str:
+    """A KanError's message; for an unusable path, the path (cut short) and the reason."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    name = str(exc.filename)
+    if len(name) > PATH_SHOWN:
+        name = f"{name[: PATH_SHOWN // 2]}...{name[-PATH_SHOWN // 3 :]} ({len(name):,} characters)"
+    return f"{name}: {exc.strerror}"
 
 
 def terminal() -> bool:

@@ -286,3 +286,37 @@ def test_the_bare_command_outside_a_terminal_is_refused_not_hung(isolated: Path)
     result = cli("--no-mouse")
     line = error_line(result, 2, "the terminal UI needs a terminal", "kan-tui run --headless")
     assert result.stdout == "" and "\x1b" not in line
+
+
+NAME_TOO_LONG = "b" * 300  # one path component past every file system's 255 bytes
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--headless", "--preset", "function", "--out", NAME_TOO_LONG],
+        ["predict", "RUN", "test", "--out", f"{NAME_TOO_LONG}.csv"],
+        ["export", "RUN", "--format", "safetensors", "--out", f"{NAME_TOO_LONG}.safetensors"],
+        ["eval", NAME_TOO_LONG],
+        ["inspect", NAME_TOO_LONG],
+    ],
+)
+def test_a_name_too_long_is_one_error_line(args: list[str], base_run: Path, isolated: Path) -> None:
+    """ENAMETOOLONG from any check of the path was a traceback and exit 1."""
+    result = cli(*[str(base_run) if arg == "RUN" else arg for arg in args])
+    line = error_line(result, 2, "bbb...bbb", "(3", "characters): File name too long")
+    assert len(line) < 250
+    assert list(isolated.iterdir()) == []
+
+
+def test_presets_save_where_the_folder_name_is_too_long(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(isolated / NAME_TOO_LONG))
+    error_line(cli("presets", "save", "mine", "--from", "cpu"), 2, "File name too long")
+
+
+def test_a_run_dir_that_is_a_broken_link_says_so(tmp_path: Path) -> None:
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    error_line(cli("eval", link), 2, f"{link}: not a run folder (a broken symbolic link)")
