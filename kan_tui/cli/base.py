@@ -51,7 +51,7 @@ app.add_typer(runs_app, name="runs")
 
 
 def path_value(value: str | Path) -> Path:
-    """The parser of every path option and argument (`parser=PATH`): an empty value is refused.
+    """The parser of every path option and argument: an empty value is refused.
     `--out ""` (an unset shell variable, as often as not) was Path(""), the current folder, so a
     run, an export or a CSV landed there, or an error named "." for a name never typed."""
     if isinstance(value, str) and not value.strip():
@@ -59,7 +59,6 @@ def path_value(value: str | Path) -> Path:
     return Path(value)
 
 
-PATH = path_value
 DEBUG = typer.Option(False, "--debug", help="show the traceback of errors")
 NO_MOUSE = typer.Option(False, "--no-mouse", help="TUI: leave the mouse to the terminal")
 OUT = typer.Option(
@@ -67,7 +66,7 @@ OUT = typer.Option(
     "--out",
     metavar="PATH",
     help="folder that gets one sub-folder per run",
-    parser=PATH,
+    parser=path_value,
 )
 SETS = typer.Option(
     [], "--set", metavar="SECTION.KEY=VALUE", help="override any preset field (repeatable)"
@@ -76,7 +75,7 @@ RUN_DIR = typer.Argument(
     ...,
     metavar="RUN_DIR",
     help="a run folder (holding config.toml and checkpoints/)",
-    parser=PATH,
+    parser=path_value,
 )
 PRESET = typer.Option(
     "lite",
@@ -201,7 +200,7 @@ def user_errors(command: F) -> F:
             return command(**kwargs)
         except (KanError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno not in UNUSABLE_PATH:
-                raise  # a failure to report as one (a full disk mid-run has its own path)
+                raise  # any other OSError is a failure to show as one, not bad input
             if debug:
                 traceback.print_exc()
             print(f"error: {printable(_user_message(exc))}", file=sys.stderr)  # user text

@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 from kan_engine.untrusted import printable
-from kan_tui.cli.base import DEBUG, OUT, PATH, RUN_DIR, check_out, command, console, runs_app
+from kan_tui.cli.base import DEBUG, OUT, RUN_DIR, check_out, command, console, path_value, runs_app
 
 CSV_OUT = typer.Option(
     None,
     "--csv",
     metavar="FILE",
     help="where to write (default RUN_DIR/metrics.csv; - prints)",
-    parser=PATH,
+    parser=path_value,
 )
 
 

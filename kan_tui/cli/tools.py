@@ -18,7 +18,6 @@ from kan_tui.cli.base import (
     CHECKPOINT,
     DEBUG,
     OUT,
-    PATH,
     PRESET,
     RUN_DIR,
     SETS,
@@ -28,6 +27,7 @@ from kan_tui.cli.base import (
     config_option,
     console,
     load_preset,
+    path_value,
     pick_checkpoint,
     read_data,
     reporter,
@@ -48,7 +48,7 @@ SET_FOR = typer.Option(
     help="override a field for one model, after everything else (repeatable)",
 )
 JSON_OUT = typer.Option(
-    None, "--json", metavar="FILE", help="also write the results as JSON here", parser=PATH
+    None, "--json", metavar="FILE", help="also write the results as JSON here", parser=path_value
 )
 
 

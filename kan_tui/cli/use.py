@@ -12,11 +12,11 @@ from kan_engine.untrusted import printable
 from kan_tui.cli.base import (
     CHECKPOINT,
     DEBUG,
-    PATH,
     RUN_DIR,
     app,
     command,
     console,
+    path_value,
     pick_checkpoint,
 )
 
@@ -36,14 +36,14 @@ PREDICTIONS_OUT = typer.Option(
     "--out",
     metavar="FILE.csv|FILE.jsonl",
     help="write every row here instead of a table",
-    parser=PATH,
+    parser=path_value,
 )
 EXPORT_OUT = typer.Option(
     None,
     "--out",
     metavar="FILE",
     help="where (default: RUN_DIR/export/model.<format>)",
-    parser=PATH,
+    parser=path_value,
 )
 SHOWN_ROWS = 1000  # the terminal table's limit; --out writes every row
 
