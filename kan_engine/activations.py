@@ -132,6 +132,7 @@ def rank_edges(importance: Tensor, top: int = 10) -> list[tuple[int, int, float]
 
 def load_layers(run_dir: Path, checkpoint: str = "best") -> tuple[dict[str, KANLinear], int]:
     """The KAN layers of a run's checkpoint by module path (on the CPU), and its epoch."""
+    runs.check_run_folder(run_dir)
     path = runs.checkpoint_path(run_dir, checkpoint)
     state = ckpt.load(path, keys=("model", "config"))
     if not isinstance(state["config"], dict):

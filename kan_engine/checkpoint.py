@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kan_engine import atomic
+from kan_engine import atomic, untrusted
 from kan_engine.errors import RunDirError
 from kan_engine.runs import RunWriteError
 
@@ -75,8 +75,9 @@ def load(
     unpickled) is refused, and the message says so instead of torch's advice to load it unsafely.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"{path}: checkpoint missing")
+    reason = untrusted.not_regular(path, missing="checkpoint missing")
+    if reason is not None:
+        raise RunDirError(f"{path}: {reason}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")

@@ -53,6 +53,7 @@ from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
 from kan_engine.run_setup import pick_device
 from kan_engine.trainer import Trainer
+from kan_engine.untrusted import short_repr
 
 THRESHOLDS = (0.85, 0.90, 0.92, 0.93)
 # rapid_kan_lite_mlp: the same CNN front end with an MLP head of the KAN head's size, so the
@@ -91,7 +92,8 @@ def parse_models(text: str, source: str = "--models") -> list[str]:
     for name in names:
         if name not in models.MODELS:
             known = ", ".join(models.MODELS)
-            raise ConfigError(source, "model.name", f"unknown model {name!r} (known: {known})")
+            reason = f"unknown model {short_repr(name)} (known: {known})"
+            raise ConfigError(source, "model.name", reason)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(source, "model.name", f"given twice: {', '.join(repeated)}")

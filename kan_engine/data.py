@@ -56,9 +56,9 @@ Split = Literal["train", "val", "test"]
 DATASETS = names.DATASETS  # name -> description: the catalogue, so a name is written once
 
 _LOADERS: dict[str, Callable[[DataSection], datasets.Raw]] = {
-    "fashion-mnist": lambda s: datasets.load_idx("fashion-mnist", s.data_dir),
-    "mnist": lambda s: datasets.load_idx("mnist", s.data_dir),
-    "cifar10": lambda s: datasets.load_cifar10(s.data_dir),
+    "fashion-mnist": lambda s: datasets.load_searched("fashion-mnist", s.data_dir),
+    "mnist": lambda s: datasets.load_searched("mnist", s.data_dir),
+    "cifar10": lambda s: datasets.load_searched("cifar10", s.data_dir),
     "digits": lambda s: datasets.load_digits(),
     "images": lambda s: user_images.load_images(s.data_dir),
     "csv": lambda s: user_csv.load_csv(s.data_dir, s.target, s.task),

@@ -256,20 +256,22 @@ def _download(name: str, root: Path) -> None:
 
 
 def _not_found(name: str, looked: list[str], download_error: BaseException) -> DataNotFoundError:
+    """One line, like every error the CLI prints (a newline in it would be shown as `\\n`): the
+    places looked in, why the download failed, and how to get the data."""
     how = [
         "put the files in a folder and pass --data-dir DIR (or set KAN_TUI_DATA=DIR)",
         f"or go online once so torchvision downloads them into {cache_dir() / name}",
     ]
     if name in SYSTEM_DIRS:
         how.insert(0, f"install Debian's package: sudo apt-get install dataset-{name}")
-    places = "\n".join(f"  - {printable(place)}" for place in looked)
+    places = ", ".join(printable(place) for place in looked)
     # torchvision's message ends with the cause ("Tried <mirror>, got: <urlopen error ...>")
     lines = str(download_error).strip().splitlines()
-    cause = lines[-1] if lines else ""
+    cause = printable(lines[-1]) if lines else ""
     return DataNotFoundError(
-        f"data set {name!r} not found. Looked in:\n{places}\n"
-        f"  - torchvision download: failed ({type(download_error).__name__}: {cause})\n"
-        f"To get it: {'; '.join(how)}.\n"
+        f"data set {name!r} not found; looked in: {places}; "
+        f"torchvision download failed ({type(download_error).__name__}: {cause}). "
+        f"To get it: {'; '.join(how)}. "
         "`--dataset digits` works offline (it ships with scikit-learn)."
     )
 
@@ -314,6 +316,31 @@ def _from_idx(files: dict[str, Path], name: str) -> Raw:
         raise DataError(printable(train_labels), reason, fix="download it again")
     names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
     return Raw(*parts, class_names=names, source=str(files[_IDX_FILES["train"][0]].parent))
+
+
+def load_searched(name: str, data_dir: str | None) -> Raw:
+    """Fashion-MNIST, MNIST or CIFAR-10 from the first place that holds it (`--data-dir` first,
+    then the others of `_search_roots`, the system folders, a download)."""
+    raw = load_cifar10(data_dir) if name == "cifar10" else load_idx(name, data_dir)
+    raw.warnings += _passed_over(name, data_dir, Path(raw.source))
+    return raw
+
+
+def _passed_over(name: str, data_dir: str | None, used: Path) -> list[str]:
+    """A warning when `--data-dir` was given but the data came from elsewhere: a typo'd folder,
+    or one without the files, must not go unnoticed behind the system's or the cache's copy."""
+    if not data_dir:
+        return []
+    given = Path(data_dir).expanduser()
+    if given == used or given in used.parents:
+        return []
+    if not given.exists():
+        why = "does not exist"
+    elif not given.is_dir():
+        why = "is not a folder"
+    else:
+        why = f"holds no {name} files"
+    return [f"data.data_dir: {printable(given)} {why}; using {name} from {printable(used)}"]
 
 
 def load_idx(name: str, data_dir: str | None) -> Raw:

@@ -11,6 +11,15 @@ class KanError(Exception):
     """Base of all errors the engine raises on purpose (anything else is a bug)."""
 
 
+KEY_SHOWN = 80  # characters of a key the message shows
+
+
+def shown_key(key: str) -> str:
+    """A key as an error line shows it: an unknown key is user text (`--set`, `--layer`), and a
+    5000-character one must not become the line."""
+    return key if len(key) <= KEY_SHOWN else f"{key[:KEY_SHOWN]}... ({len(key):,} characters)"
+
+
 class ConfigError(KanError):
     """A config value (from a preset file, `--set`, an option or the TUI form) is invalid."""
 
@@ -19,7 +28,7 @@ class ConfigError(KanError):
         self.key = key
         self.reason = reason
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+        super().__init__(f"{where}{shown_key(key)}: {reason}" if key else f"{where}{reason}")
 
 
 class PresetError(KanError):

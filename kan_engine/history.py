@@ -140,7 +140,11 @@ def list_runs(out_dir: Path, depth: int = 3) -> tuple[list[RunRow], list[tuple[P
     skipped: list[tuple[Path, str]] = []
     if not out_dir.is_dir():
         return rows, skipped
-    for path in sorted(out_dir.iterdir()):
+    try:
+        entries = sorted(out_dir.iterdir())
+    except OSError as exc:  # no permission to list it: a skipped row, as an unreadable run is
+        return rows, [(out_dir, f"{out_dir}: cannot list: {exc.strerror or exc}")]
+    for path in entries:
         if not path.is_dir():
             continue
         if not ((path / runs.CONFIG).exists() or (path / runs.SUMMARY).exists()):

@@ -60,10 +60,14 @@ def is_path_like(ref: str) -> bool:
     return ref.endswith(".toml") or "/" in ref or os.sep in ref or ref.startswith(".")
 
 
+NAME_SHOWN = 200  # characters of a refused name echoed whole: a path given as a name fits
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
+        shown = repr(name) if len(name) <= NAME_SHOWN else untrusted.short_repr(name)
         raise PresetError(
-            f"preset name {name!r} is invalid: use 1-64 characters a-z, 0-9, '-' or '_', "
+            f"preset name {shown} is invalid: use 1-64 characters a-z, 0-9, '-' or '_', "
             "starting with a letter or digit"
         )
     return name

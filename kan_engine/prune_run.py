@@ -23,16 +23,16 @@ from torch import Tensor, nn
 
 from kan_engine import data as data_mod
 from kan_engine import pruning, run_setup, runs
-from kan_engine.config import RunConfig, apply_overrides
+from kan_engine.config import DESCRIPTION_MAX, RunConfig, apply_overrides
 from kan_engine.datasets import Raw
 from kan_engine.errors import ConfigError
 from kan_engine.events import EventSink
 from kan_engine.trainer import Trainer
+from kan_engine.untrusted import printable
 
 DEFAULT_EPOCHS = 5  # of fine-tuning: digits' pruned flat KANs recover within 3 (tests)
 SAMPLES = 2048  # training rows the scores are read on
 NODE_MODELS = ("flat_kan",)  # models whose config can say the pruned widths (`model.width`)
-DESCRIPTION_MAX = 200  # the schema's
 
 
 @dataclass
@@ -125,7 +125,10 @@ def prepare(
 
 
 def _described(source: Path, threshold: float) -> str:
-    text = f"pruned at threshold {threshold:g} from {source.name}"
+    """The pruned run's description; the source folder's name is any name a file system allows,
+    so it is escaped, as the schema wants a description printable (a `\x1b` in it refused the
+    prune with an error about a description the user never wrote)."""
+    text = f"pruned at threshold {threshold:g} from {printable(source.name)}"
     return text[:DESCRIPTION_MAX]
 
 

@@ -99,6 +99,8 @@ def read(
     `config_from_checkpoint`: take last.pt's config and rewrite config.toml from it.
     """
     run_dir = Path(run_dir)
+    runs.check_run_folder(run_dir)
+    runs.check_replaceable_files(run_dir)
     last = runs.checkpoint_path(run_dir, "last")
     stamp = _stamp(last)
     records = _metrics(run_dir)

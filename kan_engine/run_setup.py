@@ -101,7 +101,10 @@ def load_initial(model: nn.Module, init_from: str, run_dir: Path, device: torch.
     (`{"model": state dict}`, what a pruned run keeps in `runs.INIT`); a relative path is read
     from the run folder. A file that is missing, damaged or does not fit is one RunDirError."""
     path = Path(run_dir) / Path(init_from).expanduser()
-    state = ckpt.load(path, device, keys=("model",))
+    try:
+        state = ckpt.load(path, device, keys=("model",))
+    except RunDirError as exc:  # the path came from the config: say which key named it
+        raise RunDirError(f"model.init_from: {exc}") from None
     with ckpt.fitting(path, f"the model of {Path(run_dir) / runs.CONFIG} (model.init_from)"):
         model.load_state_dict(ckpt.evaluated_weights(state))
 

@@ -133,7 +133,9 @@ def pick_checkpoint(run_dir: Path, which: str | None) -> tuple[str, str | None]:
     last.pt when the run has that only (stopped before its first epoch ended), said in the note."""
     if which is not None:
         return which, None
-    if not checkpoint_path(run_dir, "best").exists() and checkpoint_path(run_dir, "last").exists():
+    # lexists: a best.pt that is there but unreadable (a broken link) is named, not passed over
+    best, last = checkpoint_path(run_dir, "best"), checkpoint_path(run_dir, "last")
+    if not os.path.lexists(best) and last.exists():
         return "last", "no best.pt yet (no epoch has finished): using last.pt"
     return "best", None
 
@@ -142,9 +144,39 @@ def write_config(run_dir: Path, config: RunConfig) -> None:
     write_file(Path(run_dir) / CONFIG, presets_io.render(config))
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """RunDirError unless `run_dir` is a folder: a typo or a file given as RUN_DIR is named as
+    such, not as a folder whose files are missing."""
+    if not Path(run_dir).is_dir():
+        if not os.path.lexists(run_dir):
+            what = "no such folder"
+        elif not os.path.exists(run_dir):
+            what = "a broken symbolic link"
+        else:
+            what = "it is a file"
+        raise RunDirError(f"{run_dir}: not a run folder ({what})")
+
+
+def check_replaceable_files(run_dir: Path) -> None:
+    """RunDirError unless a resumed run can write what it replaces: checkpoints/ a folder (or
+    absent), summary.json, last.pt and best.pt regular files (or absent). Checked before the
+    resume trains, so a folder or link in one's place is refused at once (exit 2) instead of
+    failing the run at its first checkpoint, an epoch later (exit 1)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise RunDirError(f"{folder}: is not a folder; the run writes its checkpoints there")
+    for path in (Path(run_dir) / SUMMARY, folder / LAST, folder / BEST):
+        try:
+            atomic.check_replaceable(path)
+        except atomic.NotRegularFileError as exc:
+            raise RunDirError(f"{path}: {exc.strerror}; move it aside to resume") from None
+
+
 def read_config(run_dir: Path) -> RunConfig:
+    """The run's config.toml; a config.toml that is not a regular file is named by its kind."""
+    check_run_folder(run_dir)
     path = Path(run_dir) / CONFIG
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise RunDirError(f"{run_dir}: not a run folder ({CONFIG} missing)")
     return presets_io.read_file(path)
 

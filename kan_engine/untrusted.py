@@ -46,6 +46,20 @@ def _refusal(path: Path, mode: int) -> str:
     return f"is {_kind(mode)}{link}, not a regular file: only regular files are read"
 
 
+def not_regular(path: Path, *, missing: str = "file not found") -> str | None:
+    """Why `path` is no regular file to read (`missing`, a broken link, a folder, a FIFO, a
+    device...), or None when it is one. Only `stat`, so nothing is opened: every reader of a
+    user's file (presets, config.toml, checkpoints) names what is there instead of calling it
+    missing or hanging on it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else missing
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    return None if stat.S_ISREG(mode) else _refusal(path, mode)
+
+
 def read_bytes(path: Path, *, limit: int = PRESET_LIMIT) -> bytes:
     """The bytes of a regular file of at most `limit` bytes; ConfigError(path, "", reason) else.
 
@@ -53,15 +67,9 @@ def read_bytes(path: Path, *, limit: int = PRESET_LIMIT) -> bytes:
     effects), the open is O_NONBLOCK, and the descriptor is checked again with `fstat`.
     """
     source = str(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        reason = "is a broken symbolic link" if os.path.islink(path) else "file not found"
-        raise ConfigError(source, "", reason) from None
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(source, "", _refusal(Path(path), mode))
+    reason = not_regular(Path(path))
+    if reason is not None:
+        raise ConfigError(source, "", reason)
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)

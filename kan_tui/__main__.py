@@ -1,5 +1,5 @@
 """`python -m kan_tui` runs the CLI (so `torchrun -m kan_tui run --headless ...` works too)."""
 
-from kan_tui.cli import app
+from kan_tui.launch import main
 
-app(prog_name="kan-tui")
+main()

@@ -16,9 +16,12 @@ The exit codes are those of `kan_tui.exit_codes`.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from kan_tui.cli.base import DEBUG, NO_MOUSE, app, open_tui
+from kan_tui import exit_codes
+from kan_tui.cli.base import DEBUG, NO_MOUSE, app, open_tui, terminal
 
 # each module registers its commands when imported: this order is the order of `--help`
 # isort: off
@@ -47,4 +50,11 @@ def main(
 ) -> None:
     """Without a command, open the terminal UI."""
     if ctx.invoked_subcommand is None:
+        if not terminal():  # in a pipe or cron it wrote escape codes and hung, waiting for keys
+            print(
+                "error: the terminal UI needs a terminal (stdin and stdout are not both one); "
+                "use a command instead, e.g. kan-tui run --headless (kan-tui --help lists them)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(exit_codes.USAGE)
         raise typer.Exit(open_tui(mouse=not no_mouse))

@@ -7,6 +7,7 @@ and the commands that need them, so `--help`, `presets ...` and `run --print-con
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import shlex
@@ -48,16 +49,33 @@ app.add_typer(presets_app, name="presets")
 runs_app = typer.Typer(help="List past runs and export their metrics.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
+
+def path_value(value: str | Path) -> Path:
+    """The parser of every path option and argument: an empty value is refused.
+    `--out ""` (an unset shell variable, as often as not) was Path(""), the current folder, so a
+    run, an export or a CSV landed there, or an error named "." for a name never typed."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty (an unset shell variable?)")
+    return Path(value)
+
+
 DEBUG = typer.Option(False, "--debug", help="show the traceback of errors")
 NO_MOUSE = typer.Option(False, "--no-mouse", help="TUI: leave the mouse to the terminal")
 OUT = typer.Option(
-    Path("runs"), "--out", metavar="PATH", help="folder that gets one sub-folder per run"
+    Path("runs"),
+    "--out",
+    metavar="PATH",
+    help="folder that gets one sub-folder per run",
+    parser=path_value,
 )
 SETS = typer.Option(
     [], "--set", metavar="SECTION.KEY=VALUE", help="override any preset field (repeatable)"
 )
 RUN_DIR = typer.Argument(
-    ..., metavar="RUN_DIR", help="a run folder (holding config.toml and checkpoints/)"
+    ...,
+    metavar="RUN_DIR",
+    help="a run folder (holding config.toml and checkpoints/)",
+    parser=path_value,
 )
 PRESET = typer.Option(
     "lite",
@@ -164,8 +182,15 @@ def command(
     return decorate
 
 
+# what the file system answers about a path that cannot be one, whatever it is used for: any
+# check of it (exists, is_dir, lstat) raises these, and only the user's path can be the cause
+UNUSABLE_PATH = (errno.ENAMETOOLONG, errno.ELOOP)
+PATH_SHOWN = 120  # characters of such a path the error line shows
+
+
 def user_errors(command: F) -> F:
-    """One line on stderr and exit 2 for errors the user can fix; 130 on Ctrl-C outside training."""
+    """One line on stderr and exit 2 for errors the user can fix (KanError, and a path the file
+    system refuses as such: `UNUSABLE_PATH`); 130 on Ctrl-C outside training."""
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
@@ -173,10 +198,12 @@ def user_errors(command: F) -> F:
         debug = kwargs.get("debug") or ctx.find_root().params.get("debug", False)
         try:
             return command(**kwargs)
-        except KanError as exc:
+        except (KanError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in UNUSABLE_PATH:
+                raise  # any other OSError is a failure to show as one, not bad input
             if debug:
                 traceback.print_exc()
-            print(f"error: {printable(exc)}", file=sys.stderr)  # it may quote user text
+            print(f"error: {printable(_user_message(exc))}", file=sys.stderr)  # user text
             raise typer.Exit(exit_codes.USAGE) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -185,10 +212,26 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _user_message(exc: Exception) -> str:
+    """A KanError's message; for an unusable path, the path (cut short) and the reason."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    name = str(exc.filename)
+    if len(name) > PATH_SHOWN:
+        name = f"{name[: PATH_SHOWN // 2]}...{name[-PATH_SHOWN // 3 :]} ({len(name):,} characters)"
+    return f"{name}: {exc.strerror}"
+
+
+def terminal() -> bool:
+    """Whether the TUI can run here: in a pipe or a file it would write escape codes and wait
+    for keys that never come."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def no_terminal(doing: str) -> bool:
-    """Whether the TUI cannot run here: in a pipe or a file it would write escape codes and wait
-    for keys that never come, so the command goes on headless and says so."""
-    if sys.stdin.isatty() and sys.stdout.isatty():
+    """Whether the TUI cannot run here (`terminal`), so the command goes on headless and says
+    so."""
+    if terminal():
         return False
     print(f"note: not a terminal: {doing} headless (add --headless to say so)", file=sys.stderr)
     return True

@@ -7,10 +7,14 @@ from pathlib import Path
 import typer
 
 from kan_engine.untrusted import printable
-from kan_tui.cli.base import DEBUG, OUT, RUN_DIR, command, console, runs_app
+from kan_tui.cli.base import DEBUG, OUT, RUN_DIR, check_out, command, console, path_value, runs_app
 
 CSV_OUT = typer.Option(
-    None, "--csv", metavar="FILE", help="where to write (default RUN_DIR/metrics.csv; - prints)"
+    None,
+    "--csv",
+    metavar="FILE",
+    help="where to write (default RUN_DIR/metrics.csv; - prints)",
+    parser=path_value,
 )
 
 
@@ -25,10 +29,12 @@ def runs_list(ctx: typer.Context, out: Path = OUT, debug: bool = DEBUG) -> None:
     from kan_engine import history
     from kan_tui.formatting import RUN_COLUMNS, run_cells
 
+    check_out(out)
     rows, skipped = history.list_runs(out)
     stdout = console()
     if not rows and not skipped:
-        stdout.print(f"no runs in {printable(out)}", markup=False, highlight=False)
+        missing = "" if out.exists() else " (no such folder)"
+        stdout.print(f"no runs in {printable(out)}{missing}", markup=False, highlight=False)
         return
     table = Table(*RUN_COLUMNS, box=None, pad_edge=False)
     for row in rows:

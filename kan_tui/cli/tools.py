@@ -27,6 +27,7 @@ from kan_tui.cli.base import (
     config_option,
     console,
     load_preset,
+    path_value,
     pick_checkpoint,
     read_data,
     reporter,
@@ -46,7 +47,9 @@ SET_FOR = typer.Option(
     metavar="MODEL:SECTION.KEY=VALUE",
     help="override a field for one model, after everything else (repeatable)",
 )
-JSON_OUT = typer.Option(None, "--json", metavar="FILE", help="also write the results as JSON here")
+JSON_OUT = typer.Option(
+    None, "--json", metavar="FILE", help="also write the results as JSON here", parser=path_value
+)
 
 
 @command(app)
@@ -140,7 +143,7 @@ def compare(
 
     if distributed.launched():
         raise ConfigError("torchrun", "compare", "trains one model after another: run it alone")
-    names = comparing.parse_models(model_names) if model_names else None
+    names = comparing.parse_models(model_names) if model_names is not None else None
     preset_config, preset_name, source = load_preset(preset)
     config = options.resolve(preset_config, source, sets, named)
     if names is None:  # the defaults follow the data: a regression compares the flat models
@@ -251,6 +254,8 @@ def inspect(
     checkpoint = pick_checkpoint(run_dir, checkpoint)
     layers, epoch = activations.load_layers(run_dir, checkpoint)
     name, kan = activations.pick_layer(layers, layer)
+    # a bad --edge is refused before anything is printed: the error is the whole output
+    curve = activations.edge_curve(kan, *edge) if edge is not None else None
     stdout = console()
     stdout.print(
         f"{printable(run_dir)}: {checkpoint} checkpoint (epoch {epoch}); layer {name}: "
@@ -268,9 +273,8 @@ def inspect(
     if recorded is not None:
         share, at = recorded
         stdout.print(f"inputs outside the grid: {share:.1%} (last training batch of epoch {at})")
-    if edge is not None:
+    if edge is not None and curve is not None:
         i, j = edge
-        curve = activations.edge_curve(kan, i, j)
         low, high = activations.grid_range(kan, i)
         chart = text_chart(
             {f"phi {i}->{j}": list(zip(curve.x, curve.y, strict=True))},

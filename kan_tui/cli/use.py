@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from kan_engine.untrusted import printable
-from kan_tui.cli.base import CHECKPOINT, DEBUG, RUN_DIR, app, command, console, pick_checkpoint
+from kan_tui.cli.base import (
+    CHECKPOINT,
+    DEBUG,
+    RUN_DIR,
+    app,
+    command,
+    console,
+    path_value,
+    pick_checkpoint,
+)
 
 if TYPE_CHECKING:
     from kan_engine.predict import Prediction
@@ -23,10 +32,18 @@ INPUTS = typer.Argument(
     show_default=False,
 )
 PREDICTIONS_OUT = typer.Option(
-    None, "--out", metavar="FILE.csv|FILE.jsonl", help="write every row here instead of a table"
+    None,
+    "--out",
+    metavar="FILE.csv|FILE.jsonl",
+    help="write every row here instead of a table",
+    parser=path_value,
 )
 EXPORT_OUT = typer.Option(
-    None, "--out", metavar="FILE", help="where (default: RUN_DIR/export/model.<format>)"
+    None,
+    "--out",
+    metavar="FILE",
+    help="where (default: RUN_DIR/export/model.<format>)",
+    parser=path_value,
 )
 SHOWN_ROWS = 1000  # the terminal table's limit; --out writes every row
 

@@ -342,6 +342,31 @@ def test_good_idx_files_train(isolated: Path, offline: None) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("typo", "does not exist"),
+        ("notes.txt", "is not a folder"),
+        ("empty", "holds no mnist files"),
+    ],
+)
+def test_a_data_dir_passed_over_for_another_copy_is_warned_about(
+    given: str, why: str, isolated: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--data-dir` comes first, then the other places: a typo'd or empty folder used to train
+    on the system's copy without a word (the header names the copy; nothing said why)."""
+    system = isolated / "system"
+    write_idx_folder(system, idx_payloads())
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {"mnist": (system,)})
+    (isolated / "notes.txt").write_text("hi")
+    (isolated / "empty").mkdir()
+    raw = datasets.load_searched("mnist", str(isolated / given))
+    assert raw.source == str(system)
+    assert raw.warnings == [f"data.data_dir: {isolated / given} {why}; using mnist from {system}"]
+    assert datasets.load_searched("mnist", str(system)).warnings == []
+    assert datasets.load_searched("mnist", None).warnings == []
+
+
 def _truncate_gz(folder: Path) -> str:
     path = folder / "train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:200])
