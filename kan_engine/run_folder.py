@@ -12,7 +12,6 @@ appears exactly once.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,9 +103,10 @@ class RunFolder:
                 self.metrics.close()
 
     def discard(self) -> None:
-        """Delete the folder (rank 0): a new run that trained nothing goes again."""
+        """Delete the folder (rank 0), and the `--out` folders made for it: a new run that
+        trained nothing goes again, leaving nothing behind."""
         if self.dist.is_main:
-            shutil.rmtree(self.path, ignore_errors=True)
+            runs.remove_new_run_dir(self.path)
 
     def emit(self, event: Event) -> None:
         if not self.dist.is_main:  # rank 0 reports for every rank

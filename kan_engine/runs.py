@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path
     out_dir = Path(out_dir)
     base = f"{stamp}-{safe}"
     try:
+        made = _missing_folders(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, 10000):
             path = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
@@ -101,12 +103,39 @@ def create_run_dir(out_dir: Path, preset: str, now: float | None = None) -> Path
             except FileExistsError:
                 continue
             (path / CHECKPOINTS).mkdir()
+            _MADE_FOR[path] = made
             return path
     except OSError as exc:  # under a file, read-only, no permission, no space
         reason = exc.strerror or str(exc)
         where = exc.filename or out_dir
         raise RunDirError(f"{where}: cannot create a run folder there: {reason}") from None
     raise RunDirError(f"{out_dir}: cannot find a free run folder name for {base!r}")
+
+
+# the folders above a run folder that `create_run_dir` made for it (innermost first)
+_MADE_FOR: dict[Path, list[Path]] = {}
+
+
+def _missing_folders(out_dir: Path) -> list[Path]:
+    """The folders of `out_dir` that do not exist yet, innermost first: what mkdir -p makes."""
+    missing = []
+    for folder in (out_dir, *out_dir.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_new_run_dir(path: Path) -> None:
+    """Delete a run folder that trained nothing, and the folders `create_run_dir` made above
+    it where they are empty now: a refused run (missing data, Ctrl-C while loading) leaves no
+    `--out` folder behind that was not there before. Folders that were there are kept."""
+    shutil.rmtree(path, ignore_errors=True)
+    for folder in _MADE_FOR.pop(Path(path), []):
+        try:
+            folder.rmdir()  # only if empty: another run may have started in it meanwhile
+        except OSError:
+            return
 
 
 def preset_of(run_dir: Path) -> str:

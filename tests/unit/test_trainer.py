@@ -305,6 +305,20 @@ def test_bad_config_raises_before_training_and_leaves_no_folder(tiny_config, run
     assert not trainer.run_dir.exists() and recorder.events == []
 
 
+def test_a_refused_run_leaves_no_out_folder_it_made(tiny_config, tmp_path, recorder) -> None:
+    from kan_engine.errors import ConfigError
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for out, gone in ((kept / "new" / "runs", kept / "new"), (kept, None)):
+        trainer = Trainer(tiny_config(**{"model.name": "nope"}), sink=recorder, out_dir=out)
+        with pytest.raises(ConfigError):
+            trainer.run()
+        assert not trainer.run_dir.exists()
+        assert gone is None or not gone.exists()  # made for the run: removed with it
+        assert kept.is_dir()  # there before: kept
+
+
 def test_grid_update_keeps_moments_and_stops_after_until(tiny_config, runs_dir, recorder):
     config = tiny_config(
         **{
