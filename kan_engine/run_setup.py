@@ -105,7 +105,8 @@ def load_initial(model: nn.Module, init_from: str, run_dir: Path, device: torch.
         state = ckpt.load(path, device, keys=("model",))
     except RunDirError as exc:  # the path came from the config: say which key named it
         raise RunDirError(f"model.init_from: {exc}") from None
-    with ckpt.fitting(path, f"the model of {Path(run_dir) / runs.CONFIG} (model.init_from)"):
+    # the run's own config, not its config.toml: a new run that fails here is deleted
+    with ckpt.fitting(path, "this run's model (model.init_from)"):
         model.load_state_dict(ckpt.evaluated_weights(state))
 
 

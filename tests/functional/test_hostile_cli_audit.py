@@ -277,7 +277,18 @@ def test_a_bad_init_from_names_the_key_and_keeps_no_run(
     start = f"model.init_from={isolated / name}"
     result = cli("run", "--headless", "--preset", "function", "--set", start, "--out", "runs")
     error_line(result, 2, f"model.init_from: {isolated / name}: {reason}")
-    assert list((isolated / "runs").iterdir()) == []
+    assert not (isolated / "runs").exists()  # made for the refused run: removed with it
+
+
+def test_weights_that_do_not_fit_name_the_run_s_model_not_a_deleted_file(
+    base_run: Path, isolated: Path
+) -> None:
+    """The error named the new run's config.toml, deleted with the refused run."""
+    start = f"model.init_from={base_run / 'checkpoints' / 'best.pt'}"
+    result = cli("run", "--headless", "--preset", "function", "--set", start,
+                 "--set", "model.width=[2, 3, 1]", "--out", "runs")  # fmt: skip
+    line = error_line(result, 2, "does not fit this run's model (model.init_from)")
+    assert "config.toml" not in line and not (isolated / "runs").exists()
 
 
 def test_the_bare_command_outside_a_terminal_is_refused_not_hung(isolated: Path) -> None:
