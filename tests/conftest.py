@@ -4,6 +4,7 @@ the Pilot helpers of the TUI tests (waits are condition loops on app state, neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
@@ -107,15 +108,30 @@ def regression_config(tmp_path: Path) -> Callable[..., RunConfig]:
     return make
 
 
+def _user_folders_in(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """User presets and caches under `home`, never the user's real ones; only data sets passed
+    explicitly are found."""
+    monkeypatch.setenv("KAN_TUI_CONFIG", str(home / "config"))
+    monkeypatch.setenv("KAN_TUI_CACHE", str(home / "cache"))
+    monkeypatch.delenv("KAN_TUI_DATA", raising=False)
+
+
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """User presets, caches and runs under a temporary folder (the working directory), never the
-    user's real ones; only data sets passed explicitly are found."""
-    monkeypatch.setenv("KAN_TUI_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("KAN_TUI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("KAN_TUI_DATA", raising=False)
+    """User presets, caches and runs under a temporary folder (the working directory)."""
+    _user_folders_in(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@contextlib.contextmanager
+def module_home(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """`isolated`'s user folders in one temporary folder for a module's fixtures (a real run
+    made once and shared by its tests)."""
+    home = factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        _user_folders_in(home, patch)
+        yield home
 
 
 @pytest.fixture

@@ -338,12 +338,16 @@ def test_missing_data_lists_the_places_looked(
     monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
     empty = isolated / "empty"
     empty.mkdir()
-    result = cli("run", "--headless", "--dataset", "mnist", "--data-dir", str(empty))
+    result = cli(
+        "run", "--headless", "--dataset", "mnist", "--data-dir", str(empty), "--out", "new/runs"
+    )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: data set 'mnist' not found")
     assert str(empty) in result.stderr and str(isolated / "cache") in result.stderr
     assert "--dataset digits" in result.stderr
     assert "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and "\\n" not in result.stderr  # one readable line
+    assert not (isolated / "new").exists()  # no run folder, nor the --out folders made for it
 
 
 def test_eval_and_resume_need_a_run_folder(isolated: Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import error_line
+from conftest import error_line, module_home
 from typer.testing import CliRunner, Result
 
 from kan_tui.cli import app
@@ -27,12 +27,7 @@ def cli(*args: str | Path) -> Result:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """User presets and caches in a module-wide temporary folder."""
-    home = tmp_path_factory.mktemp("audit")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KAN_TUI_CONFIG", str(home / "config"))
-        patch.setenv("KAN_TUI_CACHE", str(home / "cache"))
-        patch.delenv("KAN_TUI_DATA", raising=False)
+    with module_home(tmp_path_factory, "audit") as home:
         yield home
 
 
@@ -51,24 +46,6 @@ def run_dir(base_run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "runs" / base_run.name
     shutil.copytree(base_run, target)
     return target
-
-
-def test_missing_data_is_one_readable_line(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The places looked in are listed on the one error line, not joined by newlines that the
-    error line shows as literal `\\n`."""
-    from kan_engine import datasets
-
-    def offline(name: str, root: Path) -> None:
-        raise OSError("no network (test)")
-
-    monkeypatch.setattr(datasets, "_download", offline)
-    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
-    empty = isolated / "empty"
-    empty.mkdir()
-    result = cli("run", "--headless", "--dataset", "mnist", "--data-dir", empty, "--out", "runs")
-    line = error_line(result, 2, "data set 'mnist' not found", str(empty), "--dataset digits")
-    assert "\\n" not in line
-    assert not (isolated / "runs").exists()
 
 
 # what is put where a regular file belongs, and how the error names it

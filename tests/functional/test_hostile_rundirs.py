@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import error_line
+from conftest import error_line, module_home
 from typer.testing import CliRunner, Result
 
 from kan_engine import optim, presets_io, run_lock, runs
@@ -55,12 +55,7 @@ def last_pt(run_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """User presets and caches in a module-wide temporary folder."""
-    home = tmp_path_factory.mktemp("hostile")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KAN_TUI_CONFIG", str(home / "config"))
-        patch.setenv("KAN_TUI_CACHE", str(home / "cache"))
-        patch.delenv("KAN_TUI_DATA", raising=False)
+    with module_home(tmp_path_factory, "hostile") as home:
         yield home
 
 
