@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import shutil
 import threading
 import unicodedata
 from collections.abc import Callable, Coroutine, Iterator
@@ -122,6 +123,13 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _user_folders_in(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a module's real run folder, to damage."""
+    target = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, target)
+    return target
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import error_line, module_home
+from conftest import copy_of, error_line, module_home
 from typer.testing import CliRunner, Result
 
 from kan_tui.cli import app
@@ -42,10 +42,7 @@ def base_run(env: Path) -> Path:
 
 @pytest.fixture
 def run_dir(base_run: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the real run, to damage."""
-    target = tmp_path / "runs" / base_run.name
-    shutil.copytree(base_run, target)
-    return target
+    return copy_of(base_run, tmp_path)
 
 
 # what is put where a regular file belongs, and how the error names it

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import error_line, module_home
+from conftest import copy_of, error_line, module_home
 from typer.testing import CliRunner, Result
 
 from kan_engine import optim, presets_io, run_lock, runs
@@ -72,10 +72,7 @@ def base_run(env: Path) -> Path:
 
 @pytest.fixture
 def run_dir(base_run: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the real run, to damage."""
-    target = tmp_path / "runs" / base_run.name
-    shutil.copytree(base_run, target)
-    return target
+    return copy_of(base_run, tmp_path)
 
 
 # --- config.toml ---------------------------------------------------------------------------------
