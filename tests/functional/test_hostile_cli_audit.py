@@ -305,3 +305,48 @@ def test_a_run_dir_that_is_a_broken_link_says_so(tmp_path: Path) -> None:
     link = tmp_path / "run"
     link.symlink_to(tmp_path / "gone")
     error_line(cli("eval", link), 2, f"{link}: not a run folder (a broken symbolic link)")
+
+
+def _export_interrupted_inside_a_library(*args: object, **kwargs: object) -> None:
+    """What torch's ONNX exporter did with a Ctrl-C during one of its lazy imports."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")  # noqa: B904
+    except AttributeError as exc:
+        raise RuntimeError("Failed to export the model with torch.export") from exc
+
+
+def test_a_ctrl_c_a_library_turned_into_its_own_error_is_an_interruption(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kan_engine import export
+
+    monkeypatch.setattr(export, "export", _export_interrupted_inside_a_library)
+    out = run_dir / "model.safetensors"
+    result = cli("export", run_dir, "--format", "safetensors", "--out", out)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == "interrupted" and not out.exists()
+
+
+def test_only_a_ctrl_c_in_the_chain_counts_as_one() -> None:
+    from kan_tui.cli.base import after_ctrl_c
+
+    def raised(make: object) -> BaseException:
+        try:
+            make()  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 (the test inspects what was raised)
+            return exc
+        raise AssertionError("nothing raised")
+
+    assert after_ctrl_c(raised(lambda: _export_interrupted_inside_a_library()))
+    assert not after_ctrl_c(RuntimeError("a plain failure"))
+
+    def converted_on_purpose() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("handled, context suppressed") from None
+
+    assert not after_ctrl_c(raised(converted_on_purpose))
