@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from kan_engine import atomic, untrusted
-from kan_engine.errors import RunDirError
+from kan_engine.errors import RunDirError, interrupted
 from kan_engine.runs import RunWriteError
 
 FORMAT = 1
@@ -46,6 +46,8 @@ def save(path: Path, state: dict[str, Any]) -> None:
     try:
         atomic.write_with(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
     except (OSError, RuntimeError) as exc:
+        if interrupted(exc):  # a Ctrl-C during the write, which torch reports as a failed one
+            raise KeyboardInterrupt from None  # the previous checkpoint is unchanged
         # torch's zip writer reports a failed write (a full disk) as a RuntimeError from C++
         # ("[enforce fail at inline_container.cc ...] file write failed"), not as an OSError
         raise CheckpointWriteError(

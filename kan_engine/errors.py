@@ -11,6 +11,23 @@ class KanError(Exception):
     """Base of all errors the engine raises on purpose (anything else is a bug)."""
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether a Ctrl-C is behind `exc`, as its cause or context (the chain a traceback shows):
+    libraries turn a KeyboardInterrupt raised inside their own code into errors of their own.
+    torch's zip writer reported a Ctrl-C during `torch.save` as a failed write ("unexpected
+    pos"), which ended a stopping run as failed; its ONNX exporter caught one ~6 s into `export
+    --format onnx` in a lazy import and raised a TorchExportError (exit 1, a page of traceback)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        suppressed = current.__suppress_context__ and current.__cause__ is None
+        current = current.__cause__ or (None if suppressed else current.__context__)
+    return False
+
+
 KEY_SHOWN = 80  # characters of a key the message shows
 
 

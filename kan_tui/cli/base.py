@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperCommand
 
 from kan_engine.config import RunConfig
-from kan_engine.errors import ConfigError, KanError
+from kan_engine.errors import ConfigError, KanError, interrupted
 from kan_engine.untrusted import printable
 from kan_tui import exit_codes
 from kan_tui.options import BY_OPTION, FIELDS, FLAG, flags
@@ -192,7 +192,7 @@ PATH_SHOWN = 120  # characters of such a path the error line shows
 def user_errors(command: F) -> F:
     """One line on stderr and exit 2 for errors the user can fix (KanError, and a path the file
     system refuses as such: `UNUSABLE_PATH`); 130 on Ctrl-C outside training, also where a
-    library turned the KeyboardInterrupt into an error of its own (`after_ctrl_c`)."""
+    library turned the KeyboardInterrupt into an error of its own (`errors.interrupted`)."""
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
@@ -206,7 +206,7 @@ def user_errors(command: F) -> F:
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # the command's own exit or usage error
         except Exception as exc:
-            if after_ctrl_c(exc):
+            if interrupted(exc):
                 print("interrupted", file=sys.stderr)
                 raise typer.Exit(exit_codes.INTERRUPTED) from None
             if not _fixable(exc):
@@ -221,22 +221,6 @@ def user_errors(command: F) -> F:
 
 def _fixable(exc: Exception) -> bool:
     return isinstance(exc, KanError) or isinstance(exc, OSError) and exc.errno in UNUSABLE_PATH
-
-
-def after_ctrl_c(exc: BaseException) -> bool:
-    """Whether a Ctrl-C is behind `exc`, as its cause or context (the chain a traceback shows):
-    torch's ONNX exporter caught the KeyboardInterrupt of a Ctrl-C ~6 s into `export --format
-    onnx` inside a lazy import and raised its own TorchExportError from what followed, which
-    ended the command with exit 1 and a page of traceback."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        suppressed = current.__suppress_context__ and current.__cause__ is None
-        current = current.__cause__ or (None if suppressed else current.__context__)
-    return False
 
 
 def _user_message(exc: Exception) -> str:

@@ -331,7 +331,7 @@ def test_a_ctrl_c_a_library_turned_into_its_own_error_is_an_interruption(
 
 
 def test_only_a_ctrl_c_in_the_chain_counts_as_one() -> None:
-    from kan_tui.cli.base import after_ctrl_c
+    from kan_engine.errors import interrupted
 
     def raised(make: object) -> BaseException:
         try:
@@ -340,8 +340,8 @@ def test_only_a_ctrl_c_in_the_chain_counts_as_one() -> None:
             return exc
         raise AssertionError("nothing raised")
 
-    assert after_ctrl_c(raised(lambda: _export_interrupted_inside_a_library()))
-    assert not after_ctrl_c(RuntimeError("a plain failure"))
+    assert interrupted(raised(lambda: _export_interrupted_inside_a_library()))
+    assert not interrupted(RuntimeError("a plain failure"))
 
     def converted_on_purpose() -> None:
         try:
@@ -349,4 +349,4 @@ def test_only_a_ctrl_c_in_the_chain_counts_as_one() -> None:
         except KeyboardInterrupt:
             raise RuntimeError("handled, context suppressed") from None
 
-    assert not after_ctrl_c(raised(converted_on_purpose))
+    assert not interrupted(raised(converted_on_purpose))

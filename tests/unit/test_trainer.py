@@ -319,6 +319,35 @@ def test_a_refused_run_leaves_no_out_folder_it_made(tiny_config, tmp_path, recor
         assert kept.is_dir()  # there before: kept
 
 
+def test_a_ctrl_c_inside_a_checkpoint_write_stops_the_run_instead_of_failing_it(
+    tiny_config, runs_dir, recorder, monkeypatch
+) -> None:
+    """torch's zip writer turns a KeyboardInterrupt raised in its write callback into a
+    RuntimeError ("unexpected pos"): a second Ctrl-C while a stopping run saved ended it as
+    failed, exit 1."""
+    trainer = Trainer(tiny_config(**{"train.epochs": 3}), sink=recorder, out_dir=runs_dir)
+    real_save = torch.save
+
+    def interrupted_write(obj: Any, handle: Any) -> None:
+        monkeypatch.setattr(torch, "save", real_save)  # once: the interrupt's own save works
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")  # noqa: B904
+
+    def arm(event: Any) -> None:
+        if isinstance(event, EpochEnd) and event.epoch == 2:
+            monkeypatch.setattr(torch, "save", interrupted_write)
+
+    recorder.hooks.append(arm)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    checkpoints = trainer.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]  # no temp
+    assert runs.read_summary(trainer.run_dir)["status"] == "stopped"
+    assert recorder.of("failed") == []
+
+
 def test_grid_update_keeps_moments_and_stops_after_until(tiny_config, runs_dir, recorder):
     config = tiny_config(
         **{
